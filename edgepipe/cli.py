@@ -1,0 +1,198 @@
+"""Command line: parse, call the library, render; the only place that prints or exits."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__, catalog
+from .errors import EdgepipeError
+
+# Offline by design: nothing is fetched from a model hub, whatever the libraries would like.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(fn: F) -> F:
+    """Turn library errors into one line and their exit code; hide tracebacks unless EDGEPIPE_DEBUG."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except EdgepipeError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted; nothing was published")
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as exc:
+            if os.environ.get("EDGEPIPE_DEBUG"):
+                traceback.print_exc()
+            err.print(
+                f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                "(set EDGEPIPE_DEBUG=1 for the traceback and report it)"
+            )
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def dirs_option(kind: str) -> Callable[[F], F]:
+    return click.option(
+        f"--{kind}-dir",
+        f"{kind}_dirs",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        help=f"Extra directory of {kind} YAML files (also EDGEPIPE_{kind.upper()}_PATH).",
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="edgepipe")
+def main() -> None:
+    """Export, quantize, verify, benchmark and bundle a model for one edge device."""
+
+
+@main.command()
+@dirs_option("targets")
+@handle_errors
+def targets(targets_dirs: tuple[Path, ...]) -> None:
+    """List the devices edgepipe can build for."""
+    table = Table("name", "arch", "cores", "ISA", "providers", "default profile", "description")
+    for t in catalog.targets(targets_dirs).all():
+        table.add_row(
+            t.name,
+            t.platform.arch,
+            str(t.cpu.cores),
+            ",".join(t.cpu.isa),
+            ",".join(p.removesuffix("ExecutionProvider") for p in t.runtime.execution_providers),
+            t.default_profile,
+            t.description,
+        )
+    out.print(table)
+
+
+@main.command()
+@dirs_option("profiles")
+@handle_errors
+def profiles(profiles_dirs: tuple[Path, ...]) -> None:
+    """List the quantization recipes."""
+    table = Table("name", "method", "accuracy bar", "tasks", "description")
+    for p in catalog.profiles(profiles_dirs).all():
+        bar = f"{p.accuracy.metric} >= {p.accuracy.min}"
+        table.add_row(p.name, p.method, bar, ",".join(p.task_kinds), p.description)
+    out.print(table)
+
+
+@main.command()
+@click.option("--target", "-t", required=True, help="Device name (see `edgepipe targets`) or YAML file.")
+@click.option("--profile", "-p", help="Recipe name or YAML file; default: the target's.")
+@click.option("--model", "-m", help="Hugging Face model directory; default: all-MiniLM-L6-v2.")
+@click.option("--name", help="Model name in the bundle's name; default: the directory's name.")
+@click.option("--out", "-o", default="dist", type=click.Path(path_type=Path), show_default=True)
+@click.option("--work-dir", type=click.Path(path_type=Path), help="Keep stage files here.")
+@click.option("--eval-data", type=click.Path(path_type=Path), help="Texts (lines or JSONL).")
+@click.option("--bench-runs", default=30, show_default=True, type=click.IntRange(1))
+@click.option("--allow-pickle", is_flag=True, help="Load pytorch_model.bin (runs code in it).")
+@click.option("--trust-remote-code", is_flag=True, help="Run a model's own Python code.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@dirs_option("targets")
+@dirs_option("profiles")
+@handle_errors
+def build(
+    target: str,
+    profile: str | None,
+    model: str | None,
+    name: str | None,
+    out: Path,
+    work_dir: Path | None,
+    eval_data: Path | None,
+    bench_runs: int,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    as_json: bool,
+    targets_dirs: tuple[Path, ...],
+    profiles_dirs: tuple[Path, ...],
+) -> None:
+    """Build a verified bundle of MODEL for TARGET."""
+    from .pipeline import BuildSpec
+    from .pipeline import build as run_build
+
+    target_cfg = catalog.targets(targets_dirs).load(target)
+    profile_cfg = catalog.profiles(profiles_dirs).load(profile or target_cfg.default_profile)
+    spec = BuildSpec(
+        target=target_cfg,
+        profile=profile_cfg,
+        out=out,
+        model=model,
+        name=name,
+        work_dir=work_dir,
+        eval_data=eval_data,
+        bench_runs=bench_runs,
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )
+    started: dict[str, float] = {}
+
+    def progress(stage: str, summary: str | None) -> None:
+        if summary is None:
+            started[stage] = time.perf_counter()
+            err.print(f"[dim]…[/dim] {stage}", end="\r")
+        else:
+            seconds = time.perf_counter() - started.get(stage, time.perf_counter())
+            err.print(f"[green]✓[/green] {stage:<9} {summary} [dim]({seconds:.1f}s)[/dim]")
+
+    err.print(f"building for [bold]{target_cfg.name}[/bold] with profile [bold]{profile_cfg.name}[/bold]")
+    result = run_build(spec, progress)
+    manifest = result.manifest
+    summary = {
+        "bundle_dir": str(result.bundle_dir),
+        "archive": str(result.archive),
+        "target": target_cfg.name,
+        "profile": profile_cfg.name,
+        "model_size_bytes": manifest["model"]["size_bytes"],
+        "accuracy": manifest["accuracy"]["model"],
+        "latency_p50_ms": manifest["bench"]["model"]["p50_ms"],
+        "speedup_vs_fp32": manifest["bench"]["speedup_vs_fp32"],
+        "latency_measured_on": manifest["bench"]["measured_on"],
+    }
+    if as_json:
+        click.echo(json.dumps(summary, ensure_ascii=False))
+    else:
+        err.print(f"[bold]bundle:[/bold] {result.bundle_dir}")
+        err.print(f"[bold]archive:[/bold] {result.archive}")
+        err.print(f"run it: python {result.bundle_dir} embed \"turn on the kitchen lights\"")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def verify(path: Path, as_json: bool) -> None:
+    """Check a bundle directory or .tar.gz against its manifest."""
+    from .verify import verify as run_verify
+
+    count = run_verify(path)
+    if as_json:
+        click.echo(json.dumps({"path": str(path), "ok": True, "files": count}))
+    else:
+        err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json")

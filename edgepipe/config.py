@@ -1,0 +1,172 @@
+"""Typed targets and profiles, loaded from YAML with one-line errors naming the file and the field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+
+TaskKind = Literal["embedding"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Platform(Strict):
+    os: Literal["linux", "macos", "windows"] = Field(description="Operating system of the device.")
+    arch: Literal["x86_64", "aarch64"] = Field(description="CPU architecture, as `uname -m` says.")
+    wheel_platform: str = Field(
+        description="pip platform tag of the device's wheels, e.g. manylinux_2_28_aarch64."
+    )
+    python: str = Field(description="Python version on the device, e.g. '3.11'.")
+
+
+class Cpu(Strict):
+    model: str = Field(description="CPU core or product name.")
+    cores: int = Field(gt=0, description="Physical cores available to inference.")
+    isa: list[str] = Field(description="Instruction-set features that matter to int8/fp16 kernels.")
+
+
+class Runtime(Strict):
+    onnxruntime: str = Field(
+        description="onnxruntime versions the device can run (PEP 440 specifier, e.g. '>=1.20,<2')."
+    )
+    execution_providers: list[str] = Field(
+        min_length=1, description="onnxruntime execution providers, in order of preference."
+    )
+    intra_op_threads: int = Field(gt=0, description="Threads for one inference.")
+    inter_op_threads: int = Field(default=1, gt=0, description="Threads across graph branches.")
+
+    @field_validator("onnxruntime")
+    @classmethod
+    def _specifier(cls, value: str) -> str:
+        from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
+        try:
+            SpecifierSet(value)
+        except InvalidSpecifier as exc:
+            raise ValueError(f"not a version range: {value!r}") from exc
+        return value
+
+
+class Budgets(Strict):
+    model_size_mb: float = Field(gt=0, description="Largest model file the device should carry.")
+    ram_mb: float = Field(gt=0, description="Memory the model may use on the device.")
+    latency_ms: float = Field(
+        gt=0, description="p50 latency goal on the device (batch 1, 128 tokens); checked on device."
+    )
+
+
+class Target(Strict):
+    """One device: where the bundle runs and what it may cost there."""
+
+    name: str = Field(description="Short name used on the command line.")
+    description: str = Field(description="One line for `edgepipe targets`.")
+    platform: Platform
+    cpu: Cpu
+    memory_mb: int = Field(gt=0, description="Memory of the smallest supported device variant.")
+    accelerator: str | None = Field(default=None, description="GPU/NPU, if any.")
+    runtime: Runtime
+    default_profile: str = Field(description="Profile used when --profile is not given.")
+    budgets: Budgets
+
+
+class Quantization(Strict):
+    op_types: list[str] = Field(
+        default_factory=lambda: ["MatMul"], description="ONNX op types whose weights are quantized."
+    )
+    per_channel: bool = Field(default=True, description="One scale per output channel.")
+    reduce_range: bool = Field(
+        default=False, description="7-bit weights: avoids u8s8 saturation on AVX2 without VNNI."
+    )
+    weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Weight integer type.")
+    nodes_to_exclude: list[str] = Field(
+        default_factory=list, description="Node names kept in float regardless of op type."
+    )
+
+
+class Accuracy(Strict):
+    metric: Literal["min_cosine"] = Field(
+        default="min_cosine", description="Worst-case agreement with the fp32 model over the set."
+    )
+    min: float = Field(gt=0, le=1, description="The bar: the build fails below it.")
+
+
+class Profile(Strict):
+    """One recipe: how the model is turned into what the target runs."""
+
+    name: str = Field(description="Short name used on the command line.")
+    description: str = Field(description="One line for `edgepipe profiles`.")
+    method: Literal["fp32", "fp16", "dynamic-int8"] = Field(description="The quantization method.")
+    task_kinds: list[TaskKind] = Field(
+        default_factory=lambda: ["embedding"], description="Task kinds the recipe applies to."
+    )
+    execution_providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="Providers the recipe needs; the target must offer one of them.",
+    )
+    quantization: Quantization | None = Field(
+        default=None, description="Settings for quantizing methods; absent for fp32."
+    )
+    fp16_op_block_list: list[str] = Field(
+        default_factory=list, description="fp16 only: ops kept in fp32 because they overflow in fp16."
+    )
+    accuracy: Accuracy
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_yaml_model(path: Path, model: type[M]) -> M:
+    """Read ``path`` with ``yaml.safe_load`` and validate it as ``model``; ConfigError on any fault."""
+    kind = model.__name__.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {kind} file: {exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a {kind} file must be a YAML mapping of keys to values")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = _field_path(first["loc"])
+        if first["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif first["type"] == "missing":
+            message = "missing key"
+        else:
+            message = first["msg"]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{path}: {kind} field '{field}': {message}{more}") from exc
+
+
+def check_fits(target: Target, profile: Profile, task_kind: str) -> None:
+    """Refuse a profile that cannot run on the target or for the task, before any work starts."""
+    if task_kind not in profile.task_kinds:
+        raise ConfigError(
+            f"profile '{profile.name}' is for {', '.join(profile.task_kinds)} models, "
+            f"not {task_kind}; choose another with --profile (see `edgepipe profiles`)"
+        )
+    offered = set(target.runtime.execution_providers)
+    if not offered.intersection(profile.execution_providers):
+        raise ConfigError(
+            f"profile '{profile.name}' needs {' or '.join(profile.execution_providers)}, which "
+            f"target '{target.name}' does not offer ({', '.join(target.runtime.execution_providers)})"
+        )

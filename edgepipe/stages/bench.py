@@ -1,0 +1,61 @@
+"""Bench: host-measured latency of the model beside the fp32 export, interleaved in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..runtime import bench
+from ..runtime.embedder import Embedder, EmbeddingConfig, host_threads
+from . import digests
+
+
+class BenchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(default=1, gt=0, description="Texts per inference.")
+    seq_len: int = Field(default=128, gt=1, description="Tokens per text.")
+    runs: int = Field(default=30, gt=0, description="Timed runs per model.")
+    warmup: int = Field(default=5, ge=0, description="Untimed runs per model first.")
+    threads: int = Field(gt=0, description="The target's intra-op threads.")
+
+
+def run(
+    config: BenchConfig,
+    fp32_model: Path,
+    model: Path,
+    tokenizer: Path,
+    runtime: EmbeddingConfig,
+    out: Path,
+) -> dict[str, Any]:
+    """Time both models on the same ``batch x seq_len`` input; write ``out/bench.json``."""
+    threads = host_threads(config.threads)
+    embedders = {
+        "model": Embedder(model, tokenizer, runtime, threads=threads),
+        "fp32": Embedder(fp32_model, tokenizer, runtime, threads=threads),
+    }
+    # Any in-vocabulary ids will do for timing; a fixed seed keeps the input the same every run.
+    ids = np.random.default_rng(0).integers(1000, 2000, (config.batch_size, config.seq_len))
+    mask = np.ones_like(ids)
+    calls = {
+        name: (lambda e=e: e.session.run(None, e.feeds(ids, mask))) for name, e in embedders.items()
+    }
+    times = bench.interleaved(calls, config.runs, config.warmup)
+    stats = {name: bench.summarize(ms) for name, ms in times.items()}
+    result = {
+        "measured_on": "build host (not the target device)",
+        "host": bench.host_info(),
+        "threads": threads,
+        "target_threads": config.threads,
+        "batch_size": config.batch_size,
+        "seq_len": config.seq_len,
+        "model": stats["model"],
+        "fp32": stats["fp32"],
+        "speedup_vs_fp32": round(stats["fp32"]["p50_ms"] / stats["model"]["p50_ms"], 3),
+    }
+    (out / "bench.json").write_text(json.dumps(result, indent=2))
+    return {"outputs": digests(out), **result}

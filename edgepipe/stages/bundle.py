@@ -1,0 +1,130 @@
+"""Bundle: the runnable directory (model, tokenizer, runtime, manifest) and its reproducible archive."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tarfile
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..config import Target
+from ..runtime import RUNTIME_PACKAGE
+from ..runtime.embedder import RUNTIME_CONFIG, EmbeddingConfig
+from ..runtime.integrity import MANIFEST, bundle_files, sha256_file
+
+# 1980-01-01: the earliest time every archive format (zip included) can store.
+DEFAULT_EPOCH = 315532800
+RUNTIME_MODULES = ("__init__.py", "integrity.py", "embedder.py", "bench.py", "cli.py")
+
+
+def requirements(target: Target) -> str:
+    lines = [
+        "# What the bundle needs on the device; nothing else (no torch, transformers or edgepipe).",
+        f"onnxruntime{target.runtime.onnxruntime}",
+        "numpy>=1.24,<3",
+        "tokenizers>=0.15,<1",
+    ]
+    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(
+        target.runtime.execution_providers
+    ):
+        lines.insert(1, "# For the GPU, install NVIDIA's onnxruntime-gpu build for this device instead.")
+    return "\n".join(lines) + "\n"
+
+
+def readme(manifest: dict[str, Any]) -> str:
+    acc, bench = manifest["accuracy"], manifest["bench"]
+    target = manifest["target"]
+    return f"""# {manifest["name"]}
+
+{manifest["model"]["source"]["name"]} ({manifest["task"]}) built by edgepipe {manifest["versions"]["edgepipe"]}
+for **{target["name"]}** ({target["description"]}) with profile **{manifest["profile"]["name"]}**.
+
+## Run
+```
+pip install -r requirements.txt
+python . embed "turn on the kitchen lights"     # one JSON line {{"embedding": [...]}} per text
+python . embed - < texts.txt                     # one text per line from stdin
+python . verify                                  # every file against manifest.json
+python . info
+```
+Only onnxruntime, numpy and tokenizers are needed on the device.
+
+## Accuracy
+Cosine similarity to the fp32 PyTorch model over {acc["model"]["n"]} texts: min {acc["model"]["min"]},
+p5 {acc["model"]["p5"]}, mean {acc["model"]["mean"]} (bar: {acc["metric"]} >= {acc["bar"]}).
+
+## Speed
+Measured on the build host ({bench["host"]["cpu"]}), not on the device: p50
+{bench["model"]["p50_ms"]} ms at batch {bench["batch_size"]}, {bench["seq_len"]} tokens,
+{bench["threads"]} threads; {bench["speedup_vs_fp32"]}x the fp32 model measured in the same run.
+"""
+
+
+def assemble(
+    dest: Path,
+    model: Path,
+    tokenizer_dir: Path,
+    runtime: EmbeddingConfig,
+    target: Target,
+) -> None:
+    """Write everything but the manifest and README into ``dest``."""
+    (dest / "model").mkdir(parents=True)
+    shutil.copyfile(model, dest / "model" / "model.onnx")
+    shutil.copytree(tokenizer_dir, dest / "tokenizer")
+    pkg = dest / RUNTIME_PACKAGE
+    pkg.mkdir()
+    source = resources.files("edgepipe.runtime")
+    for name in RUNTIME_MODULES:
+        (pkg / name).write_text(source.joinpath(name).read_text(encoding="utf-8"), encoding="utf-8")
+    (dest / "__main__.py").write_text(
+        source.joinpath("bundle_main.py").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    (dest / RUNTIME_CONFIG).write_text(json.dumps(runtime.to_json(), indent=2) + "\n")
+    (dest / "requirements.txt").write_text(requirements(target))
+
+
+def finish(dest: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Write README.md, then manifest.json naming every other file's sha256; return the manifest."""
+    (dest / "README.md").write_text(readme(manifest), encoding="utf-8")
+    manifest = {
+        **manifest,
+        "files": {rel: sha256_file(path) for rel, path in bundle_files(dest).items()},
+    }
+    (dest / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    return manifest
+
+
+def source_date_epoch() -> int:
+    value = os.environ.get("SOURCE_DATE_EPOCH", "")
+    return int(value) if value.isdigit() else DEFAULT_EPOCH
+
+
+def write_archive(src: Path, dst: Path) -> None:
+    """A .tar.gz of ``src`` under its own name whose bytes depend only on the files' contents."""
+    mtime = source_date_epoch()
+    entries = sorted(p for p in src.rglob("*") if "__pycache__" not in p.parts)
+
+    def add(tar: tarfile.TarFile, path: Path, arcname: str) -> None:
+        info = tar.gettarinfo(str(path), arcname)
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = mtime
+        info.mode = 0o755 if info.isdir() else 0o644
+        if info.isfile():
+            with open(path, "rb") as f:
+                tar.addfile(info, f)
+        else:
+            tar.addfile(info)
+
+    with (
+        open(dst, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        add(tar, src, src.name)
+        for path in entries:
+            add(tar, path, f"{src.name}/{path.relative_to(src).as_posix()}")

@@ -1,0 +1,99 @@
+"""Export: Hugging Face model directory -> fp32 ONNX (optimum-onnx), tokenizer alongside."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import StageError
+from . import digests
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+class ExportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: str = Field(default="feature-extraction", description="optimum-onnx export task.")
+    opset: int | None = Field(default=None, description="ONNX opset; None lets optimum choose.")
+    trust_remote_code: bool = Field(default=False, description="Run the model's own code.")
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence the exporters' warnings and chatter; errors still raise."""
+    loggers = [logging.getLogger(n) for n in ("optimum", "transformers", "torch", "onnx")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def max_length(model_dir: Path) -> int:
+    """Tokens the reference model reads: sentence-transformers' max_seq_length, else the config's."""
+    st_config = model_dir / "sentence_bert_config.json"
+    if st_config.is_file():
+        value = json.loads(st_config.read_text()).get("max_seq_length")
+        if isinstance(value, int) and value > 0:
+            return value
+    config = json.loads((model_dir / "config.json").read_text())
+    limits = [config.get("max_position_embeddings", 512)]
+    tok_config = model_dir / "tokenizer_config.json"
+    if tok_config.is_file():
+        value = json.loads(tok_config.read_text()).get("model_max_length")
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+    return int(min(limits))
+
+
+def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
+    """Write ``out/model.onnx`` and the tokenizer files; return the stage record."""
+    from optimum.exporters.onnx import main_export
+
+    raw = out / "optimum"
+    try:
+        with quiet():
+            main_export(
+                str(model_dir),
+                str(raw),
+                task=config.task,
+                opset=config.opset,
+                device="cpu",
+                do_validation=False,
+                trust_remote_code=config.trust_remote_code,
+            )
+    except Exception as exc:  # optimum raises bare Exceptions for unsupported models
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StageError(f"export of {model_dir} failed: {first}") from exc
+    onnx_files = sorted(raw.glob("*.onnx"))
+    if len(onnx_files) != 1:
+        raise StageError(f"export of {model_dir} wrote {len(onnx_files)} ONNX files, expected 1")
+    shutil.move(str(onnx_files[0]), out / "model.onnx")
+    if any(raw.glob("*.onnx_data")) or any(raw.glob("*.data")):
+        raise StageError("export wrote external tensor data; models over 2 GB are not supported yet")
+    (out / "tokenizer").mkdir()
+    for name in TOKENIZER_FILES:
+        src = raw / name if (raw / name).is_file() else model_dir / name
+        if src.is_file():
+            shutil.copyfile(src, out / "tokenizer" / name)
+    shutil.rmtree(raw)
+    return {"outputs": digests(out), "max_length": max_length(model_dir)}

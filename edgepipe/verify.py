@@ -1,0 +1,78 @@
+"""`edgepipe verify`: a bundle directory or archive against its manifest, archives opened safely."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .errors import VerifyError
+from .runtime.integrity import read_manifest, verify_dir
+
+
+def _safe_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or member.name.startswith(("/", "\\")):
+        raise VerifyError(f"{archive}: refused: entry '{member.name}' has an absolute path")
+    if ".." in name.parts:
+        raise VerifyError(f"{archive}: refused: entry '{member.name}' escapes the bundle with '..'")
+    if member.issym() or member.islnk():
+        raise VerifyError(f"{archive}: refused: entry '{member.name}' is a link")
+    if not (member.isfile() or member.isdir()):
+        raise VerifyError(f"{archive}: refused: entry '{member.name}' is a device or special file")
+    return name
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract a bundle archive into ``dest`` after checking every entry; return the bundle dir."""
+    try:
+        tar = tarfile.open(archive, "r:*")
+    except (OSError, tarfile.TarError) as exc:
+        raise VerifyError(f"{archive}: not a readable .tar.gz archive ({exc})") from None
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (OSError, tarfile.TarError, EOFError) as exc:
+            raise VerifyError(f"{archive}: corrupt archive ({exc})") from None
+        names = [_safe_member(m, archive) for m in members]
+        tops = {n.parts[0] for n in names if n.parts}
+        if len(tops) != 1:
+            raise VerifyError(f"{archive}: a bundle archive holds exactly one top-level directory")
+        for member, name in zip(members, names):
+            path = dest.joinpath(*name.parts)
+            if member.isdir():
+                path.mkdir(parents=True, exist_ok=True)
+                continue
+            path.parent.mkdir(parents=True, exist_ok=True)
+            source = tar.extractfile(member)
+            if source is None:
+                raise VerifyError(f"{archive}: entry '{member.name}' has no data")
+            try:
+                with source, open(path, "wb") as target:
+                    shutil.copyfileobj(source, target)
+            except (OSError, tarfile.TarError, EOFError) as exc:
+                raise VerifyError(f"{archive}: corrupt entry '{member.name}' ({exc})") from None
+    return dest / tops.pop()
+
+
+def _verify_dir(root: Path, shown: Path) -> int:
+    try:
+        problems = verify_dir(root)
+        count = len(read_manifest(root)["files"])
+    except ValueError as exc:
+        raise VerifyError(str(exc).replace(str(root), str(shown))) from None
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise VerifyError(f"{shown}: does not match its manifest: {problems[0]}{more}")
+    return count
+
+
+def verify(path: Path) -> int:
+    """Number of files checked; VerifyError naming the first problem otherwise."""
+    if path.is_dir():
+        return _verify_dir(path, path)
+    if not path.is_file():
+        raise VerifyError(f"{path}: no such bundle directory or archive")
+    with tempfile.TemporaryDirectory(prefix="edgepipe-verify-") as tmp:
+        return _verify_dir(extract_archive(path, Path(tmp)), path)
