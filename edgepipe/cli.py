@@ -23,8 +23,10 @@ from .errors import EdgepipeError
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False, soft_wrap=True)
+# soft_wrap: an error stays on one line, however narrow the terminal or log.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output (CI logs, `| less`) gets full-width tables instead of rich's 80-column default.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -104,7 +106,9 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
 
 
 @main.command()
-@click.option("--target", "-t", required=True, help="Device name (see `edgepipe targets`) or YAML file.")
+@click.option(
+    "--target", "-t", required=True, help="Device name (see `edgepipe targets`) or YAML file."
+)
 @click.option("--profile", "-p", help="Recipe name or YAML file; default: the target's.")
 @click.option("--model", "-m", help="Hugging Face model directory; default: all-MiniLM-L6-v2.")
 @click.option("--name", help="Model name in the bundle's name; default: the directory's name.")
@@ -156,12 +160,15 @@ def build(
     def progress(stage: str, summary: str | None) -> None:
         if summary is None:
             started[stage] = time.perf_counter()
-            err.print(f"[dim]…[/dim] {stage}", end="\r")
+            if err.is_terminal:
+                err.print(f"[dim]… {stage}[/dim]", end="\r")
         else:
             seconds = time.perf_counter() - started.get(stage, time.perf_counter())
             err.print(f"[green]✓[/green] {stage:<9} {summary} [dim]({seconds:.1f}s)[/dim]")
 
-    err.print(f"building for [bold]{target_cfg.name}[/bold] with profile [bold]{profile_cfg.name}[/bold]")
+    err.print(
+        f"building for [bold]{target_cfg.name}[/bold] with profile [bold]{profile_cfg.name}[/bold]"
+    )
     result = run_build(spec, progress)
     manifest = result.manifest
     summary = {
@@ -180,7 +187,7 @@ def build(
     else:
         err.print(f"[bold]bundle:[/bold] {result.bundle_dir}")
         err.print(f"[bold]archive:[/bold] {result.archive}")
-        err.print(f"run it: python {result.bundle_dir} embed \"turn on the kitchen lights\"")
+        err.print(f'run it: python {result.bundle_dir} embed "turn on the kitchen lights"')
 
 
 @main.command()

@@ -84,7 +84,9 @@ class Quantization(Strict):
     reduce_range: bool = Field(
         default=False, description="7-bit weights: avoids u8s8 saturation on AVX2 without VNNI."
     )
-    weight_type: Literal["int8", "uint8"] = Field(default="int8", description="Weight integer type.")
+    weight_type: Literal["int8", "uint8"] = Field(
+        default="int8", description="Weight integer type."
+    )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description="Node names kept in float regardless of op type."
     )
@@ -104,7 +106,7 @@ class Profile(Strict):
     description: str = Field(description="One line for `edgepipe profiles`.")
     method: Literal["fp32", "fp16", "dynamic-int8"] = Field(description="The quantization method.")
     task_kinds: list[TaskKind] = Field(
-        default_factory=lambda: ["embedding"], description="Task kinds the recipe applies to."
+        default=["embedding"], description="Task kinds the recipe applies to."
     )
     execution_providers: list[str] = Field(
         default_factory=lambda: ["CPUExecutionProvider"],
@@ -114,7 +116,8 @@ class Profile(Strict):
         default=None, description="Settings for quantizing methods; absent for fp32."
     )
     fp16_op_block_list: list[str] = Field(
-        default_factory=list, description="fp16 only: ops kept in fp32 because they overflow in fp16."
+        default_factory=list,
+        description="fp16 only: ops kept in fp32 because they overflow in fp16.",
     )
     accuracy: Accuracy
 

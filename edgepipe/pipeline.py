@@ -172,7 +172,9 @@ def _run_stages(
 
     runtime = EmbeddingConfig(
         max_length=exported["max_length"],
-        output="sentence_embedding" if _has_output(fp32_model, "sentence_embedding") else "last_hidden_state",
+        output="sentence_embedding"
+        if _has_output(fp32_model, "sentence_embedding")
+        else "last_hidden_state",
         pooling="model" if _has_output(fp32_model, "sentence_embedding") else "mean",
         intra_op_threads=target.runtime.intra_op_threads,
         inter_op_threads=target.runtime.inter_op_threads,
@@ -186,7 +188,9 @@ def _run_stages(
     evaluated = stage(
         "evaluate",
         eval_cfg,
-        lambda d: evaluate.run(eval_cfg, source.path, fp32_model, model, tokenizer, runtime, texts, d),
+        lambda d: evaluate.run(
+            eval_cfg, source.path, fp32_model, model, tokenizer, runtime, texts, d
+        ),
     )
     score = evaluated["model"]
     report("evaluate", f"min cosine {score['min']:.4f} (bar {profile.accuracy.min})")
@@ -206,7 +210,9 @@ def _run_stages(
     measured = stage(
         "bench", bench_cfg, lambda d: bench.run(bench_cfg, fp32_model, model, tokenizer, runtime, d)
     )
-    report("bench", f"p50 {measured['model']['p50_ms']} ms, {measured['speedup_vs_fp32']}x fp32 (host)")
+    report(
+        "bench", f"p50 {measured['model']['p50_ms']} ms, {measured['speedup_vs_fp32']}x fp32 (host)"
+    )
 
     report("bundle", None)
     start = time.perf_counter()
@@ -243,4 +249,3 @@ def _has_output(model: Path, name: str) -> bool:
 
     graph = onnx.load(str(model), load_external_data=False).graph
     return any(o.name == name for o in graph.output)
-

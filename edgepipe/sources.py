@@ -128,7 +128,9 @@ def _check_weights(root: Path, allow_pickle: bool) -> None:
     if pickles:
         with open(pickles[0], "rb") as f:
             if f.read(len(_LFS_POINTER)) == _LFS_POINTER:
-                raise ModelError(f"{pickles[0]}: a Git LFS pointer, not weights; run `git lfs pull`")
+                raise ModelError(
+                    f"{pickles[0]}: a Git LFS pointer, not weights; run `git lfs pull`"
+                )
         return
     raise ModelError(f"{root}: no model weights (model.safetensors) found")
 

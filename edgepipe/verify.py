@@ -27,9 +27,10 @@ def _safe_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
 def extract_archive(archive: Path, dest: Path) -> Path:
     """Extract a bundle archive into ``dest`` after checking every entry; return the bundle dir."""
     try:
-        tar = tarfile.open(archive, "r:*")
+        tar = tarfile.open(archive, "r:gz")  # noqa: SIM115 (closed by the with below)
     except (OSError, tarfile.TarError) as exc:
-        raise VerifyError(f"{archive}: not a readable .tar.gz archive ({exc})") from None
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise VerifyError(f"{archive}: not a readable .tar.gz archive ({reason})") from None
     with tar:
         try:
             members = tar.getmembers()
@@ -39,7 +40,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         tops = {n.parts[0] for n in names if n.parts}
         if len(tops) != 1:
             raise VerifyError(f"{archive}: a bundle archive holds exactly one top-level directory")
-        for member, name in zip(members, names):
+        for member, name in zip(members, names, strict=True):
             path = dest.joinpath(*name.parts)
             if member.isdir():
                 path.mkdir(parents=True, exist_ok=True)

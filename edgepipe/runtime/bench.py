@@ -8,7 +8,17 @@ import platform
 import time
 from collections.abc import Callable, Mapping
 
-FEATURES = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm", "sve")
+FEATURES = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx_vnni",
+    "amx_int8",
+    "asimddp",
+    "i8mm",
+    "sve",
+)
 
 
 def host_info() -> dict[str, object]:

@@ -44,7 +44,9 @@ def _texts(args: argparse.Namespace) -> list[str]:
             raise InputError(f"cannot read {args.file}: {exc.strerror}") from None
         texts.extend(_decode_lines(data, args.file))
     if not texts:
-        raise InputError("no text given: pass TEXT arguments, '-' to read lines from stdin, or --file")
+        raise InputError(
+            "no text given: pass TEXT arguments, '-' to read lines from stdin, or --file"
+        )
     return texts
 
 
@@ -55,7 +57,7 @@ def _embed(root: Path, args: argparse.Namespace) -> int:
     embedder = Embedder.from_bundle(root, threads=args.threads)
     vectors = embedder.embed(texts)
     out = sys.stdout
-    for text, vector in zip(texts, vectors):
+    for text, vector in zip(texts, vectors, strict=True):
         record: dict[str, object] = {"embedding": [round(float(x), 7) for x in vector]}
         tokens, truncated = embedder.token_count(text)
         if truncated:
@@ -86,10 +88,12 @@ def _verify(root: Path, args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python <bundle>", description="Run an edgepipe bundle.")
     sub = p.add_subparsers(dest="command", required=True)
-    embed = sub.add_parser("embed", help="print one JSON line {\"embedding\": [...]} per text")
+    embed = sub.add_parser("embed", help='print one JSON line {"embedding": [...]} per text')
     embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts; '-' reads lines from stdin")
     embed.add_argument("--file", help="read texts from a file, one per line")
-    embed.add_argument("--threads", type=int, default=None, help="intra-op threads (default: target's)")
+    embed.add_argument(
+        "--threads", type=int, default=None, help="intra-op threads (default: target's)"
+    )
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
     sub.add_parser("verify", help="check every file against manifest.json")
     return p

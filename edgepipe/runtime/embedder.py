@@ -91,7 +91,9 @@ class Embedder:
     @classmethod
     def from_bundle(cls, root: Path, threads: int | None = None) -> Embedder:
         config = EmbeddingConfig.load(root / RUNTIME_CONFIG)
-        return cls(root / "model" / "model.onnx", root / "tokenizer" / "tokenizer.json", config, threads)
+        return cls(
+            root / "model" / "model.onnx", root / "tokenizer" / "tokenizer.json", config, threads
+        )
 
     def token_count(self, text: str) -> tuple[int, bool]:
         """Tokens the model sees for ``text`` and whether it was truncated to max_length."""

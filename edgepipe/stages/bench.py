@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime import bench
 from ..runtime.embedder import Embedder, EmbeddingConfig, host_threads
+from ..tasks import embedding
 from . import digests
 
 
@@ -22,6 +23,16 @@ class BenchConfig(BaseModel):
     runs: int = Field(default=30, gt=0, description="Timed runs per model.")
     warmup: int = Field(default=5, ge=0, description="Untimed runs per model first.")
     threads: int = Field(gt=0, description="The target's intra-op threads.")
+
+
+def sample_ids(embedder: Embedder, seq_len: int) -> np.ndarray:
+    """``seq_len`` real token ids: the built-in texts, tokenized and repeated as needed."""
+    ids: list[int] = []
+    for text in embedding.builtin_texts():
+        ids.extend(embedder.tokenizer.encode(text).ids)
+        if len(ids) >= seq_len:
+            break
+    return np.resize(np.asarray(ids, dtype=np.int64), seq_len)
 
 
 def run(
@@ -38,8 +49,8 @@ def run(
         "model": Embedder(model, tokenizer, runtime, threads=threads),
         "fp32": Embedder(fp32_model, tokenizer, runtime, threads=threads),
     }
-    # Any in-vocabulary ids will do for timing; a fixed seed keeps the input the same every run.
-    ids = np.random.default_rng(0).integers(1000, 2000, (config.batch_size, config.seq_len))
+    seq_len = min(config.seq_len, runtime.max_length)
+    ids = np.tile(sample_ids(embedders["model"], seq_len), (config.batch_size, 1))
     mask = np.ones_like(ids)
     calls = {
         name: (lambda e=e: e.session.run(None, e.feeds(ids, mask))) for name, e in embedders.items()
@@ -52,7 +63,7 @@ def run(
         "threads": threads,
         "target_threads": config.threads,
         "batch_size": config.batch_size,
-        "seq_len": config.seq_len,
+        "seq_len": seq_len,
         "model": stats["model"],
         "fp32": stats["fp32"],
         "speedup_vs_fp32": round(stats["fp32"]["p50_ms"] / stats["model"]["p50_ms"], 3),

@@ -31,7 +31,9 @@ def requirements(target: Target) -> str:
     if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(
         target.runtime.execution_providers
     ):
-        lines.insert(1, "# For the GPU, install NVIDIA's onnxruntime-gpu build for this device instead.")
+        lines.insert(
+            1, "# For the GPU, install NVIDIA's onnxruntime-gpu build for this device instead."
+        )
     return "\n".join(lines) + "\n"
 
 

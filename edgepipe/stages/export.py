@@ -44,7 +44,7 @@ def quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        for lg, level in zip(loggers, levels):
+        for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
 
 
@@ -89,7 +89,9 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
         raise StageError(f"export of {model_dir} wrote {len(onnx_files)} ONNX files, expected 1")
     shutil.move(str(onnx_files[0]), out / "model.onnx")
     if any(raw.glob("*.onnx_data")) or any(raw.glob("*.data")):
-        raise StageError("export wrote external tensor data; models over 2 GB are not supported yet")
+        raise StageError(
+            "export wrote external tensor data; models over 2 GB are not supported yet"
+        )
     (out / "tokenizer").mkdir()
     for name in TOKENIZER_FILES:
         src = raw / name if (raw / name).is_file() else model_dir / name

@@ -32,7 +32,9 @@ def load_texts(path: Path) -> list[str]:
                 record = json.loads(line)
                 texts.append(str(record["text"]))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(f"{path}: line {number} is not a JSON object with a \"text\" field")
+                raise ConfigError(
+                    f'{path}: line {number} is not a JSON object with a "text" field'
+                ) from None
         else:
             texts.append(line)
     if not texts:

@@ -1,0 +1,70 @@
+"""The bundle a build publishes: contents, manifest, and a reproducible archive."""
+
+import gzip
+import tarfile
+
+from edgepipe.runtime.integrity import bundle_files, sha256_file
+from edgepipe.stages import bundle
+
+EXPECTED = {
+    "__main__.py",
+    "README.md",
+    "requirements.txt",
+    "runtime.json",
+    "model/model.onnx",
+    "tokenizer/tokenizer.json",
+    "edgepipe_runtime/cli.py",
+    "edgepipe_runtime/embedder.py",
+    "edgepipe_runtime/integrity.py",
+}
+
+
+def test_manifest_names_every_file_with_its_sha256(tiny_bundle):
+    root, manifest = tiny_bundle.bundle_dir, tiny_bundle.manifest
+    files = bundle_files(root)
+    assert set(files) >= EXPECTED
+    assert manifest["files"] == {rel: sha256_file(path) for rel, path in files.items()}
+    assert manifest["model"]["path"] == "model/model.onnx"
+    assert manifest["model"]["sha256"] == manifest["files"]["model/model.onnx"]
+    assert (
+        manifest["target"]["name"] == "laptop-avx2" and manifest["profile"]["name"] == "tiny-int8"
+    )
+    assert {"onnxruntime", "onnx", "optimum", "transformers", "torch"} <= set(manifest["versions"])
+    assert set(manifest["stages"]) == {"export", "quantize", "evaluate", "bench"}
+    assert manifest["bench"]["measured_on"].startswith("build host")
+
+
+def test_requirements_are_only_the_runtime(tiny_bundle):
+    lines = [
+        line
+        for line in (tiny_bundle.bundle_dir / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert [line.split(">")[0].split("=")[0] for line in lines] == [
+        "onnxruntime",
+        "numpy",
+        "tokenizers",
+    ]
+    assert lines[0] == "onnxruntime>=1.20,<2"
+
+
+def test_archive_is_reproducible_and_normalised(tiny_bundle, tmp_path, monkeypatch):
+    first, second = tmp_path / "a.tar.gz", tmp_path / "b.tar.gz"
+    bundle.write_archive(tiny_bundle.bundle_dir, first)
+    (tiny_bundle.bundle_dir / "README.md").touch()  # a new mtime must not change the bytes
+    bundle.write_archive(tiny_bundle.bundle_dir, second)
+    assert first.read_bytes() == second.read_bytes()
+    assert sha256_file(first) == sha256_file(tiny_bundle.archive)
+    with gzip.open(first) as gz:
+        assert gz.read(1)  # valid gzip
+    assert first.read_bytes()[4:8] == b"\0\0\0\0"  # gzip header mtime 0
+    with tarfile.open(first) as tar:
+        members = tar.getmembers()
+    names = [m.name for m in members]
+    assert names[0] == tiny_bundle.bundle_dir.name and names[1:] == sorted(names[1:])
+    assert {(m.uid, m.gid, m.uname, m.mtime) for m in members} == {(0, 0, "", bundle.DEFAULT_EPOCH)}
+    assert {m.mode for m in members if m.isfile()} == {0o644}
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    bundle.write_archive(tiny_bundle.bundle_dir, second)
+    with tarfile.open(second) as tar:
+        assert {m.mtime for m in tar.getmembers()} == {1700000000}

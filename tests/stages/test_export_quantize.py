@@ -1,0 +1,89 @@
+"""Export and quantize on the tiny model: structure of the graphs and numeric agreement."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+from edgepipe import catalog
+from edgepipe.runtime.integrity import sha256_file
+from edgepipe.stages import export, quantize
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_bert_master, tmp_path_factory):
+    out = tmp_path_factory.mktemp("export")
+    record = export.run(export.ExportConfig(), tiny_bert_master, out)
+    return out, record
+
+
+def test_export_writes_model_and_tokenizer(exported):
+    out, record = exported
+    assert set(record["outputs"]) == {
+        "model.onnx",
+        "tokenizer/tokenizer.json",
+        "tokenizer/tokenizer_config.json",
+        "tokenizer/special_tokens_map.json",
+    }
+    assert record["outputs"]["model.onnx"] == sha256_file(out / "model.onnx")
+    assert record["max_length"] == 64  # the tokenizer's model_max_length, below 512 positions
+
+
+def test_export_matches_pytorch(exported, tiny_bert_master):
+    import onnxruntime as ort
+
+    out, _ = exported
+    tok = AutoTokenizer.from_pretrained(tiny_bert_master)
+    enc = tok("turn on the kitchen lights", return_tensors="np")
+    session = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}
+    (onnx_out,) = session.run(["last_hidden_state"], feeds)
+    with torch.inference_mode():
+        ref = AutoModel.from_pretrained(tiny_bert_master)(
+            **tok("turn on the kitchen lights", return_tensors="pt")
+        )
+    np.testing.assert_allclose(onnx_out, ref.last_hidden_state.numpy(), atol=1e-4)
+
+
+def test_dynamic_int8_quantizes_every_matmul_weight(exported, tmp_path):
+    out, _ = exported
+    fp32_counts = quantize.op_counts(out / "model.onnx")
+    profile = catalog.profiles().load("x86-avx2-int8")
+    record = quantize.run(
+        quantize.QuantizeConfig.from_profile(profile), out / "model.onnx", tmp_path
+    )
+    counts = record["op_counts"]
+    # Each MatMul with a constant weight becomes an integer MatMul; 2 layers x 6 weight MatMuls.
+    assert counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0) == 12
+    assert counts.get("MatMul", 0) == fp32_counts["MatMul"] - 12
+    assert record["size_bytes"] < (out / "model.onnx").stat().st_size
+
+
+def test_excluded_nodes_stay_float(exported, tmp_path):
+    out, _ = exported
+    graph = onnx.load(str(out / "model.onnx")).graph
+    weights = {i.name for i in graph.initializer}
+    weight_matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    config = quantize.QuantizeConfig(
+        method="dynamic-int8",
+        quantization={"op_types": ["MatMul"], "nodes_to_exclude": weight_matmuls[:2]},
+    )
+    counts = quantize.run(config, out / "model.onnx", tmp_path)["op_counts"]
+    assert counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0) == 10
+
+
+def test_fp16_keeps_fp32_inputs_and_outputs(exported, tmp_path):
+    out, _ = exported
+    profile = catalog.profiles().load("jetson-fp16")
+    quantize.run(quantize.QuantizeConfig.from_profile(profile), out / "model.onnx", tmp_path)
+    model = onnx.load(str(tmp_path / "model.onnx"))
+    assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dtypes = {i.data_type for i in model.graph.initializer if len(i.dims) == 2}
+    assert onnx.TensorProto.FLOAT16 in dtypes
+
+
+def test_fp32_is_a_byte_copy(exported, tmp_path):
+    out, _ = exported
+    record = quantize.run(quantize.QuantizeConfig(method="fp32"), out / "model.onnx", tmp_path)
+    assert record["outputs"]["model.onnx"] == sha256_file(out / "model.onnx")
