@@ -10,8 +10,14 @@ TORCH  := torch==2.13.0
 TARGET ?= rpi5
 OUT    ?= dist
 PYTEST_ARGS ?=
+# `make bundle(s)`: MODEL=dir builds that model instead of the packaged default.
+MODEL  ?=
+NAME   ?= $(if $(MODEL),$(shell basename "$(abspath $(MODEL))" | tr 'A-Z' 'a-z' | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$$//'),all-minilm-l6-v2)
+TARGETS := $(basename $(notdir $(wildcard targets/*.yaml)))
+SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $(wildcard profiles/*.yaml)
+MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
-.PHONY: install build test lint format bench clean
+.PHONY: install build bundles bundle test lint format bench clean
 
 install: $(STAMP)
 
@@ -23,6 +29,18 @@ $(STAMP): pyproject.toml
 
 build: $(STAMP)
 	$(BIN)/edgepipe build --target $(TARGET) --out $(OUT)
+
+# One archive per target; each is rebuilt only when its target file, a profile, edgepipe's code or
+# the model changed. Safe under make -j: each build locks its own bundle, the stage cache is atomic.
+bundles: $(TARGETS:%=$(OUT)/$(NAME)-%.tar.gz)
+
+bundle: $(OUT)/$(NAME)-$(TARGET).tar.gz
+
+$(OUT)/$(NAME)-%.tar.gz: targets/%.yaml $(SOURCES) $(MODEL_FILES) | $(STAMP)
+	$(BIN)/edgepipe build --target $* --out $(OUT) --name $(NAME) $(if $(MODEL),--model $(MODEL))
+
+bench: $(STAMP)
+	$(BIN)/python tests/bench/bench_cache.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

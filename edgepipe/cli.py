@@ -118,6 +118,12 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
 @click.option("--bench-runs", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--allow-pickle", is_flag=True, help="Load pytorch_model.bin (runs code in it).")
 @click.option("--trust-remote-code", is_flag=True, help="Run a model's own Python code.")
+@click.option(
+    "--cache/--no-cache",
+    default=True,
+    show_default=True,
+    help="Reuse stage results from the cache (EDGEPIPE_CACHE_DIR, default ~/.cache/edgepipe).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
 @dirs_option("profiles")
@@ -133,11 +139,13 @@ def build(
     bench_runs: int,
     allow_pickle: bool,
     trust_remote_code: bool,
+    cache: bool,
     as_json: bool,
     targets_dirs: tuple[Path, ...],
     profiles_dirs: tuple[Path, ...],
 ) -> None:
     """Build a verified bundle of MODEL for TARGET."""
+    from .cache import StageCache, default_dir
     from .pipeline import BuildSpec
     from .pipeline import build as run_build
 
@@ -154,6 +162,7 @@ def build(
         bench_runs=bench_runs,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
+        cache=StageCache(default_dir()) if cache else None,
     )
     started: dict[str, float] = {}
 
@@ -181,6 +190,8 @@ def build(
         "latency_p50_ms": manifest["bench"]["model"]["p50_ms"],
         "speedup_vs_fp32": manifest["bench"]["speedup_vs_fp32"],
         "latency_measured_on": manifest["bench"]["measured_on"],
+        "cached_stages": result.cached,
+        "seconds": result.seconds,
     }
     if as_json:
         click.echo(json.dumps(summary, ensure_ascii=False))
@@ -203,3 +214,60 @@ def verify(path: Path, as_json: bool) -> None:
         click.echo(json.dumps({"path": str(path), "ok": True, "files": count}))
     else:
         err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json")
+
+
+@main.group()
+def cache() -> None:
+    """Inspect or empty the stage cache (EDGEPIPE_CACHE_DIR, default ~/.cache/edgepipe)."""
+
+
+@cache.command("info")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def cache_info(as_json: bool) -> None:
+    """Where the cache is and what it holds."""
+    from .cache import StageCache, default_dir
+
+    info = StageCache(default_dir()).info()
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    table = Table("stage", "entries", "MB", title=info["path"])
+    for stage, s in info["stages"].items():
+        table.add_row(stage, str(s["entries"]), f"{s['bytes'] / 1e6:.1f}")
+    table.add_row("total", str(info["entries"]), f"{info['bytes'] / 1e6:.1f}")
+    out.print(table)
+
+
+@cache.command("clear")
+@handle_errors
+def cache_clear() -> None:
+    """Remove every cache entry."""
+    from .cache import StageCache, default_dir
+
+    store = StageCache(default_dir())
+    err.print(f"removed {store.clear()} entries from {store.root}")
+
+
+@main.command()
+@click.option("--target", "-t", "target_names", multiple=True, help="Targets (default: all).")
+@click.option(
+    "--model", "-m", "models", multiple=True, help="Model dirs (default: the packaged one)."
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["json", "github"]), default="json", show_default=True
+)
+@dirs_option("targets")
+@handle_errors
+def matrix(
+    target_names: tuple[str, ...], models: tuple[str, ...], fmt: str, targets_dirs: tuple[Path, ...]
+) -> None:
+    """Print the target x model build matrix for CI systems that fan out across machines."""
+    store = catalog.targets(targets_dirs)
+    chosen = [store.load(n) for n in target_names] if target_names else store.all()
+    rows = [
+        {"target": t.name, "profile": t.default_profile, "model": m, "arch": t.platform.arch}
+        for m in (models or ("default",))
+        for t in chosen
+    ]
+    click.echo(json.dumps({"include": rows} if fmt == "github" else rows))

@@ -17,9 +17,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from . import __version__, sources
+from .cache import StageCache, cache_key
 from .config import Profile, Target, check_fits
 from .errors import GuardError, ResourceError
+from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
 from .stages import bench, bundle, evaluate, export, quantize
 from .tasks import embedding
@@ -42,6 +46,7 @@ class BuildSpec:
     work_dir: Path | None = None
     eval_data: Path | None = None
     bench_runs: int = 30
+    cache: StageCache | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
@@ -52,6 +57,7 @@ class BuildResult:
     archive: Path
     manifest: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
 
 
 # Called with (stage name, None) when a stage starts and (stage name, one-line summary) when done.
@@ -138,6 +144,46 @@ def _stage_dir(work: Path, stage: str) -> Path:
     return path
 
 
+@dataclass
+class StageRunner:
+    """Runs one stage into ``work/<stage>``, or copies it from the cache when the key matches."""
+
+    work: Path
+    cache: StageCache | None
+    report: Progress
+    tool_versions: dict[str, str]
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    cached: list[str] = field(default_factory=list)
+
+    def __call__(
+        self,
+        name: str,
+        config: BaseModel,
+        inputs: dict[str, str],
+        fn: Callable[[Path], dict[str, Any]],
+    ) -> dict[str, Any]:
+        self.report(name, None)
+        start = time.perf_counter()
+        dest = _stage_dir(self.work, name)
+        config_json = config.model_dump(mode="json")
+        key = cache_key(name, config_json, inputs, self.tool_versions)
+        lookup = self.cache.get(name, key, dest) if self.cache else None
+        if lookup is not None and lookup.record is not None:
+            record = lookup.record
+            self.cached.append(name)
+        else:
+            record = fn(dest)
+            if self.cache:
+                self.cache.put(name, key, dest, record)
+        self.seconds[name] = round(time.perf_counter() - start, 2)
+        self.records[name] = {"config": config_json, "inputs": inputs, **record}
+        return record
+
+    def summary(self, name: str, text: str) -> None:
+        self.report(name, f"{text} (cached)" if name in self.cached else text)
+
+
 def _run_stages(
     spec: BuildSpec,
     source: sources.ModelSource,
@@ -148,34 +194,40 @@ def _run_stages(
     report: Progress,
 ) -> BuildResult:
     target, profile = spec.target, spec.profile
-    records: dict[str, dict[str, Any]] = {}
-    seconds: dict[str, float] = {}
-
-    def stage(stage_name: str, config: Any, fn: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
-        report(stage_name, None)
-        start = time.perf_counter()
-        record = fn(_stage_dir(work, stage_name))
-        seconds[stage_name] = round(time.perf_counter() - start, 2)
-        records[stage_name] = {"config": config.model_dump(mode="json"), **record}
-        return record
+    tool_versions = {k: v for k, v in versions().items() if k != "python"}
+    stage = StageRunner(work, spec.cache, report, tool_versions)
 
     export_cfg = export.ExportConfig(trust_remote_code=source.trust_remote_code)
-    exported = stage("export", export_cfg, lambda d: export.run(export_cfg, source.path, d))
+    exported = stage(
+        "export",
+        export_cfg,
+        {"source": source.digest},
+        lambda d: export.run(export_cfg, source.path, d),
+    )
     fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
-    report("export", f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB")
+    stage.summary("export", f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB")
+    digests = {
+        "fp32": exported["outputs"]["model.onnx"],
+        "tokenizer": exported["outputs"]["tokenizer/tokenizer.json"],
+    }
 
     quant_cfg = quantize.QuantizeConfig.from_profile(profile)
-    quantized = stage("quantize", quant_cfg, lambda d: quantize.run(quant_cfg, fp32_model, d))
+    quantized = stage(
+        "quantize",
+        quant_cfg,
+        {"fp32": digests["fp32"]},
+        lambda d: quantize.run(quant_cfg, fp32_model, d),
+    )
     model = work / "quantize" / "model.onnx"
+    digests["model"] = quantized["outputs"]["model.onnx"]
     size_mb = quantized["size_bytes"] / 1e6
-    report("quantize", f"{profile.method} {size_mb:.1f} MB")
+    stage.summary("quantize", f"{profile.method} {size_mb:.1f} MB")
 
+    pooled = _has_output(fp32_model, "sentence_embedding")
     runtime = EmbeddingConfig(
         max_length=exported["max_length"],
-        output="sentence_embedding"
-        if _has_output(fp32_model, "sentence_embedding")
-        else "last_hidden_state",
-        pooling="model" if _has_output(fp32_model, "sentence_embedding") else "mean",
+        output="sentence_embedding" if pooled else "last_hidden_state",
+        pooling="model" if pooled else "mean",
         intra_op_threads=target.runtime.intra_op_threads,
         inter_op_threads=target.runtime.inter_op_threads,
         providers=tuple(target.runtime.execution_providers),
@@ -184,16 +236,18 @@ def _run_stages(
     eval_cfg = evaluate.EvaluateConfig(
         bar=profile.accuracy.min,
         texts_digest=hashlib.sha256("\n".join(texts).encode()).hexdigest(),
+        runtime=runtime.to_json(),
     )
     evaluated = stage(
         "evaluate",
         eval_cfg,
+        {"source": source.digest, **digests},
         lambda d: evaluate.run(
             eval_cfg, source.path, fp32_model, model, tokenizer, runtime, texts, d
         ),
     )
     score = evaluated["model"]
-    report("evaluate", f"min cosine {score['min']:.4f} (bar {profile.accuracy.min})")
+    stage.summary("evaluate", f"min cosine {score['min']:.4f} (bar {profile.accuracy.min})")
     if not evaluated["passed"]:
         raise GuardError(
             f"profile '{profile.name}' reached min cosine {score['min']:.4f} on "
@@ -206,11 +260,16 @@ def _run_stages(
             f"{target.budgets.model_size_mb} MB; choose a smaller profile or model"
         )
 
-    bench_cfg = bench.BenchConfig(runs=spec.bench_runs, threads=target.runtime.intra_op_threads)
-    measured = stage(
-        "bench", bench_cfg, lambda d: bench.run(bench_cfg, fp32_model, model, tokenizer, runtime, d)
+    bench_cfg = bench.BenchConfig(
+        runs=spec.bench_runs, threads=target.runtime.intra_op_threads, host=host_info()
     )
-    report(
+    measured = stage(
+        "bench",
+        bench_cfg,
+        digests,
+        lambda d: bench.run(bench_cfg, fp32_model, model, tokenizer, runtime, d),
+    )
+    stage.summary(
         "bench", f"p50 {measured['model']['p50_ms']} ms, {measured['speedup_vs_fp32']}x fp32 (host)"
     )
 
@@ -235,13 +294,13 @@ def _run_stages(
             "versions": versions(),
             "accuracy": {k: v for k, v in evaluated.items() if k != "outputs"},
             "bench": {k: v for k, v in measured.items() if k != "outputs"},
-            "stages": records,
+            "stages": stage.records,
         },
     )
     bundle.write_archive(dest, staging / f"{name}.tar.gz")
-    seconds["bundle"] = round(time.perf_counter() - start, 2)
+    stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
     report("bundle", f"{name} ({len(manifest['files'])} files)")
-    return BuildResult(dest, staging / f"{name}.tar.gz", manifest, seconds)
+    return BuildResult(dest, staging / f"{name}.tar.gz", manifest, stage.seconds, stage.cached)
 
 
 def _has_output(model: Path, name: str) -> bool:

@@ -73,6 +73,14 @@ def make_tiny_bert(dest: Path, seed: int = 0) -> Path:
     return dest
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Builds in tests (and the CLIs they start) use a cache of their own, never ~/.cache."""
+    path = tmp_path_factory.mktemp("cache")
+    os.environ["EDGEPIPE_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_bert_master(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny") / "tiny-bert")

@@ -23,6 +23,9 @@ class BenchConfig(BaseModel):
     runs: int = Field(default=30, gt=0, description="Timed runs per model.")
     warmup: int = Field(default=5, ge=0, description="Untimed runs per model first.")
     threads: int = Field(gt=0, description="The target's intra-op threads.")
+    host: dict[str, Any] = Field(
+        description="The machine measured on: a new host is a new measurement."
+    )
 
 
 def sample_ids(embedder: Embedder, seq_len: int) -> np.ndarray:
@@ -59,7 +62,8 @@ def run(
     stats = {name: bench.summarize(ms) for name, ms in times.items()}
     result = {
         "measured_on": "build host (not the target device)",
-        "host": bench.host_info(),
+        "host": config.host,
+        "provider": embedders["model"].session.get_providers()[0],
         "threads": threads,
         "target_threads": config.threads,
         "batch_size": config.batch_size,

@@ -20,6 +20,7 @@ class EvaluateConfig(BaseModel):
     metric: str = Field(default="min_cosine", description="What the bar applies to.")
     bar: float = Field(description="The profile's minimum; the build fails below it.")
     texts_digest: str = Field(description="sha256 of the evaluation texts, for the cache key.")
+    runtime: dict[str, Any] = Field(description="The runtime settings the model is run with.")
 
 
 def run(
