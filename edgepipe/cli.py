@@ -24,7 +24,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # soft_wrap: an error stays on one line, however narrow the terminal or log.
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = Console(
+    stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200
+)
 # Piped output (CI logs, `| less`) gets full-width tables instead of rich's 80-column default.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
@@ -39,6 +41,8 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except EdgepipeError as exc:
+            if exc.details:
+                err.print(rows_table(exc.details, "what was tried"))
             err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -56,6 +60,14 @@ def handle_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = Table(*columns, title=title)
+    for row in rows:
+        table.add_row(*(str(row.get(c, "")) for c in columns))
+    return table
 
 
 def dirs_option(kind: str) -> Callable[[F], F]:
@@ -115,6 +127,16 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
 @click.option("--out", "-o", default="dist", type=click.Path(path_type=Path), show_default=True)
 @click.option("--work-dir", type=click.Path(path_type=Path), help="Keep stage files here.")
 @click.option("--eval-data", type=click.Path(path_type=Path), help="Texts (lines or JSONL).")
+@click.option(
+    "--calibration-data",
+    type=click.Path(path_type=Path),
+    help="Texts for calibrating activation ranges (lines or JSONL); default: a built-in set.",
+)
+@click.option(
+    "--search",
+    is_flag=True,
+    help="Try every profile that fits the target; keep the fastest that meets its bar and budgets.",
+)
 @click.option("--bench-runs", default=30, show_default=True, type=click.IntRange(1))
 @click.option("--allow-pickle", is_flag=True, help="Load pytorch_model.bin (runs code in it).")
 @click.option("--trust-remote-code", is_flag=True, help="Run a model's own Python code.")
@@ -136,6 +158,8 @@ def build(
     out: Path,
     work_dir: Path | None,
     eval_data: Path | None,
+    calibration_data: Path | None,
+    search: bool,
     bench_runs: int,
     allow_pickle: bool,
     trust_remote_code: bool,
@@ -150,7 +174,13 @@ def build(
     from .pipeline import build as run_build
 
     target_cfg = catalog.targets(targets_dirs).load(target)
-    profile_cfg = catalog.profiles(profiles_dirs).load(profile or target_cfg.default_profile)
+    recipes = catalog.profiles(profiles_dirs)
+    profile_cfg = recipes.load(profile or target_cfg.default_profile)
+    others = (
+        [p for p in recipes.all() if p.name != profile_cfg.name]
+        if search
+        else [recipes.load(name) for name in profile_cfg.fallbacks]
+    )
     spec = BuildSpec(
         target=target_cfg,
         profile=profile_cfg,
@@ -159,6 +189,9 @@ def build(
         name=name,
         work_dir=work_dir,
         eval_data=eval_data,
+        calibration_data=calibration_data,
+        search=search,
+        candidates=tuple(others),
         bench_runs=bench_runs,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
@@ -180,6 +213,8 @@ def build(
     )
     result = run_build(spec, progress)
     manifest = result.manifest
+    if search or len(result.attempts) > 1:
+        err.print(rows_table(result.attempts, f"recipes tried; kept {manifest['profile']['name']}"))
     summary = {
         "bundle_dir": str(result.bundle_dir),
         "archive": str(result.archive),
@@ -190,6 +225,8 @@ def build(
         "latency_p50_ms": manifest["bench"]["model"]["p50_ms"],
         "speedup_vs_fp32": manifest["bench"]["speedup_vs_fp32"],
         "latency_measured_on": manifest["bench"]["measured_on"],
+        "kept_float": manifest["model"]["kept_float"],
+        "attempts": result.attempts,
         "cached_stages": result.cached,
         "seconds": result.seconds,
     }

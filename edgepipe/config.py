@@ -76,6 +76,22 @@ class Target(Strict):
     budgets: Budgets
 
 
+class KeepFloat(Strict):
+    """Sensitivity-guided mixed precision: keep the most damaging nodes in float until the bar holds."""
+
+    max_nodes: int = Field(gt=0, description="At most this many nodes stay float.")
+    probe_texts: int = Field(
+        default=8, gt=0, description="Worst-scoring texts used to rank the nodes' damage."
+    )
+
+
+class Calibration(Strict):
+    method: Literal["minmax", "entropy", "percentile"] = Field(
+        default="minmax", description="How activation ranges are chosen from the calibration run."
+    )
+    samples: int = Field(default=64, gt=0, description="Calibration texts used at most.")
+
+
 class Quantization(Strict):
     op_types: list[str] = Field(
         default_factory=lambda: ["MatMul"], description="ONNX op types whose weights are quantized."
@@ -89,6 +105,23 @@ class Quantization(Strict):
     )
     nodes_to_exclude: list[str] = Field(
         default_factory=list, description="Node names kept in float regardless of op type."
+    )
+    activation_type: Literal["int8", "uint8"] = Field(
+        default="uint8",
+        description="static-int8 only: activation integer type (s8s8 for TensorRT).",
+    )
+    calibration: Calibration | None = Field(
+        default=None, description="static-int8 only: how activation ranges are calibrated."
+    )
+    smooth_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        lt=1,
+        description="dynamic-int8 only: SmoothQuant-style rescale migrating activation outliers "
+        "into the weights before quantizing (alpha = share of the range moved).",
+    )
+    keep_float: KeepFloat | None = Field(
+        default=None, description="dynamic-int8 only: mixed precision below the bar."
     )
 
 
@@ -104,7 +137,9 @@ class Profile(Strict):
 
     name: str = Field(description="Short name used on the command line.")
     description: str = Field(description="One line for `edgepipe profiles`.")
-    method: Literal["fp32", "fp16", "dynamic-int8"] = Field(description="The quantization method.")
+    method: Literal["fp32", "fp16", "dynamic-int8", "static-int8"] = Field(
+        description="The quantization method."
+    )
     task_kinds: list[TaskKind] = Field(
         default=["embedding"], description="Task kinds the recipe applies to."
     )
@@ -120,6 +155,9 @@ class Profile(Strict):
         description="fp16 only: ops kept in fp32 because they overflow in fp16.",
     )
     accuracy: Accuracy
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Profiles tried in order when this one misses its bar."
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

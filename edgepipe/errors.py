@@ -5,11 +5,17 @@ Only ``cli.py`` turns these into output and an exit status; the codes are listed
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EdgepipeError(Exception):
     """A failure the user can act on; the message is one line saying what is wrong and what to do."""
 
     exit_code = 1
+
+    def __init__(self, message: str, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []  # rows for a table the CLI shows above the message
 
 
 class ConfigError(EdgepipeError):

@@ -22,10 +22,11 @@ from pydantic import BaseModel
 from . import __version__, sources
 from .cache import StageCache, cache_key
 from .config import Profile, Target, check_fits
-from .errors import GuardError, ResourceError
+from .errors import ConfigError, GuardError, ResourceError
+from .recipes import Attempt, Recipes
 from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
-from .stages import bench, bundle, evaluate, export, quantize
+from .stages import bench, bundle, export, quantize, reference
 from .tasks import embedding
 
 STAGES = ("export", "quantize", "evaluate", "bench", "bundle")
@@ -47,6 +48,10 @@ class BuildSpec:
     eval_data: Path | None = None
     bench_runs: int = 30
     cache: StageCache | None = None
+    # Tried after ``profile`` when it misses its bar (its fallbacks), or beside it with ``search``.
+    candidates: tuple[Profile, ...] = ()
+    search: bool = False
+    calibration_data: Path | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
 
@@ -58,6 +63,7 @@ class BuildResult:
     manifest: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
     cached: list[str] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
 
 
 # Called with (stage name, None) when a stage starts and (stage name, one-line summary) when done.
@@ -146,7 +152,7 @@ def _stage_dir(work: Path, stage: str) -> Path:
 
 @dataclass
 class StageRunner:
-    """Runs one stage into ``work/<stage>``, or copies it from the cache when the key matches."""
+    """Runs one stage into ``work/<label>``, or copies it from the cache when the key matches."""
 
     work: Path
     cache: StageCache | None
@@ -162,26 +168,48 @@ class StageRunner:
         config: BaseModel,
         inputs: dict[str, str],
         fn: Callable[[Path], dict[str, Any]],
+        label: str | None = None,
     ) -> dict[str, Any]:
-        self.report(name, None)
+        label = label or name
+        self.report(label, None)
         start = time.perf_counter()
-        dest = _stage_dir(self.work, name)
+        dest = _stage_dir(self.work, label)
         config_json = config.model_dump(mode="json")
         key = cache_key(name, config_json, inputs, self.tool_versions)
         lookup = self.cache.get(name, key, dest) if self.cache else None
         if lookup is not None and lookup.record is not None:
             record = lookup.record
-            self.cached.append(name)
+            self.cached.append(label)
         else:
             record = fn(dest)
             if self.cache:
                 self.cache.put(name, key, dest, record)
-        self.seconds[name] = round(time.perf_counter() - start, 2)
-        self.records[name] = {"config": config_json, "inputs": inputs, **record}
+        self.seconds[label] = round(time.perf_counter() - start, 2)
+        self.records[label] = {"config": config_json, "inputs": inputs, **record}
         return record
 
-    def summary(self, name: str, text: str) -> None:
-        self.report(name, f"{text} (cached)" if name in self.cached else text)
+    def summary(self, label: str, text: str) -> None:
+        self.report(label, f"{text} (cached)" if label in self.cached else text)
+
+
+def attempts_table(attempts: list[Attempt]) -> list[dict[str, Any]]:
+    return [a.row() for a in attempts]
+
+
+def _fitting(spec: BuildSpec, task: str) -> list[Profile]:
+    """The profile first, then its fallbacks (all must fit) or, with --search, every fitting one."""
+    check_fits(spec.target, spec.profile, task)
+    found = [spec.profile]
+    for candidate in spec.candidates:
+        try:
+            check_fits(spec.target, candidate, task)
+        except ConfigError:
+            if not spec.search:
+                raise
+            continue
+        if candidate.name not in {p.name for p in found}:
+            found.append(candidate)
+    return found
 
 
 def _run_stages(
@@ -193,7 +221,8 @@ def _run_stages(
     staging: Path,
     report: Progress,
 ) -> BuildResult:
-    target, profile = spec.target, spec.profile
+    target = spec.target
+    profiles = _fitting(spec, source.task)
     tool_versions = {k: v for k, v in versions().items() if k != "python"}
     stage = StageRunner(work, spec.cache, report, tool_versions)
 
@@ -205,24 +234,12 @@ def _run_stages(
         lambda d: export.run(export_cfg, source.path, d),
     )
     fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
+    tokenizer = tokenizer_dir / "tokenizer.json"
     stage.summary("export", f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB")
     digests = {
         "fp32": exported["outputs"]["model.onnx"],
         "tokenizer": exported["outputs"]["tokenizer/tokenizer.json"],
     }
-
-    quant_cfg = quantize.QuantizeConfig.from_profile(profile)
-    quantized = stage(
-        "quantize",
-        quant_cfg,
-        {"fp32": digests["fp32"]},
-        lambda d: quantize.run(quant_cfg, fp32_model, d),
-    )
-    model = work / "quantize" / "model.onnx"
-    digests["model"] = quantized["outputs"]["model.onnx"]
-    size_mb = quantized["size_bytes"] / 1e6
-    stage.summary("quantize", f"{profile.method} {size_mb:.1f} MB")
-
     pooled = _has_output(fp32_model, "sentence_embedding")
     runtime = EmbeddingConfig(
         max_length=exported["max_length"],
@@ -232,51 +249,104 @@ def _run_stages(
         inter_op_threads=target.runtime.inter_op_threads,
         providers=tuple(target.runtime.execution_providers),
     )
-    tokenizer = tokenizer_dir / "tokenizer.json"
-    eval_cfg = evaluate.EvaluateConfig(
-        bar=profile.accuracy.min,
-        texts_digest=hashlib.sha256("\n".join(texts).encode()).hexdigest(),
-        runtime=runtime.to_json(),
-    )
-    evaluated = stage(
-        "evaluate",
-        eval_cfg,
+    texts_digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+
+    ref_cfg = reference.ReferenceConfig(texts_digest=texts_digest, runtime=runtime.to_json())
+    referenced = stage(
+        "reference",
+        ref_cfg,
         {"source": source.digest, **digests},
-        lambda d: evaluate.run(
-            eval_cfg, source.path, fp32_model, model, tokenizer, runtime, texts, d
-        ),
+        lambda d: reference.run(source.path, fp32_model, tokenizer, runtime, texts, d),
     )
-    score = evaluated["model"]
-    stage.summary("evaluate", f"min cosine {score['min']:.4f} (bar {profile.accuracy.min})")
-    if not evaluated["passed"]:
-        raise GuardError(
-            f"profile '{profile.name}' reached min cosine {score['min']:.4f} on "
-            f"{score['worst_text']!r}, below its bar {profile.accuracy.min}; try another profile "
-            "(`edgepipe profiles`) or --profile fp32"
+    digests["reference"] = referenced["outputs"]["reference.npy"]
+    stage.summary(
+        "reference", f"fp32 ONNX vs PyTorch min cosine {referenced['fp32_onnx']['min']:.6f}"
+    )
+
+    calibration_texts = (
+        embedding.load_texts(spec.calibration_data)
+        if spec.calibration_data
+        else embedding.builtin_calibration_texts()
+    )
+    recipes = Recipes(
+        stage=stage,
+        work=work,
+        target=target,
+        fp32_model=fp32_model,
+        reference=work / "reference" / "reference.npy",
+        tokenizer=tokenizer,
+        runtime=runtime,
+        texts=texts,
+        texts_digest=texts_digest,
+        digests=digests,
+        calibration=quantize.CalibrationData(calibration_texts, tokenizer, runtime.max_length),
+    )
+    results: list[Attempt] = []  # per profile: the attempt it ends with
+    for profile in profiles:
+        tried = recipes.with_mixed_precision(profile)
+        results.append(tried)
+        score = tried.accuracy["model"]
+        stage.summary(
+            f"evaluate/{tried.label}",
+            f"{tried.size_bytes / 1e6:.1f} MB, min cosine {score['min']:.4f} "
+            f"(bar {profile.accuracy.min}){'' if tried.passed else ': ' + str(tried.problem)}",
         )
-    if size_mb > target.budgets.model_size_mb:
+        if tried.passed and not spec.search:
+            break
+    passing = [a for a in results if a.passed]
+    if not passing:
         raise GuardError(
-            f"model is {size_mb:.1f} MB, over target '{target.name}' budget of "
-            f"{target.budgets.model_size_mb} MB; choose a smaller profile or model"
+            f"no recipe met its bar and the target's budgets ({len(recipes.attempts)} tried, best "
+            f"min cosine {max(a.accuracy['model']['min'] for a in recipes.attempts)}); "
+            "see the table above, lower the bar in a profile of your own, or use --profile fp32",
+            details=attempts_table(recipes.attempts),
         )
 
-    bench_cfg = bench.BenchConfig(
-        runs=spec.bench_runs, threads=target.runtime.intra_op_threads, host=host_info()
-    )
-    measured = stage(
-        "bench",
-        bench_cfg,
-        digests,
-        lambda d: bench.run(bench_cfg, fp32_model, model, tokenizer, runtime, d),
-    )
-    stage.summary(
-        "bench", f"p50 {measured['model']['p50_ms']} ms, {measured['speedup_vs_fp32']}x fp32 (host)"
-    )
+    def measure(attempt: Attempt) -> dict[str, Any]:
+        bench_cfg = bench.BenchConfig(
+            runs=spec.bench_runs, threads=target.runtime.intra_op_threads, host=host_info()
+        )
+        inputs = {
+            **digests,
+            "model": stage.records[f"quantize/{attempt.label}"]["outputs"]["model.onnx"],
+        }
+        measured = stage(
+            "bench",
+            bench_cfg,
+            inputs,
+            lambda d: bench.run(bench_cfg, fp32_model, attempt.model, tokenizer, runtime, d),
+            label=f"bench/{attempt.label}",
+        )
+        stage.summary(
+            f"bench/{attempt.label}",
+            f"p50 {measured['model']['p50_ms']} ms, {measured['speedup_vs_fp32']}x fp32 (host)",
+        )
+        attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
+        return attempt.bench
+
+    if spec.search:
+        for attempt in passing:
+            measure(attempt)
+        chosen = min(passing, key=lambda a: a.bench["model"]["p50_ms"] if a.bench else float("inf"))
+    else:
+        chosen = passing[0]
+        measure(chosen)
+    assert chosen.bench is not None
 
     report("bundle", None)
     start = time.perf_counter()
     dest = staging / name
-    bundle.assemble(dest, model, tokenizer_dir, runtime, target)
+    bundle.assemble(dest, chosen.model, tokenizer_dir, runtime, target)
+    records = {
+        "export": stage.records["export"],
+        "reference": stage.records["reference"],
+        "quantize": stage.records[f"quantize/{chosen.label}"],
+        "evaluate": stage.records[f"evaluate/{chosen.label}"],
+        "bench": stage.records[f"bench/{chosen.label}"],
+    }
+    if f"sensitivity/{chosen.profile}" in stage.records:
+        records["sensitivity"] = stage.records[f"sensitivity/{chosen.profile}"]
+    chosen_profile = next(p for p in profiles if p.name == chosen.profile)
     manifest = bundle.finish(
         dest,
         {
@@ -285,22 +355,31 @@ def _run_stages(
             "task": source.task,
             "model": {
                 "path": "model/model.onnx",
-                "sha256": quantized["outputs"]["model.onnx"],
-                "size_bytes": quantized["size_bytes"],
+                "sha256": records["quantize"]["outputs"]["model.onnx"],
+                "size_bytes": chosen.size_bytes,
+                "kept_float": chosen.kept_float,
                 "source": source.describe(),
             },
             "target": target.model_dump(mode="json"),
-            "profile": profile.model_dump(mode="json"),
+            "profile": chosen_profile.model_dump(mode="json"),
             "versions": versions(),
-            "accuracy": {k: v for k, v in evaluated.items() if k != "outputs"},
-            "bench": {k: v for k, v in measured.items() if k != "outputs"},
-            "stages": stage.records,
+            "accuracy": {**chosen.accuracy, "fp32_onnx": referenced["fp32_onnx"]},
+            "bench": chosen.bench,
+            "attempts": attempts_table(recipes.attempts),
+            "stages": records,
         },
     )
     bundle.write_archive(dest, staging / f"{name}.tar.gz")
     stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
     report("bundle", f"{name} ({len(manifest['files'])} files)")
-    return BuildResult(dest, staging / f"{name}.tar.gz", manifest, stage.seconds, stage.cached)
+    return BuildResult(
+        dest,
+        staging / f"{name}.tar.gz",
+        manifest,
+        stage.seconds,
+        stage.cached,
+        attempts_table(recipes.attempts),
+    )
 
 
 def _has_output(model: Path, name: str) -> bool:

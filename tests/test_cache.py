@@ -29,13 +29,20 @@ def test_warm_build_reuses_every_stage_and_gives_the_same_archive(
     cold = build(spec(tiny_bert_master, tmp_path / "a", store))
     warm = build(spec(tiny_bert_master, tmp_path / "b", store))
     assert cold.cached == []
-    assert warm.cached == ["export", "quantize", "evaluate", "bench"]
+    assert warm.cached == [s for s in cold.seconds if s != "bundle"]
+    assert {s.split("/")[0] for s in warm.cached} >= {
+        "export",
+        "reference",
+        "quantize",
+        "evaluate",
+        "bench",
+    }
     assert sha256_file(cold.archive) == sha256_file(warm.archive)
 
 
 def test_changing_only_the_target_reruns_the_stages_after_export(tiny_bert_master, tmp_path, store):
     build(spec(tiny_bert_master, tmp_path / "a", store, target="rpi5"))
-    other = build(spec(tiny_bert_master, tmp_path / "b", store, target="laptop-avx2"))
+    other = build(spec(tiny_bert_master, tmp_path / "b", store, target="jetson-orin"))
     assert other.cached == ["export"]
 
 
@@ -75,9 +82,9 @@ def test_cache_info_and_clear_commands(tiny_bert_master, tmp_path, monkeypatch):
     monkeypatch.setenv("EDGEPIPE_CACHE_DIR", str(tmp_path / "c"))
     build(spec(tiny_bert_master, tmp_path / "a", StageCache(tmp_path / "c")))
     info = json.loads(CliRunner().invoke(main, ["cache", "info", "--json"]).stdout)
-    assert info["entries"] == 4 and info["path"] == str(tmp_path / "c") and info["bytes"] > 0
+    assert info["entries"] >= 5 and info["path"] == str(tmp_path / "c") and info["bytes"] > 0
     cleared = CliRunner().invoke(main, ["cache", "clear"])
-    assert cleared.exit_code == 0 and "removed 4 entries" in cleared.output
+    assert cleared.exit_code == 0 and f"removed {info['entries']} entries" in cleared.output
     assert json.loads(CliRunner().invoke(main, ["cache", "info", "--json"]).stdout)["entries"] == 0
 
 

@@ -60,7 +60,11 @@ def test_accuracy_guard_fails_and_keeps_the_previous_bundle(published, tiny_bert
         "--profiles-dir", str(strict), "--out", str(published),
     )  # fmt: skip
     assert result.exit_code == 5
-    assert "below its bar 1.0; try another profile" in result.output
+    assert (
+        "no recipe met its bar and the target's budgets (1 tried, best min cosine 0.99"
+        in result.output
+    )
+    assert "< bar 1.0" in result.output  # the table of what was tried
     assert "Traceback" not in result.output
     assert snapshot(published) == before
     assert not [p for p in published.iterdir() if ".tmp" in p.name]

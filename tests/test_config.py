@@ -18,8 +18,11 @@ def test_builtin_targets_and_profiles_load_and_reference_each_other():
         check_fits(target, profile, "embedding")
     rpi5 = catalog.targets().load("rpi5")
     assert rpi5.platform.arch == "aarch64" and rpi5.cpu.cores == 4 and "dotprod" in rpi5.cpu.isa
-    assert profiles["x86-avx2-int8"].quantization.reduce_range is True
-    assert profiles["arm64-int8"].quantization.reduce_range is False
+    for name in ("x86-avx2-int8", "x86-vnni-int8", "arm64-int8"):
+        q = profiles[name].quantization
+        assert q.per_channel and q.smooth_alpha == 0.65 and q.keep_float.max_nodes == 12
+        assert profiles[name].accuracy.min == 0.99
+    assert profiles["jetson-int8"].fallbacks == ["jetson-fp16"]
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

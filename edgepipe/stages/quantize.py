@@ -3,32 +3,62 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import Profile, Quantization
+from ..config import Calibration, Profile, Quantization
 from ..errors import StageError
 from . import digests
 from .export import quiet
+from .smooth import smooth
 
 
 class QuantizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: str = Field(description="fp32 (copy), fp16, or dynamic-int8.")
+    method: str = Field(description="fp32 (copy), fp16, dynamic-int8 or static-int8.")
     quantization: Quantization | None = Field(default=None, description="int8 settings.")
     fp16_op_block_list: list[str] = Field(default_factory=list, description="Ops kept in fp32.")
+    calibration_digest: str | None = Field(
+        default=None, description="static-int8: sha256 of the calibration texts."
+    )
 
     @classmethod
-    def from_profile(cls, profile: Profile) -> QuantizeConfig:
+    def from_profile(
+        cls,
+        profile: Profile,
+        exclude: list[str] | None = None,
+        calibration_digest: str | None = None,
+    ) -> QuantizeConfig:
+        q = profile.quantization
+        if q is not None and exclude:
+            q = q.model_copy(update={"nodes_to_exclude": [*q.nodes_to_exclude, *exclude]})
         return cls(
             method=profile.method,
-            quantization=profile.quantization,
+            quantization=q,
             fp16_op_block_list=profile.fp16_op_block_list,
+            calibration_digest=calibration_digest if uses_calibration(profile) else None,
         )
+
+
+def uses_calibration(profile: Profile) -> bool:
+    q = profile.quantization
+    return profile.method == "static-int8" or (q is not None and q.smooth_alpha is not None)
+
+
+@dataclass(frozen=True)
+class CalibrationData:
+    """Texts to run through the fp32 model to find activation ranges, and how to tokenize them."""
+
+    texts: list[str]
+    tokenizer: Path
+    max_length: int
 
 
 def op_counts(path: Path) -> dict[str, int]:
@@ -38,7 +68,16 @@ def op_counts(path: Path) -> dict[str, int]:
     return dict(sorted(Counter(node.op_type for node in model.graph.node).items()))
 
 
-def _dynamic_int8(q: Quantization, src: Path, dst: Path) -> None:
+def weight_matmuls(path: Path) -> list[str]:
+    """Names of the MatMul nodes whose second input is a constant weight: what int8 quantizes."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def _dynamic_int8(q: Quantization, src: Path, dst: Path, only: list[str] | None = None) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
@@ -49,6 +88,58 @@ def _dynamic_int8(q: Quantization, src: Path, dst: Path) -> None:
         reduce_range=q.reduce_range,
         weight_type=QuantType.QInt8 if q.weight_type == "int8" else QuantType.QUInt8,
         nodes_to_exclude=q.nodes_to_exclude,
+        nodes_to_quantize=only,
+    )
+
+
+def _static_int8(q: Quantization, src: Path, dst: Path, calib: CalibrationData) -> None:
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from tokenizers import Tokenizer
+
+    settings = q.calibration or Calibration()
+    tokenizer = Tokenizer.from_file(str(calib.tokenizer))
+    tokenizer.enable_truncation(max_length=calib.max_length)
+    inputs = [i.name for i in onnx.load(str(src), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.texts = iter(calib.texts[: settings.samples])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            text = next(self.texts, None)
+            if text is None:
+                return None
+            ids = np.asarray([tokenizer.encode(text).ids], dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            feeds["token_type_ids"] = np.zeros_like(ids)
+            return {name: feeds[name] for name in inputs}
+
+    methods = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    quantize_static(
+        src,
+        dst,
+        Reader(),
+        # QDQ: the format TensorRT and the CPU provider both read.
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=q.op_types,
+        per_channel=q.per_channel,
+        reduce_range=q.reduce_range,
+        activation_type=types[q.activation_type],
+        weight_type=types[q.weight_type],
+        nodes_to_exclude=q.nodes_to_exclude,
+        calibrate_method=methods[settings.method],
     )
 
 
@@ -64,7 +155,22 @@ def _fp16(block_list: list[str], src: Path, dst: Path) -> None:
     onnx.save(converted, str(dst))
 
 
-def run(config: QuantizeConfig, model: Path, out: Path) -> dict[str, Any]:
+def prepared(q: Quantization, model: Path, tmp: Path, calibration: CalibrationData | None) -> Path:
+    """The fp32 model int8 starts from: rescaled first when the profile asks for it."""
+    if q.smooth_alpha is None:
+        return model
+    if calibration is None:
+        raise StageError("smooth_alpha needs calibration texts")
+    dst = tmp / "smoothed.onnx"
+    smooth(
+        model, dst, q.smooth_alpha, calibration.texts, calibration.tokenizer, calibration.max_length
+    )
+    return dst
+
+
+def run(
+    config: QuantizeConfig, model: Path, out: Path, calibration: CalibrationData | None = None
+) -> dict[str, Any]:
     """Write ``out/model.onnx`` in the profile's precision; return the stage record."""
     dst = out / "model.onnx"
     try:
@@ -74,7 +180,11 @@ def run(config: QuantizeConfig, model: Path, out: Path) -> dict[str, Any]:
             elif config.method == "fp16":
                 _fp16(config.fp16_op_block_list, model, dst)
             elif config.method == "dynamic-int8" and config.quantization is not None:
-                _dynamic_int8(config.quantization, model, dst)
+                with tempfile.TemporaryDirectory(prefix="edgepipe-q-") as tmp:
+                    src = prepared(config.quantization, model, Path(tmp), calibration)
+                    _dynamic_int8(config.quantization, src, dst)
+            elif config.method == "static-int8" and config.quantization and calibration:
+                _static_int8(config.quantization, model, dst, calibration)
             else:
                 raise StageError(f"quantization method '{config.method}' needs its settings")
     except StageError:

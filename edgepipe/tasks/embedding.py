@@ -17,6 +17,16 @@ def builtin_texts() -> list[str]:
     return [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
 
 
+def builtin_calibration_texts() -> list[str]:
+    """Texts for calibrating activation ranges: kept apart from the evaluation set on purpose."""
+    text = (
+        resources.files("edgepipe")
+        .joinpath("data/calibration_texts.txt")
+        .read_text(encoding="utf-8")
+    )
+    return [line for line in text.splitlines() if line.strip()]
+
+
 def load_texts(path: Path) -> list[str]:
     """Texts from a file: one per line, or JSONL with a "text" field per line."""
     try:

@@ -30,7 +30,11 @@ def test_manifest_names_every_file_with_its_sha256(tiny_bundle):
         manifest["target"]["name"] == "laptop-avx2" and manifest["profile"]["name"] == "tiny-int8"
     )
     assert {"onnxruntime", "onnx", "optimum", "transformers", "torch"} <= set(manifest["versions"])
-    assert set(manifest["stages"]) == {"export", "quantize", "evaluate", "bench"}
+    assert set(manifest["stages"]) == {"export", "reference", "quantize", "evaluate", "bench"}
+    assert (
+        manifest["accuracy"]["fp32_onnx"]["min"] > 0.9999 and manifest["model"]["kept_float"] == []
+    )
+    assert [a["result"] for a in manifest["attempts"]] == ["ok"]
     assert manifest["bench"]["measured_on"].startswith("build host")
 
 

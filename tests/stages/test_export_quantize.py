@@ -9,6 +9,8 @@ from transformers import AutoModel, AutoTokenizer
 from edgepipe import catalog
 from edgepipe.runtime.integrity import sha256_file
 from edgepipe.stages import export, quantize
+from edgepipe.stages.smooth import smooth
+from edgepipe.tasks.embedding import builtin_calibration_texts
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +48,51 @@ def test_export_matches_pytorch(exported, tiny_bert_master):
     np.testing.assert_allclose(onnx_out, ref.last_hidden_state.numpy(), atol=1e-4)
 
 
+def calibration(out):
+    return quantize.CalibrationData(
+        builtin_calibration_texts(), out / "tokenizer" / "tokenizer.json", 64
+    )
+
+
 def test_dynamic_int8_quantizes_every_matmul_weight(exported, tmp_path):
     out, _ = exported
     fp32_counts = quantize.op_counts(out / "model.onnx")
     profile = catalog.profiles().load("x86-avx2-int8")
-    record = quantize.run(
-        quantize.QuantizeConfig.from_profile(profile), out / "model.onnx", tmp_path
-    )
+    config = quantize.QuantizeConfig.from_profile(profile, calibration_digest="x")
+    record = quantize.run(config, out / "model.onnx", tmp_path, calibration(out))
     counts = record["op_counts"]
     # Each MatMul with a constant weight becomes an integer MatMul; 2 layers x 6 weight MatMuls.
     assert counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0) == 12
     assert counts.get("MatMul", 0) == fp32_counts["MatMul"] - 12
+    # One rescale per distinct MatMul input: QKV share one, then attention-out, FFN-in, FFN-out.
+    smoothing = [
+        n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.name.endswith("_smooth")
+    ]
+    assert len(smoothing) == 2 * 4
     assert record["size_bytes"] < (out / "model.onnx").stat().st_size
+
+
+def test_smoothing_is_exact_in_fp32(exported, tmp_path):
+    import onnxruntime as ort
+
+    out, _ = exported
+    smooth(
+        out / "model.onnx",
+        tmp_path / "s.onnx",
+        0.65,
+        builtin_calibration_texts(),
+        out / "tokenizer" / "tokenizer.json",
+        64,
+    )
+    ids = np.array([[2, 40, 41, 42, 43, 3]], dtype=np.int64)
+    feeds = {
+        "input_ids": ids,
+        "attention_mask": np.ones_like(ids),
+        "token_type_ids": np.zeros_like(ids),
+    }
+    before = ort.InferenceSession(str(out / "model.onnx")).run(None, feeds)[0]
+    after = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, feeds)[0]
+    np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
 
 
 def test_excluded_nodes_stay_float(exported, tmp_path):
