@@ -40,6 +40,7 @@ $(OUT)/$(NAME)-%.tar.gz: targets/%.yaml $(SOURCES) $(MODEL_FILES) | $(STAMP)
 	$(BIN)/edgepipe build --target $* --out $(OUT) --name $(NAME) $(if $(MODEL),--model $(MODEL))
 
 bench: $(STAMP)
+	$(BIN)/python tests/bench/bench_quantization.py
 	$(BIN)/python tests/bench/bench_cache.py
 
 test: $(STAMP)

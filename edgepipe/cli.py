@@ -219,7 +219,7 @@ def build(
         "bundle_dir": str(result.bundle_dir),
         "archive": str(result.archive),
         "target": target_cfg.name,
-        "profile": profile_cfg.name,
+        "profile": manifest["profile"]["name"],
         "model_size_bytes": manifest["model"]["size_bytes"],
         "accuracy": manifest["accuracy"]["model"],
         "latency_p50_ms": manifest["bench"]["model"]["p50_ms"],
