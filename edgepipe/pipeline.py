@@ -23,6 +23,7 @@ from . import __version__, sources
 from .cache import StageCache, cache_key
 from .config import Profile, Target, check_fits
 from .errors import ConfigError, GuardError, ResourceError
+from .onnx_checks import check_external_data, check_runtime_support
 from .recipes import Attempt, Recipes
 from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
@@ -235,6 +236,7 @@ def _run_stages(
     )
     fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
     tokenizer = tokenizer_dir / "tokenizer.json"
+    check_runtime_support(fp32_model, target)
     stage.summary("export", f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB")
     digests = {
         "fp32": exported["outputs"]["model.onnx"],
@@ -332,6 +334,8 @@ def _run_stages(
         chosen = passing[0]
         measure(chosen)
     assert chosen.bench is not None
+    check_external_data(chosen.model)
+    check_runtime_support(chosen.model, target)
 
     report("bundle", None)
     start = time.perf_counter()

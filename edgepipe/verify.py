@@ -7,7 +7,8 @@ import tarfile
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from .errors import VerifyError
+from .errors import ModelError, VerifyError
+from .onnx_checks import check_external_data
 from .runtime.integrity import read_manifest, verify_dir
 
 
@@ -60,13 +61,20 @@ def extract_archive(archive: Path, dest: Path) -> Path:
 def _verify_dir(root: Path, shown: Path) -> int:
     try:
         problems = verify_dir(root)
-        count = len(read_manifest(root)["files"])
+        manifest = read_manifest(root)
     except ValueError as exc:
         raise VerifyError(str(exc).replace(str(root), str(shown))) from None
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise VerifyError(f"{shown}: does not match its manifest: {problems[0]}{more}")
-    return count
+    model = root / str(manifest.get("model", {}).get("path", "model/model.onnx"))
+    try:
+        check_external_data(model)
+    except (ModelError, OSError) as exc:
+        raise VerifyError(str(exc).replace(str(root), str(shown))) from None
+    except Exception:  # protobuf's DecodeError and kin: the file hashes right but is no ONNX model
+        raise VerifyError(f"{shown}: {model.name} is not a readable ONNX model") from None
+    return len(manifest["files"])
 
 
 def verify(path: Path) -> int:
