@@ -18,7 +18,7 @@ from ..runtime.integrity import MANIFEST, bundle_files, sha256_file
 
 # 1980-01-01: the earliest time every archive format (zip included) can store.
 DEFAULT_EPOCH = 315532800
-RUNTIME_MODULES = ("__init__.py", "integrity.py", "embedder.py", "bench.py", "cli.py")
+RUNTIME_MODULES = ("__init__.py", "integrity.py", "embedder.py", "bench.py", "cli.py", "serve.py")
 
 
 def requirements(target: Target) -> str:
