@@ -231,17 +231,21 @@ def run(root: Path, args: argparse.Namespace) -> int:
     except ServeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SERVE
-    if threading.current_thread() is threading.main_thread():
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     host, port = str(server.server_address[0]), int(server.server_address[1])
     shown = f"[{host}]" if ":" in host else host
-    print(f"serving {server.manifest.get('name')} on http://{shown}:{port}", file=sys.stderr)
-    sys.stderr.flush()
-    try:
+    try:  # the line tells a supervisor the port, so a SIGTERM may follow at once: inside the try
+        print(f"serving {server.manifest.get('name')} on http://{shown}:{port}", file=sys.stderr)
+        sys.stderr.flush()
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        if main_thread:  # a second signal must not interrupt the close with a traceback
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         server.server_close()
     print("stopped", file=sys.stderr)
     return 0
