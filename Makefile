@@ -17,7 +17,7 @@ TARGETS := $(basename $(notdir $(wildcard targets/*.yaml)))
 SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $(wildcard profiles/*.yaml)
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
-.PHONY: install build bundles bundle test lint format bench clean
+.PHONY: install build bundles bundle test lint format bench clean e2e-arm64
 
 install: $(STAMP)
 
@@ -43,6 +43,14 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_quantization.py
 	$(BIN)/python tests/bench/bench_cache.py
 
+# The rpi5 bundle in an emulated Raspberry Pi 5 userland (qemu-user + a Debian arm64 rootfs, cached
+# in ARM64_ROOT): needs root and apt, a Debian mirror and PyPI; not part of `make test`. Under qemu
+# 7.2 onnxruntime's aarch64 wheels >= 1.28 crash at import, so the wheels pin ORT_VERSION.
+ARM64_ROOT  ?= .arm64-root
+ORT_VERSION ?= 1.27.0
+e2e-arm64: $(STAMP)
+	$(BIN)/python tests/arm64/e2e_arm64.py --root $(ARM64_ROOT) --out $(OUT)-arm64 --onnxruntime $(ORT_VERSION)
+
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -56,4 +64,4 @@ format: $(STAMP)
 	$(BIN)/ruff format edgepipe tests
 
 clean:
-	rm -rf $(OUT) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(OUT) $(OUT)-arm64 .pytest_cache .mypy_cache .ruff_cache

@@ -146,6 +146,16 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     show_default=True,
     help="Reuse stage results from the cache (EDGEPIPE_CACHE_DIR, default ~/.cache/edgepipe).",
 )
+@click.option(
+    "--with-wheels",
+    is_flag=True,
+    help="Put the requirements' wheels for the target's platform into the bundle's wheels/.",
+)
+@click.option(
+    "--runtime-version",
+    metavar="VERSION",
+    help="Pin this onnxruntime (within the target's range) instead of the build's own.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
 @dirs_option("profiles")
@@ -164,6 +174,8 @@ def build(
     allow_pickle: bool,
     trust_remote_code: bool,
     cache: bool,
+    with_wheels: bool,
+    runtime_version: str | None,
     as_json: bool,
     targets_dirs: tuple[Path, ...],
     profiles_dirs: tuple[Path, ...],
@@ -196,6 +208,8 @@ def build(
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         cache=StageCache(default_dir()) if cache else None,
+        with_wheels=with_wheels,
+        runtime_version=runtime_version,
     )
     started: dict[str, float] = {}
 
@@ -227,6 +241,8 @@ def build(
         "latency_measured_on": manifest["bench"]["measured_on"],
         "kept_float": manifest["model"]["kept_float"],
         "attempts": result.attempts,
+        "requirements": manifest["requirements"],
+        "wheels": len(manifest.get("wheels", {}).get("files", [])),
         "cached_stages": result.cached,
         "seconds": result.seconds,
     }

@@ -27,10 +27,10 @@ from .onnx_checks import check_external_data, check_runtime_support
 from .recipes import Attempt, Recipes
 from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
-from .stages import bench, bundle, export, quantize, reference
+from .stages import bench, bundle, export, quantize, reference, wheels
 from .tasks import embedding
 
-STAGES = ("export", "quantize", "evaluate", "bench", "bundle")
+STAGES = ("wheels", "export", "quantize", "evaluate", "bench", "bundle")
 VERSIONED = (
     "onnx", "onnxruntime", "optimum", "optimum-onnx", "transformers", "torch", "tokenizers", "numpy"
 )  # fmt: skip
@@ -55,6 +55,8 @@ class BuildSpec:
     calibration_data: Path | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    with_wheels: bool = False
+    runtime_version: str | None = None
 
 
 @dataclass
@@ -126,6 +128,13 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     report = progress or (lambda stage, summary: None)
     source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code)
     check_fits(spec.target, spec.profile, source.task)
+    if spec.with_wheels and bundle.gpu_target(spec.target):
+        raise ConfigError(
+            f"target '{spec.target.name}' runs NVIDIA's onnxruntime-gpu, which is not on PyPI; "
+            "build without --with-wheels and install NVIDIA's wheel on the device"
+        )
+    evaluated = versions()
+    specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
     texts = _texts(spec)
     name = f"{source.name}-{spec.target.name}"
     spec.out.mkdir(parents=True, exist_ok=True)
@@ -135,7 +144,10 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp", dir=spec.out))
         try:
             work = spec.work_dir or staging / "work"
-            result = _run_stages(spec, source, texts, name, work, staging, report)
+            requirements_txt = bundle.requirements(spec.target, specs, evaluated)
+            result = _run_stages(
+                spec, source, texts, name, work, staging, report, specs, requirements_txt
+            )
             _publish(staging, spec.out, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -221,11 +233,25 @@ def _run_stages(
     work: Path,
     staging: Path,
     report: Progress,
+    specs: dict[str, str],
+    requirements_txt: str,
 ) -> BuildResult:
     target = spec.target
     profiles = _fitting(spec, source.task)
     tool_versions = {k: v for k, v in versions().items() if k != "python"}
     stage = StageRunner(work, spec.cache, report, tool_versions)
+
+    wheel_dir, downloaded = None, None
+    if spec.with_wheels:  # first: a download that fails should cost seconds, not a whole build
+        wheels_cfg = wheels.WheelsConfig(
+            requirements=requirements_txt,
+            platforms=wheels.platform_tags(target.platform.wheel_platform),
+            python=target.platform.python,
+            pip=wheels.pip_version(),
+        )
+        downloaded = stage("wheels", wheels_cfg, {}, lambda d: wheels.run(wheels_cfg, d))
+        wheel_dir = work / "wheels" / wheels.DIR
+        stage.summary("wheels", f"{len(downloaded['wheels'])} wheels for {wheels_cfg.platforms[0]}")
 
     export_cfg = export.ExportConfig(trust_remote_code=source.trust_remote_code)
     exported = stage(
@@ -340,7 +366,7 @@ def _run_stages(
     report("bundle", None)
     start = time.perf_counter()
     dest = staging / name
-    bundle.assemble(dest, chosen.model, tokenizer_dir, runtime, target)
+    bundle.assemble(dest, chosen.model, tokenizer_dir, runtime, requirements_txt, wheel_dir)
     records = {
         "export": stage.records["export"],
         "reference": stage.records["reference"],
@@ -348,6 +374,8 @@ def _run_stages(
         "evaluate": stage.records[f"evaluate/{chosen.label}"],
         "bench": stage.records[f"bench/{chosen.label}"],
     }
+    if "wheels" in stage.records:
+        records["wheels"] = stage.records["wheels"]
     if f"sensitivity/{chosen.profile}" in stage.records:
         records["sensitivity"] = stage.records[f"sensitivity/{chosen.profile}"]
     chosen_profile = next(p for p in profiles if p.name == chosen.profile)
@@ -367,6 +395,8 @@ def _run_stages(
             "target": target.model_dump(mode="json"),
             "profile": chosen_profile.model_dump(mode="json"),
             "versions": versions(),
+            "requirements": specs,
+            **({"wheels": _wheels_entry(downloaded, target)} if downloaded else {}),
             "accuracy": {**chosen.accuracy, "fp32_onnx": referenced["fp32_onnx"]},
             "bench": chosen.bench,
             "attempts": attempts_table(recipes.attempts),
@@ -384,6 +414,16 @@ def _run_stages(
         stage.cached,
         attempts_table(recipes.attempts),
     )
+
+
+def _wheels_entry(downloaded: dict[str, Any], target: Target) -> dict[str, Any]:
+    return {
+        "dir": wheels.DIR,
+        "platforms": downloaded["platforms"],
+        "python": target.platform.python,
+        "files": downloaded["wheels"],
+        "install": "pip install --no-index --find-links wheels -r requirements.txt",
+    }
 
 
 def _has_output(model: Path, name: str) -> bool:

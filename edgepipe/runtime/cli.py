@@ -1,4 +1,4 @@
-"""The bundle's command line: ``python <bundle> embed|info|verify``."""
+"""The bundle's command line: ``python <bundle> embed|info|verify|serve``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from . import integrity
+from . import integrity, serve
 
 EXIT_USAGE = 2
 EXIT_INPUT = 4
@@ -96,12 +96,14 @@ def parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
     sub.add_parser("verify", help="check every file against manifest.json")
+    serve.add_parser(sub)
     return p
 
 
 def main(root: Path, argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handler = {"embed": _embed, "info": _info, "verify": _verify}[args.command]
+    handlers = {"embed": _embed, "info": _info, "verify": _verify, "serve": serve.run}
+    handler = handlers[args.command]
     try:
         return handler(root, args)
     except InputError as exc:

@@ -7,39 +7,91 @@ import json
 import os
 import shutil
 import tarfile
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ..config import Target
+from ..errors import ConfigError
 from ..runtime import RUNTIME_PACKAGE
 from ..runtime.embedder import RUNTIME_CONFIG, EmbeddingConfig
 from ..runtime.integrity import MANIFEST, bundle_files, sha256_file
 
 # 1980-01-01: the earliest time every archive format (zip included) can store.
 DEFAULT_EPOCH = 315532800
-RUNTIME_MODULES = ("__init__.py", "integrity.py", "embedder.py", "bench.py", "cli.py")
+RUNTIME_MODULES = ("__init__.py", "integrity.py", "embedder.py", "bench.py", "cli.py", "serve.py")
 
 
-def requirements(target: Target) -> str:
+# onnxruntime's kernels and the tokenizer's ids decide the numbers the evaluation measured, so the
+# bundle pins the versions that ran it. numpy only pools and normalises, and its wheels follow the
+# device's Python (numpy 2.3+ has none for 3.10), so it keeps a range.
+RANGES = {"numpy": ">=1.24,<3", "tokenizers": ">=0.15,<1"}
+PINNED = ("onnxruntime", "tokenizers")
+GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+
+
+def gpu_target(target: Target) -> bool:
+    return bool(GPU_PROVIDERS & set(target.runtime.execution_providers))
+
+
+def _in_range(version: str, spec: str) -> bool:
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        return Version(version) in SpecifierSet(spec)
+    except InvalidVersion:
+        return False
+
+
+def runtime_requirements(
+    target: Target, evaluated: Mapping[str, str], onnxruntime: str | None = None
+) -> dict[str, str]:
+    """Specifier per runtime package: the evaluated versions where the target's ranges allow them.
+
+    ``onnxruntime`` overrides the evaluated onnxruntime (e.g. one an emulator can run); it must lie
+    in the target's range. A GPU target keeps a range: its onnxruntime build comes from the vendor.
+    """
+    ranges = {"onnxruntime": target.runtime.onnxruntime, **RANGES}
+    if onnxruntime is not None and (
+        gpu_target(target) or not _in_range(onnxruntime, ranges["onnxruntime"])
+    ):
+        raise ConfigError(
+            f"--runtime-version {onnxruntime}: target '{target.name}' runs onnxruntime"
+            f"{ranges['onnxruntime']}"
+            + (" from its vendor's build, not PyPI's" if gpu_target(target) else "")
+        )
+    specs = dict(ranges)
+    for name in PINNED:
+        if name == "onnxruntime" and gpu_target(target):
+            continue
+        version = onnxruntime if name == "onnxruntime" and onnxruntime else evaluated.get(name, "")
+        if _in_range(version, ranges[name]):
+            specs[name] = f"=={version}"
+    return specs
+
+
+def requirements(target: Target, specs: Mapping[str, str], evaluated: Mapping[str, str]) -> str:
+    ran = ", ".join(f"{name} {evaluated.get(name)}" for name in PINNED)
     lines = [
         "# What the bundle needs on the device; nothing else (no torch, transformers or edgepipe).",
-        f"onnxruntime{target.runtime.onnxruntime}",
-        "numpy>=1.24,<3",
-        "tokenizers>=0.15,<1",
+        f"# The build's evaluation ran on {ran}; '==' pins what ran (or --runtime-version).",
     ]
-    if {"CUDAExecutionProvider", "TensorrtExecutionProvider"} & set(
-        target.runtime.execution_providers
-    ):
-        lines.insert(
-            1, "# For the GPU, install NVIDIA's onnxruntime-gpu build for this device instead."
+    if gpu_target(target):
+        lines.append(
+            "# For the GPU, install NVIDIA's onnxruntime-gpu build for this device instead."
         )
+    lines += [f"{name}{spec}" for name, spec in specs.items()]
     return "\n".join(lines) + "\n"
 
 
 def readme(manifest: dict[str, Any]) -> str:
     acc, bench = manifest["accuracy"], manifest["bench"]
     target = manifest["target"]
+    install = "pip install -r requirements.txt"
+    if "wheels" in manifest:  # offline: the wheels for the device's platform ship in the bundle
+        install = f"{manifest['wheels']['install']}   # offline"
     return f"""# {manifest["name"]}
 
 {manifest["model"]["source"]["name"]} ({manifest["task"]}) built by edgepipe {manifest["versions"]["edgepipe"]}
@@ -47,9 +99,10 @@ for **{target["name"]}** ({target["description"]}) with profile **{manifest["pro
 
 ## Run
 ```
-pip install -r requirements.txt
+{install}
 python . embed "turn on the kitchen lights"     # one JSON line {{"embedding": [...]}} per text
 python . embed - < texts.txt                     # one text per line from stdin
+python . serve --port 8080                       # POST /embed, GET /health, GET /manifest
 python . verify                                  # every file against manifest.json
 python . info
 ```
@@ -71,9 +124,10 @@ def assemble(
     model: Path,
     tokenizer_dir: Path,
     runtime: EmbeddingConfig,
-    target: Target,
+    requirements_txt: str,
+    wheels: Path | None = None,
 ) -> None:
-    """Write everything but the manifest and README into ``dest``."""
+    """Write everything but the manifest and README into ``dest``; ``wheels``: a dir to copy."""
     (dest / "model").mkdir(parents=True)
     shutil.copyfile(model, dest / "model" / "model.onnx")
     shutil.copytree(tokenizer_dir, dest / "tokenizer")
@@ -86,7 +140,9 @@ def assemble(
         source.joinpath("bundle_main.py").read_text(encoding="utf-8"), encoding="utf-8"
     )
     (dest / RUNTIME_CONFIG).write_text(json.dumps(runtime.to_json(), indent=2) + "\n")
-    (dest / "requirements.txt").write_text(requirements(target))
+    (dest / "requirements.txt").write_text(requirements_txt)
+    if wheels is not None:
+        shutil.copytree(wheels, dest / "wheels")
 
 
 def finish(dest: Path, manifest: dict[str, Any]) -> dict[str, Any]:

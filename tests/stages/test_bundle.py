@@ -3,6 +3,10 @@
 import gzip
 import tarfile
 
+import pytest
+
+from edgepipe import catalog
+from edgepipe.errors import ConfigError
 from edgepipe.runtime.integrity import bundle_files, sha256_file
 from edgepipe.stages import bundle
 
@@ -16,6 +20,7 @@ EXPECTED = {
     "edgepipe_runtime/cli.py",
     "edgepipe_runtime/embedder.py",
     "edgepipe_runtime/integrity.py",
+    "edgepipe_runtime/serve.py",
 }
 
 
@@ -49,7 +54,51 @@ def test_requirements_are_only_the_runtime(tiny_bundle):
         "numpy",
         "tokenizers",
     ]
-    assert lines[0] == "onnxruntime>=1.20,<2"
+    versions = tiny_bundle.manifest["versions"]
+    assert lines == [
+        f"onnxruntime=={versions['onnxruntime']}",
+        "numpy>=1.24,<3",
+        f"tokenizers=={versions['tokenizers']}",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("target", "evaluated", "asked", "expected"),
+    [
+        ("rpi5", {"onnxruntime": "1.32.0", "tokenizers": "0.22.2"}, None, ("==1.32.0", "==0.22.2")),
+        (
+            "rpi5",
+            {"onnxruntime": "1.32.0", "tokenizers": "0.22.2"},
+            "1.27.0",
+            ("==1.27.0", "==0.22.2"),
+        ),
+        # Evaluated outside the target's range: the range stays, the device picks.
+        (
+            "rpi5",
+            {"onnxruntime": "2.1.0", "tokenizers": "not installed"},
+            None,
+            (">=1.20,<2", ">=0.15,<1"),
+        ),
+        # The Jetson's onnxruntime-gpu comes from NVIDIA: no PyPI version to pin.
+        (
+            "jetson-orin",
+            {"onnxruntime": "1.32.0", "tokenizers": "0.22.2"},
+            None,
+            (">=1.20,<2", "==0.22.2"),
+        ),
+    ],
+)
+def test_runtime_requirements_pin_what_was_evaluated(target, evaluated, asked, expected):
+    specs = bundle.runtime_requirements(catalog.targets().load(target), evaluated, asked)
+    assert (specs["onnxruntime"], specs["tokenizers"]) == expected and specs["numpy"] == ">=1.24,<3"
+
+
+@pytest.mark.parametrize(
+    ("target", "asked"), [("rpi5", "1.19.0"), ("rpi5", "two"), ("jetson-orin", "1.27.0")]
+)
+def test_runtime_version_outside_the_target_is_refused(target, asked):
+    with pytest.raises(ConfigError, match=f"--runtime-version {asked}: target '{target}' runs"):
+        bundle.runtime_requirements(catalog.targets().load(target), {}, asked)
 
 
 def test_archive_is_reproducible_and_normalised(tiny_bundle, tmp_path, monkeypatch):
