@@ -25,10 +25,6 @@ def where(bench: dict[str, Any]) -> str:
     return f"measured by the bundle runtime on {cpu}; {arch}"
 
 
-def shape(result: dict[str, Any]) -> str:
-    return f"batch {result['batch_size']} x {result['seq_len']} tokens"
-
-
 def markdown(name: str, bench: dict[str, Any]) -> str:
     """BENCH.md: every statistic, the models' load cost, memory, and how to rerun it."""
     rows = []
@@ -57,10 +53,12 @@ def markdown(name: str, bench: dict[str, Any]) -> str:
     )  # fmt: skip
     return f"""# Benchmark: {name}
 
-Latency {where(bench)}. onnxruntime {bench["onnxruntime"]}, {bench["provider"]},
-{bench["threads"]} intra-op threads (target: {bench["target_threads"]}), {bench["inter_op_threads"]}
-inter-op; {bench["runs"]} timed runs per shape after {bench["warmup"]} warm-up runs; {baseline}.
-Throughput is batch size over mean latency.
+Latency {where(bench)}.
+
+- onnxruntime {bench["onnxruntime"]}, {bench["provider"]}; {bench["threads"]} intra-op threads
+  (target: {bench["target_threads"]}), {bench["inter_op_threads"]} inter-op
+- {bench["runs"]} timed runs per shape after {bench["warmup"]} warm-up runs; {baseline}
+- throughput is batch size over mean latency
 {short}
 | batch | tokens | runs | p50 ms | p90 ms | p99 ms | mean ms | stdev ms | items/s | fp32 p50 ms | speed-up |
 |---|---|---|---|---|---|---|---|---|---|---|
@@ -83,7 +81,7 @@ On the device: `python . bench --json` runs this same benchmark and prints the s
 def svg(bench: dict[str, Any]) -> str:
     """Horizontal bars of p50 per shape and model, whiskers from p50 to p99; no plotting library."""
     bars = [
-        (shape(r) if i == 0 else "", label, r[label])
+        (f"{r['batch_size']} x {r['seq_len']} tokens" if i == 0 else "", label, r[label])
         for r in bench["results"]
         for i, label in enumerate(("model", "fp32"))
         if r[label]
@@ -96,8 +94,8 @@ def svg(bench: dict[str, Any]) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'font-family="sans-serif" font-size="12">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="10" y="20" font-size="14">Latency, ms (p50 bar, p99 whisker): '
-        f"{escape(bench['measured_on'])}</text>",
+        f'<text x="10" y="20" font-size="14">Latency in ms, batch x tokens: p50 bar, p99 '
+        f"whisker ({escape(bench['measured_on'])})</text>",
     ]
     for i, (text, label, s) in enumerate(bars):
         y = top + i * row

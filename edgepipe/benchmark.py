@@ -92,10 +92,17 @@ def run(
     settings: measure.BenchSettings,
     baseline: Path | None,
     progress: measure.Progress | None = None,
+    baseline_shown: str | None = None,
 ) -> dict[str, Any]:
     """The edgepipe.bench/1 document for the bundle at ``root``, labelled as host-measured."""
     try:
-        request = measure.bundle_request(root, settings, measured_on=MEASURED_ON, baseline=baseline)
+        request = measure.bundle_request(
+            root,
+            settings,
+            measured_on=MEASURED_ON,
+            baseline=baseline,
+            baseline_shown=baseline_shown,
+        )
     except ValueError as exc:  # read_manifest: not a bundle, or an unreadable manifest
         raise VerifyError(str(exc)) from None
     except (OSError, TypeError) as exc:  # runtime.json missing or malformed

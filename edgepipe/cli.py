@@ -300,19 +300,22 @@ def bench(
     write: bool,
     as_json: bool,
 ) -> None:
-    """Measure BUNDLE's latency here, beside the fp32 model, and record it in the bundle."""  # fmt: skip
+    """Measure BUNDLE's latency here, beside the fp32 model, and record it in the bundle."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from . import bench_report, benchmark
     from .cache import StageCache, default_dir
     from .pipeline import record_bench
     from .runtime.measure import BenchSettings, incomplete_message
+    from .stages.bundle import DOCUMENTS
 
     if baseline_model and not baseline:
         raise click.UsageError("--baseline-model and --no-baseline contradict each other")
+    shown = None
     if baseline and baseline_model is None:
         store = StageCache(default_dir())
         baseline_model = benchmark.find_baseline(benchmark.manifest_of(bundle_dir), store)
+        shown = "export/model.onnx (stage cache)"
         if baseline_model is None:
             err.print(
                 f"no fp32 baseline: the export this bundle was built from is not in the stage "
@@ -330,14 +333,15 @@ def bench(
             settings,
             baseline_model,
             lambda done, total: bar.update(task, completed=done, total=total),
+            baseline_shown=shown,
         )
     message = incomplete_message(result)
     if message:
         err.print(f"[yellow]warning:[/yellow] {message}")
     if write:
         archived = record_bench(bundle_dir, result)
-        written = f"manifest.json, {bench_report.BENCH_MD}, {bench_report.BENCH_SVG}"
-        err.print(f"recorded in {bundle_dir}: {written}" + (" and its .tar.gz" if archived else ""))
+        written = ", ".join(DOCUMENTS) + (f", {bundle_dir.name}.tar.gz" if archived else "")
+        err.print(f"recorded in {bundle_dir}: {written}")
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return

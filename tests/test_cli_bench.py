@@ -8,10 +8,13 @@ import shutil
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
+from unittest.mock import ANY
 
 import pytest
 from click.testing import CliRunner
 
+from edgepipe.benchmark import find_baseline
+from edgepipe.cache import StageCache
 from edgepipe.cli import main
 from edgepipe.runtime.integrity import sha256_file, verify_dir
 
@@ -71,7 +74,10 @@ def test_json_schema_statistics_and_baseline(bundle):
 def test_results_are_recorded_and_the_bundle_still_verifies(bundle, tiny_bundle):
     result = bench(str(bundle), "--json", *FAST)
     assert result.exit_code == 0, result.output
-    assert "recorded in" in result.output and "its .tar.gz" in result.output
+    assert (
+        f"recorded in {bundle}: README.md, BENCH.md, bench.svg, manifest.json, {bundle.name}.tar.gz"
+        in result.output
+    )
     doc = json.loads(result.stdout)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["bench"] == doc
@@ -102,17 +108,21 @@ def run_bundle_bench(bundle, *args):
 
 
 @pytest.mark.parametrize("baseline", [True, False])
-def test_bundle_bench_prints_the_same_schema(bundle, baseline):
+def test_bundle_bench_prints_the_same_schema(bundle, baseline, tiny_bundle, private_cache):
     host = bench(str(bundle), "--json", "--no-write", "--seq-lens", "8", *FAST,
                  "--baseline" if baseline else "--no-baseline")  # fmt: skip
     assert host.exit_code == 0, host.output
     host_doc = json.loads(host.stdout)
     fp32 = host_doc["models"]["fp32"]
-    device = run_bundle_bench(bundle, *(["--baseline-model", fp32["path"]] if baseline else []))
+    cached = find_baseline(tiny_bundle.manifest, StageCache(private_cache))
+    device = run_bundle_bench(bundle, *(["--baseline-model", str(cached)] if baseline else []))
     assert keys(device) == keys(host_doc)
     assert device["measured_on"] == "bundle runtime" and device["machine_matches_target_arch"]
     if baseline:
-        assert device["models"]["fp32"]["sha256"] == fp32["sha256"]
+        assert fp32["path"] == "export/model.onnx (stage cache)"
+        assert device["models"]["fp32"] == {
+            **fp32, "path": str(cached), "load_ms": ANY, "first_inference_ms": ANY
+        }  # fmt: skip
     else:
         assert device["models"]["fp32"] is None and device["results"][0]["speedup_vs_fp32"] is None
     assert verify_dir(bundle) == []  # the bundle's bench only prints

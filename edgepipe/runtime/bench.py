@@ -105,10 +105,19 @@ def interleaved(
 
 def peak_rss_mb() -> float | None:
     """This process's peak resident memory so far, in MB; None where the OS does not say."""
+    # Linux: VmHWM belongs to this program's memory map. getrusage's ru_maxrss survives exec, so a
+    # process started by a big one (the build, after torch) would report its parent's peak.
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1e3, 1)
+    except (OSError, ValueError):
+        pass
     try:
         import resource
     except ImportError:  # Windows
         return None
+    # macOS reports bytes (Linux, kilobytes).
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    # Linux reports kilobytes, macOS bytes.
     return round(peak / (1e6 if sys.platform == "darwin" else 1e3), 1)

@@ -216,14 +216,19 @@ def measure(
 
 
 def bundle_request(
-    root: Path, settings: BenchSettings, *, measured_on: str, baseline: Path | None = None
+    root: Path,
+    settings: BenchSettings,
+    *,
+    measured_on: str,
+    baseline: Path | None = None,
+    baseline_shown: str | None = None,
 ) -> dict[str, Any]:
     """What to measure for a bundle's model with its runtime.json settings, beside ``baseline``."""
     manifest = read_manifest(root)
     target = manifest.get("target", {})
     models = {"model": ["model/model.onnx", str(root / "model" / "model.onnx")]}
     if baseline is not None:
-        models["fp32"] = [str(baseline), str(baseline)]
+        models["fp32"] = [baseline_shown or str(baseline), str(baseline)]
     return {
         "models": models,
         "tokenizer": str(root / "tokenizer" / "tokenizer.json"),
