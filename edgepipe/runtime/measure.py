@@ -215,6 +215,28 @@ def measure(
     }
 
 
+def request(
+    models: dict[str, tuple[str, Path]],
+    tokenizer: Path,
+    runtime: EmbeddingConfig,
+    settings: BenchSettings,
+    *,
+    measured_on: str,
+    target: dict[str, Any],
+    task: str = "embedding",
+) -> dict[str, Any]:
+    """``measure``'s arguments as JSON, for a process of its own (see run_request, main)."""
+    return {
+        "models": {name: [shown, str(path)] for name, (shown, path) in models.items()},
+        "tokenizer": str(tokenizer),
+        "runtime": runtime.to_json(),
+        "settings": asdict(settings),
+        "measured_on": measured_on,
+        "target": target,
+        "task": task,
+    }
+
+
 def bundle_request(
     root: Path,
     settings: BenchSettings,
@@ -226,18 +248,18 @@ def bundle_request(
     """What to measure for a bundle's model with its runtime.json settings, beside ``baseline``."""
     manifest = read_manifest(root)
     target = manifest.get("target", {})
-    models = {"model": ["model/model.onnx", str(root / "model" / "model.onnx")]}
+    models = {"model": ("model/model.onnx", root / "model" / "model.onnx")}
     if baseline is not None:
-        models["fp32"] = [baseline_shown or str(baseline), str(baseline)]
-    return {
-        "models": models,
-        "tokenizer": str(root / "tokenizer" / "tokenizer.json"),
-        "runtime": EmbeddingConfig.load(root / RUNTIME_CONFIG).to_json(),
-        "settings": asdict(settings),
-        "measured_on": measured_on,
-        "target": {"name": target.get("name"), "arch": target.get("platform", {}).get("arch")},
-        "task": manifest.get("task", "embedding"),
-    }
+        models["fp32"] = (baseline_shown or str(baseline), baseline)
+    return request(
+        models,
+        root / "tokenizer" / "tokenizer.json",
+        EmbeddingConfig.load(root / RUNTIME_CONFIG),
+        settings,
+        measured_on=measured_on,
+        target={"name": target.get("name"), "arch": target.get("platform", {}).get("arch")},
+        task=manifest.get("task", "embedding"),
+    )
 
 
 def run_request(request: dict[str, Any], progress: Progress | None = None) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -49,18 +48,10 @@ def run(
         runs=config.runs,
         warmup=config.warmup,
     )
-    request = {
-        "models": {
-            "model": ["model/model.onnx", str(model)],
-            "fp32": ["export/model.onnx", str(fp32_model)],
-        },
-        "tokenizer": str(tokenizer),
-        "runtime": runtime.to_json(),
-        "settings": asdict(settings),
-        "measured_on": MEASURED_ON,
-        "target": config.target,
-        "task": "embedding",
-    }
+    models = {"model": ("model/model.onnx", model), "fp32": ("export/model.onnx", fp32_model)}
+    request = measure.request(
+        models, tokenizer, runtime, settings, measured_on=MEASURED_ON, target=config.target
+    )
     result = run_isolated(request)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     return {"outputs": digests(out), **result}
