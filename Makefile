@@ -41,6 +41,7 @@ $(OUT)/$(NAME)-%.tar.gz: targets/%.yaml $(SOURCES) $(MODEL_FILES) | $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_cache.py
+	$(BIN)/python tests/bench/bench_agreement.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
