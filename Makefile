@@ -42,6 +42,7 @@ $(OUT)/$(NAME)-%.tar.gz: targets/%.yaml $(SOURCES) $(MODEL_FILES) | $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_quantization.py
 	$(BIN)/python tests/bench/bench_cache.py
+	$(BIN)/python tests/bench/bench_agreement.py
 
 # The rpi5 bundle in an emulated Raspberry Pi 5 userland (qemu-user + a Debian arm64 rootfs, cached
 # in ARM64_ROOT): needs root and apt, a Debian mirror and PyPI; not part of `make test`. Under qemu

@@ -76,6 +76,21 @@ class StageCache:
             shutil.copyfile(entry / rel, dest / rel)
         return Lookup(record)
 
+    def find_output(self, stage: str, rel: str, digest: str) -> Path | None:
+        """A stored file of ``stage`` named ``rel`` whose content has sha256 ``digest``, if any."""
+        parent = self.root / stage
+        entries = sorted(parent.iterdir()) if parent.is_dir() else []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                record = json.loads((entry / RECORD).read_text(encoding="utf-8"))
+                if record["outputs"].get(rel) == digest and sha256_file(entry / rel) == digest:
+                    return entry / rel
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                continue
+        return None
+
     def put(self, stage: str, key: str, src: Path, record: dict[str, Any]) -> None:
         """Store ``src``'s output files and ``record`` under ``key``, atomically."""
         parent = self.root / stage

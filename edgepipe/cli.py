@@ -236,8 +236,8 @@ def build(
         "profile": manifest["profile"]["name"],
         "model_size_bytes": manifest["model"]["size_bytes"],
         "accuracy": manifest["accuracy"]["model"],
-        "latency_p50_ms": manifest["bench"]["model"]["p50_ms"],
-        "speedup_vs_fp32": manifest["bench"]["speedup_vs_fp32"],
+        "latency_p50_ms": manifest["bench"]["results"][0]["model"]["p50_ms"],
+        "speedup_vs_fp32": manifest["bench"]["results"][0]["speedup_vs_fp32"],
         "latency_measured_on": manifest["bench"]["measured_on"],
         "kept_float": manifest["model"]["kept_float"],
         "attempts": result.attempts,
@@ -267,6 +267,146 @@ def verify(path: Path, as_json: bool) -> None:
         click.echo(json.dumps({"path": str(path), "ok": True, "files": count}))
     else:
         err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json")
+
+
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    from .runtime.measure import ShapeError, parse_sizes
+
+    try:
+        return None if value is None else parse_sizes(value, f"--{param.name}".replace("_", "-"))
+    except ShapeError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def bench_table(result: dict[str, Any]) -> Table:
+    table = Table(
+        "shape", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "stdev ms", "items/s",
+        "fp32 p50 ms", "speed-up",
+    )  # fmt: skip
+    for r in result["results"]:
+        s, fp32 = r["model"], r["fp32"]
+        runs = str(s["runs"]) if r["complete"] else f"[yellow]{s['runs']}/{result['runs']}[/yellow]"
+        table.add_row(
+            f"{r['batch_size']} x {r['seq_len']}", runs,
+            *(str(s[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms")),
+            str(s["items_per_s"]),
+            str(fp32["p50_ms"]) if fp32 else "-",
+            f"{r['speedup_vs_fp32']}x" if fp32 else "-",
+        )  # fmt: skip
+    return table
+
+
+@main.command("bench")
+@click.argument(
+    "bundle_dir", metavar="BUNDLE", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--batch-sizes", default="1", show_default=True, callback=_sizes, help="Comma-separated."
+)
+@click.option(
+    "--seq-lens",
+    callback=_sizes,
+    help="Comma-separated tokens; default 128 or the model's maximum.",
+)
+@click.option(
+    "--runs", default=30, show_default=True, type=click.IntRange(1), help="Timed runs per shape."
+)
+@click.option(
+    "--warmup", default=5, show_default=True, type=click.IntRange(0), help="Untimed runs first."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(1),
+    help="Intra-op threads; default: the target's, capped at the cores here.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(0, min_open=True),
+    help="Time limit for all shapes together.",
+)
+@click.option(
+    "--baseline/--no-baseline",
+    default=True,
+    show_default=True,
+    help="Time the fp32 export beside it.",
+)
+@click.option(
+    "--baseline-model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The fp32 ONNX file; default: the export in the stage cache.",
+)
+@click.option(
+    "--write/--no-write", default=True, show_default=True, help="Record the results in the bundle."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the edgepipe.bench/1 JSON on stdout.")
+@handle_errors
+def bench(
+    bundle_dir: Path,
+    batch_sizes: tuple[int, ...],
+    seq_lens: tuple[int, ...] | None,
+    runs: int,
+    warmup: int,
+    threads: int | None,
+    max_seconds: float | None,
+    baseline: bool,
+    baseline_model: Path | None,
+    write: bool,
+    as_json: bool,
+) -> None:
+    """Measure BUNDLE's latency here, beside the fp32 model, and record it in the bundle."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from . import bench_report, benchmark
+    from .cache import StageCache, default_dir
+    from .pipeline import record_bench
+    from .runtime.measure import BenchSettings, incomplete_message
+    from .stages.bundle import DOCUMENTS
+
+    if baseline_model and not baseline:
+        raise click.UsageError("--baseline-model and --no-baseline contradict each other")
+    shown = None
+    if baseline and baseline_model is None:
+        store = StageCache(default_dir())
+        baseline_model = benchmark.find_baseline(benchmark.manifest_of(bundle_dir), store)
+        shown = "export/model.onnx (stage cache)"
+        if baseline_model is None:
+            err.print(
+                f"no fp32 baseline: the export this bundle was built from is not in the stage "
+                f"cache ({store.root}); measuring the bundle's model alone (pass --baseline-model "
+                "FILE to compare)"
+            )
+    settings = BenchSettings(batch_sizes, seq_lens, runs, warmup, threads, max_seconds)
+    with Progress(
+        "bench", BarColumn(), MofNCompleteColumn(), "runs", TimeRemainingColumn(),
+        console=err, transient=True, disable=not err.is_terminal,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("bench", total=None)
+        result = benchmark.run(
+            bundle_dir,
+            settings,
+            baseline_model,
+            lambda done, total: bar.update(task, completed=done, total=total),
+            baseline_shown=shown,
+        )
+    message = incomplete_message(result)
+    if message:
+        err.print(f"[yellow]warning:[/yellow] {message}")
+    if write:
+        archived = record_bench(bundle_dir, result)
+        written = ", ".join(DOCUMENTS) + (f", {bundle_dir.name}.tar.gz" if archived else "")
+        err.print(f"recorded in {bundle_dir}: {written}")
+    if as_json:
+        click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    m = result["models"]["model"]
+    out.print(f"Latency {bench_report.where(result)}")
+    out.print(
+        f"onnxruntime {result['onnxruntime']}, {result['provider']}, {result['threads']} threads "
+        f"(target: {result['target_threads']}); model {m['size_bytes'] / 1e6:.1f} MB, session "
+        f"load {m['load_ms']:.0f} ms, first inference {m['first_inference_ms']:.1f} ms; peak RSS "
+        f"{result['peak_rss_mb']} MB"
+    )
+    out.print(bench_table(result))
 
 
 @main.group()

@@ -22,11 +22,12 @@ from pydantic import BaseModel
 from . import __version__, sources
 from .cache import StageCache, cache_key
 from .config import Profile, Target, check_fits
-from .errors import ConfigError, GuardError, ResourceError
+from .errors import ConfigError, GuardError, ResourceError, VerifyError
 from .onnx_checks import check_external_data, check_runtime_support
 from .recipes import Attempt, Recipes
 from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
+from .runtime.integrity import read_manifest, verify_dir
 from .stages import bench, bundle, export, quantize, reference, wheels
 from .tasks import embedding
 
@@ -110,13 +111,14 @@ def disk_errors() -> Iterator[None]:
         raise
 
 
-def _publish(staging: Path, out: Path, name: str) -> None:
-    """Swap the new bundle dir and archive in by rename: readers see the old or the new, never half."""
+def publish(staging: Path, out: Path, name: str) -> None:
+    """Swap the new bundle dir (and archive, if staged) in by rename: old or new, never half."""
     final_dir, final_archive = out / name, out / f"{name}.tar.gz"
     if final_dir.exists():
         final_dir.rename(staging / "previous")
     (staging / name).rename(final_dir)
-    os.replace(staging / f"{name}.tar.gz", final_archive)
+    if (staging / final_archive.name).exists():
+        os.replace(staging / final_archive.name, final_archive)
 
 
 def _texts(spec: BuildSpec) -> list[str]:
@@ -148,7 +150,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
             result = _run_stages(
                 spec, source, texts, name, work, staging, report, specs, requirements_txt
             )
-            _publish(staging, spec.out, name)
+            publish(staging, spec.out, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     result.bundle_dir = spec.out / name
@@ -332,7 +334,10 @@ def _run_stages(
 
     def measure(attempt: Attempt) -> dict[str, Any]:
         bench_cfg = bench.BenchConfig(
-            runs=spec.bench_runs, threads=target.runtime.intra_op_threads, host=host_info()
+            runs=spec.bench_runs,
+            threads=target.runtime.intra_op_threads,
+            target={"name": target.name, "arch": target.platform.arch},
+            host=host_info(),
         )
         inputs = {
             **digests,
@@ -345,9 +350,10 @@ def _run_stages(
             lambda d: bench.run(bench_cfg, fp32_model, attempt.model, tokenizer, runtime, d),
             label=f"bench/{attempt.label}",
         )
+        (shape,) = measured["results"]
         stage.summary(
             f"bench/{attempt.label}",
-            f"p50 {measured['model']['p50_ms']} ms, {measured['speedup_vs_fp32']}x fp32 (host)",
+            f"p50 {shape['model']['p50_ms']} ms, {shape['speedup_vs_fp32']}x fp32 (host)",
         )
         attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
         return attempt.bench
@@ -355,7 +361,7 @@ def _run_stages(
     if spec.search:
         for attempt in passing:
             measure(attempt)
-        chosen = min(passing, key=lambda a: a.bench["model"]["p50_ms"] if a.bench else float("inf"))
+        chosen = min(passing, key=lambda a: a.p50_ms or float("inf"))
     else:
         chosen = passing[0]
         measure(chosen)
@@ -431,3 +437,53 @@ def _has_output(model: Path, name: str) -> bool:
 
     graph = onnx.load(str(model), load_external_data=False).graph
     return any(o.name == name for o in graph.output)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # Unchanged files are hard links: no copy of a large model, and the old dir is never touched.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def record_bench(root: Path, result: dict[str, Any]) -> bool:
+    """Write ``result`` into the bundle's manifest and documents, swapped in atomically.
+
+    The archive beside the bundle is rewritten too, if there is one; returns whether there was.
+    A bundle that no longer matches its manifest is refused, never re-hashed into looking whole.
+    """
+    root = root.resolve()
+    out, name = root.parent, root.name
+    with disk_errors(), output_lock(out, name):
+        manifest = read_manifest(root)
+        problems = verify_dir(root)
+        if problems:
+            raise VerifyError(
+                f"{root}: does not match its manifest ({problems[0]}); rebuild it before "
+                "recording a benchmark in it"
+            )
+        if manifest["model"]["sha256"] != result["models"]["model"]["sha256"]:
+            raise ResourceError(f"{root}: the bundle's model changed while it was benchmarked")
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp", dir=out))
+        try:
+            new = staging / name
+            shutil.copytree(
+                root,
+                new,
+                copy_function=_link_or_copy,
+                ignore=lambda d, names: [
+                    n
+                    for n in names
+                    if n == "__pycache__" or (Path(d) == root and n in bundle.DOCUMENTS)
+                ],
+            )
+            manifest = {k: v for k, v in manifest.items() if k != "files"}
+            bundle.finish(new, {**manifest, "bench": result})
+            archived = (out / f"{name}.tar.gz").is_file()
+            if archived:
+                bundle.write_archive(new, staging / f"{name}.tar.gz")
+            publish(staging, out, name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return archived

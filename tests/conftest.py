@@ -101,10 +101,17 @@ def profiles_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(
-    tiny_bert_master: Path, profiles_dir: Path, tmp_path_factory: pytest.TempPathFactory
+    tiny_bert_master: Path,
+    profiles_dir: Path,
+    private_cache: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ):
-    """One build of the tiny model for laptop-avx2, shared by the tests that only read it."""
+    """One build of the tiny model for laptop-avx2, shared by the tests that only read it.
+
+    Built through the private stage cache, where `edgepipe bench` finds its fp32 export.
+    """
     from edgepipe import catalog
+    from edgepipe.cache import StageCache
     from edgepipe.pipeline import BuildSpec, build
 
     spec = BuildSpec(
@@ -113,5 +120,6 @@ def tiny_bundle(
         out=tmp_path_factory.mktemp("dist"),
         model=str(tiny_bert_master),
         bench_runs=3,
+        cache=StageCache(private_cache),
     )
     return build(spec)

@@ -113,7 +113,8 @@ def without_timings(manifest):
     """The manifest less what the bench stage measured, the one part that differs run to run."""
     stages = {k: v for k, v in manifest["stages"].items() if k != "bench"}
     rest = {k: v for k, v in manifest.items() if k not in ("bench", "stages", "files", "attempts")}
-    files = {k: v for k, v in manifest["files"].items() if k != "README.md"}
+    timed_files = ("README.md", "BENCH.md", "bench.svg")  # they print the measured numbers
+    files = {k: v for k, v in manifest["files"].items() if k not in timed_files}
     timed = ("p50_ms", "speedup_vs_fp32")
     attempts = [{k: v for k, v in row.items() if k not in timed} for row in manifest["attempts"]]
     return {**rest, "stages": stages, "files": files, "attempts": attempts}

@@ -1,4 +1,4 @@
-"""The bundle's command line: ``python <bundle> embed|info|verify|serve``."""
+"""The bundle's command line: ``python <bundle> embed|bench|info|verify|serve``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import integrity, serve
 
@@ -67,6 +68,64 @@ def _embed(root: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_text(result: dict[str, Any]) -> str:
+    """A plain table of the SCHEMA document (the bundle has no rich)."""
+    m, fp32 = result["models"]["model"], result["models"]["fp32"]
+    lines = [
+        f"measured on {result['machine']['cpu']} ({result['machine']['machine']}, "
+        f"{' '.join(result['machine']['isa']) or 'no listed ISA features'}), "
+        f"{result['threads']} threads, {result['provider']}; target {result['target']['name']} "
+        f"({'same arch' if result['machine_matches_target_arch'] else 'a different arch'})",
+        f"model {m['size_bytes'] / 1e6:.1f} MB: load {m['load_ms']:.0f} ms, "
+        f"first inference {m['first_inference_ms']:.1f} ms; peak RSS {result['peak_rss_mb']} MB",
+        f"{'batch':>5} {'seq':>5} {'runs':>5} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'mean ms':>9} {'stdev':>7} {'items/s':>9} {'fp32 p50':>9} {'speed-up':>8}",
+    ]
+    for r in result["results"]:
+        s, base = r["model"], r["fp32"]
+        lines.append(
+            f"{r['batch_size']:>5} {r['seq_len']:>5} {s['runs']:>5} {s['p50_ms']:>9.3f} "
+            f"{s['p90_ms']:>9.3f} {s['p99_ms']:>9.3f} {s['mean_ms']:>9.3f} {s['stdev_ms']:>7.3f} "
+            f"{s['items_per_s']:>9.1f} {base['p50_ms'] if base else '-':>9} "
+            f"{str(r['speedup_vs_fp32']) + 'x' if base else '-':>8}"
+        )
+    if fp32 is None:
+        lines.append("no fp32 baseline measured (pass --baseline-model PATH to compare)")
+    return "\n".join(lines)
+
+
+def _bench(root: Path, args: argparse.Namespace) -> int:
+    from . import measure
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rbench: {done}/{total} runs", end="" if done < total else "\n", file=sys.stderr)
+
+    try:
+        settings = measure.BenchSettings(
+            batch_sizes=measure.parse_sizes(args.batch_sizes, "--batch-sizes"),
+            seq_lens=measure.parse_sizes(args.seq_lens, "--seq-lens") if args.seq_lens else None,
+            runs=args.runs,
+            warmup=args.warmup,
+            threads=args.threads,
+            max_seconds=args.max_seconds,
+        )
+        request = measure.bundle_request(
+            root,
+            settings,
+            measured_on="bundle runtime",
+            baseline=Path(args.baseline_model) if args.baseline_model else None,
+        )
+        result = measure.run_request(request, progress if sys.stderr.isatty() else None)
+    except measure.BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return measure.EXIT_LOAD if isinstance(exc, measure.LoadError) else measure.EXIT_SHAPE
+    print(json.dumps(result, indent=2) if args.json else _bench_text(result))
+    message = measure.incomplete_message(result)
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+    return 0
+
+
 def _info(root: Path, args: argparse.Namespace) -> int:
     manifest = integrity.read_manifest(root)
     keys = ("name", "task", "model", "target", "profile", "accuracy", "bench", "versions")
@@ -94,6 +153,15 @@ def parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--threads", type=int, default=None, help="intra-op threads (default: target's)"
     )
+    bench = sub.add_parser("bench", help="measure the model's latency on this machine")
+    bench.add_argument("--json", action="store_true", help="print the edgepipe.bench/1 JSON")
+    bench.add_argument("--batch-sizes", default="1", help="comma-separated (default: 1)")
+    bench.add_argument("--seq-lens", help="comma-separated tokens (default: 128 or the maximum)")
+    bench.add_argument("--runs", type=int, default=30, help="timed runs per shape (default: 30)")
+    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
+    bench.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
+    bench.add_argument("--max-seconds", type=float, help="stop early past this time limit")
+    bench.add_argument("--baseline-model", help="an fp32 ONNX file to time beside it")
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
     sub.add_parser("verify", help="check every file against manifest.json")
     serve.add_parser(sub)
@@ -102,7 +170,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(root: Path, argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    handlers = {"embed": _embed, "info": _info, "verify": _verify, "serve": serve.run}
+    handlers = {
+        "embed": _embed,
+        "bench": _bench,
+        "info": _info,
+        "verify": _verify,
+        "serve": serve.run,
+    }
     handler = handlers[args.command]
     try:
         return handler(root, args)

@@ -29,9 +29,11 @@ class EmbeddingConfig:
 
     @classmethod
     def load(cls, path: Path) -> EmbeddingConfig:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        data["providers"] = tuple(data.get("providers", cls.providers))
-        return cls(**data)
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EmbeddingConfig:
+        return cls(**{**data, "providers": tuple(data.get("providers", cls.providers))})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,18 @@ def host_threads(wanted: int) -> int:
     """Threads to use here: the configured count, capped at this machine's cores (0 = ORT's pick)."""
     cores = os.cpu_count() or 1
     return min(wanted, cores) if wanted > 0 else 0
+
+
+def encoder_feeds(
+    input_names: Sequence[str], input_ids: np.ndarray, attention_mask: np.ndarray
+) -> dict[str, np.ndarray]:
+    """An encoder's session inputs for a batch of token ids (token_type_ids are zeros if asked)."""
+    available = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "token_type_ids": np.zeros_like(input_ids),
+    }
+    return {name: available[name] for name in input_names}
 
 
 class Embedder:
@@ -102,12 +116,7 @@ class Embedder:
 
     def feeds(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
         """The session inputs for a batch of token ids (token_type_ids are zeros where asked for)."""
-        available = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "token_type_ids": np.zeros_like(input_ids),
-        }
-        return {name: available[name] for name in self.input_names}
+        return encoder_feeds(self.input_names, input_ids, attention_mask)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """One row per text; each text is encoded alone, so results never depend on batching."""

@@ -6,36 +6,31 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..runtime import bench
-from ..runtime.embedder import Embedder, EmbeddingConfig, host_threads
-from ..tasks import embedding
+from ..benchmark import run_isolated
+from ..runtime import measure
+from ..runtime.embedder import EmbeddingConfig
 from . import digests
+
+MEASURED_ON = "build host"
 
 
 class BenchConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    result_schema: str = Field(default=measure.SCHEMA, description="The result's schema version.")
     batch_size: int = Field(default=1, gt=0, description="Texts per inference.")
-    seq_len: int = Field(default=128, gt=1, description="Tokens per text.")
+    seq_len: int = Field(
+        default=measure.DEFAULT_SEQ_LEN, gt=1, description="Tokens per text (capped at the max)."
+    )
     runs: int = Field(default=30, gt=0, description="Timed runs per model.")
     warmup: int = Field(default=5, ge=0, description="Untimed runs per model first.")
     threads: int = Field(gt=0, description="The target's intra-op threads.")
+    target: dict[str, Any] = Field(description="The target's name and arch, to label the result.")
     host: dict[str, Any] = Field(
         description="The machine measured on: a new host is a new measurement."
     )
-
-
-def sample_ids(embedder: Embedder, seq_len: int) -> np.ndarray:
-    """``seq_len`` real token ids: the built-in texts, tokenized and repeated as needed."""
-    ids: list[int] = []
-    for text in embedding.builtin_texts():
-        ids.extend(embedder.tokenizer.encode(text).ids)
-        if len(ids) >= seq_len:
-            break
-    return np.resize(np.asarray(ids, dtype=np.int64), seq_len)
 
 
 def run(
@@ -47,30 +42,16 @@ def run(
     out: Path,
 ) -> dict[str, Any]:
     """Time both models on the same ``batch x seq_len`` input; write ``out/bench.json``."""
-    threads = host_threads(config.threads)
-    embedders = {
-        "model": Embedder(model, tokenizer, runtime, threads=threads),
-        "fp32": Embedder(fp32_model, tokenizer, runtime, threads=threads),
-    }
-    seq_len = min(config.seq_len, runtime.max_length)
-    ids = np.tile(sample_ids(embedders["model"], seq_len), (config.batch_size, 1))
-    mask = np.ones_like(ids)
-    calls = {
-        name: (lambda e=e: e.session.run(None, e.feeds(ids, mask))) for name, e in embedders.items()
-    }
-    times = bench.interleaved(calls, config.runs, config.warmup)
-    stats = {name: bench.summarize(ms) for name, ms in times.items()}
-    result = {
-        "measured_on": "build host (not the target device)",
-        "host": config.host,
-        "provider": embedders["model"].session.get_providers()[0],
-        "threads": threads,
-        "target_threads": config.threads,
-        "batch_size": config.batch_size,
-        "seq_len": seq_len,
-        "model": stats["model"],
-        "fp32": stats["fp32"],
-        "speedup_vs_fp32": round(stats["fp32"]["p50_ms"] / stats["model"]["p50_ms"], 3),
-    }
+    settings = measure.BenchSettings(
+        batch_sizes=(config.batch_size,),
+        seq_lens=(min(config.seq_len, runtime.max_length),),
+        runs=config.runs,
+        warmup=config.warmup,
+    )
+    models = {"model": ("model/model.onnx", model), "fp32": ("export/model.onnx", fp32_model)}
+    request = measure.request(
+        models, tokenizer, runtime, settings, measured_on=MEASURED_ON, target=config.target
+    )
+    result = run_isolated(request)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     return {"outputs": digests(out), **result}

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .. import bench_report
 from ..config import Target
 from ..errors import ConfigError
 from ..runtime import RUNTIME_PACKAGE
@@ -20,7 +21,17 @@ from ..runtime.integrity import MANIFEST, bundle_files, sha256_file
 
 # 1980-01-01: the earliest time every archive format (zip included) can store.
 DEFAULT_EPOCH = 315532800
-RUNTIME_MODULES = ("__init__.py", "integrity.py", "embedder.py", "bench.py", "cli.py", "serve.py")
+# Written by finish() from the manifest; `edgepipe bench` rewrites them with new results.
+DOCUMENTS = ("README.md", bench_report.BENCH_MD, bench_report.BENCH_SVG, MANIFEST)
+RUNTIME_MODULES = (
+    "__init__.py",
+    "integrity.py",
+    "embedder.py",
+    "bench.py",
+    "measure.py",
+    "cli.py",
+    "serve.py",
+)
 
 
 # onnxruntime's kernels and the tokenizer's ids decide the numbers the evaluation measured, so the
@@ -86,6 +97,21 @@ def requirements(target: Target, specs: Mapping[str, str], evaluated: Mapping[st
     return "\n".join(lines) + "\n"
 
 
+def speed(bench: dict[str, Any]) -> str:
+    """The README's one-paragraph summary of the first measured shape."""
+    r = bench["results"][0]
+    versus = (
+        f"{r['speedup_vs_fp32']}x the fp32 model measured in the same run"
+        if r["fp32"]
+        else "no fp32 baseline in this run"
+    )
+    return (
+        f"Latency {bench_report.where(bench)}: p50 {r['model']['p50_ms']} ms at batch "
+        f"{r['batch_size']}, {r['seq_len']} tokens, {bench['threads']} threads; {versus}.\n"
+        f"Every shape, load time and memory: {bench_report.BENCH_MD}. On the device: `python . bench`."
+    )
+
+
 def readme(manifest: dict[str, Any]) -> str:
     acc, bench = manifest["accuracy"], manifest["bench"]
     target = manifest["target"]
@@ -105,6 +131,7 @@ python . embed - < texts.txt                     # one text per line from stdin
 python . serve --port 8080                       # POST /embed, GET /health, GET /manifest
 python . verify                                  # every file against manifest.json
 python . info
+python . bench                                   # latency on this machine (--json: the schema)
 ```
 Only onnxruntime, numpy and tokenizers are needed on the device.
 
@@ -113,9 +140,7 @@ Cosine similarity to the fp32 PyTorch model over {acc["model"]["n"]} texts: min 
 p5 {acc["model"]["p5"]}, mean {acc["model"]["mean"]} (bar: {acc["metric"]} >= {acc["bar"]}).
 
 ## Speed
-Measured on the build host ({bench["host"]["cpu"]}), not on the device: p50
-{bench["model"]["p50_ms"]} ms at batch {bench["batch_size"]}, {bench["seq_len"]} tokens,
-{bench["threads"]} threads; {bench["speedup_vs_fp32"]}x the fp32 model measured in the same run.
+{speed(bench)}
 """
 
 
@@ -146,8 +171,10 @@ def assemble(
 
 
 def finish(dest: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write README.md, then manifest.json naming every other file's sha256; return the manifest."""
+    """Write DOCUMENTS, then manifest.json naming every other file's sha256; return the manifest."""
     (dest / "README.md").write_text(readme(manifest), encoding="utf-8")
+    for name, text in bench_report.documents(manifest["name"], manifest["bench"]).items():
+        (dest / name).write_text(text, encoding="utf-8")
     manifest = {
         **manifest,
         "files": {rel: sha256_file(path) for rel, path in bundle_files(dest).items()},

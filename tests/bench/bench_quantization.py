@@ -18,7 +18,7 @@ import numpy as np
 from edgepipe import sources
 from edgepipe.runtime import bench
 from edgepipe.runtime.embedder import Embedder, EmbeddingConfig
-from edgepipe.stages.bench import sample_ids
+from edgepipe.runtime.measure import SAMPLE_TEXT
 from edgepipe.tasks import embedding
 
 RUNS, WARMUP, THREADS = 40, 5, 2
@@ -71,7 +71,8 @@ def main() -> None:
             name: embedding.cosine_stats(e.embed(texts), reference, texts)
             for name, e in embedders.items()
         }
-        ids = sample_ids(embedders["fp32 ONNX"], 128)[None, :]
+        sample = embedders["fp32 ONNX"].tokenizer.encode(SAMPLE_TEXT).ids
+        ids = np.resize(np.asarray(sample, dtype=np.int64), 128)[None, :]
         mask = np.ones_like(ids)
         calls = {
             n: (lambda e=e: e.session.run(None, e.feeds(ids, mask))) for n, e in embedders.items()

@@ -21,6 +21,9 @@ EXPECTED = {
     "edgepipe_runtime/embedder.py",
     "edgepipe_runtime/integrity.py",
     "edgepipe_runtime/serve.py",
+    "edgepipe_runtime/measure.py",
+    "BENCH.md",
+    "bench.svg",
 }
 
 
@@ -41,6 +44,21 @@ def test_manifest_names_every_file_with_its_sha256(tiny_bundle):
     )
     assert [a["result"] for a in manifest["attempts"]] == ["ok"]
     assert manifest["bench"]["measured_on"].startswith("build host")
+
+
+def test_build_bench_is_the_bench_schema_with_a_baseline(tiny_bundle):
+    bench = tiny_bundle.manifest["bench"]
+    assert bench["schema"] == "edgepipe.bench/1" and bench["measured_on"] == "build host"
+    assert bench["target"] == {"name": "laptop-avx2", "arch": "x86_64"}
+    (shape,) = bench["results"]
+    assert (shape["batch_size"], shape["seq_len"]) == (1, 64)  # 128 capped at the tiny maximum
+    assert shape["model"]["runs"] == shape["fp32"]["runs"] == 3
+    assert bench["models"]["model"]["sha256"] == tiny_bundle.manifest["model"]["sha256"]
+    # Measured in a process of its own: the build's torch (hundreds of MB) is not counted.
+    assert 0 < bench["peak_rss_mb"] < 250
+    text = (tiny_bundle.bundle_dir / "BENCH.md").read_text()
+    assert "measured on the build host" in text and "not on the target device" in text
+    assert f"| 1 | 64 | 3 | {shape['model']['p50_ms']} |" in text
 
 
 def test_requirements_are_only_the_runtime(tiny_bundle):
