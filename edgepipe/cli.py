@@ -138,6 +138,13 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     help="Try every profile that fits the target; keep the fastest that meets its bar and budgets.",
 )
 @click.option("--bench-runs", default=30, show_default=True, type=click.IntRange(1))
+@click.option(
+    "--bench/--no-bench",
+    "run_bench",
+    default=True,
+    show_default=True,
+    help="Time the model on this host; --no-bench makes from-scratch rebuilds byte-identical.",
+)
 @click.option("--allow-pickle", is_flag=True, help="Load pytorch_model.bin (runs code in it).")
 @click.option("--trust-remote-code", is_flag=True, help="Run a model's own Python code.")
 @click.option(
@@ -171,6 +178,7 @@ def build(
     calibration_data: Path | None,
     search: bool,
     bench_runs: int,
+    run_bench: bool,
     allow_pickle: bool,
     trust_remote_code: bool,
     cache: bool,
@@ -205,6 +213,7 @@ def build(
         search=search,
         candidates=tuple(others),
         bench_runs=bench_runs,
+        bench=run_bench,
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
         cache=StageCache(default_dir()) if cache else None,
@@ -227,6 +236,7 @@ def build(
     )
     result = run_build(spec, progress)
     manifest = result.manifest
+    measured = manifest["bench"]
     if search or len(result.attempts) > 1:
         err.print(rows_table(result.attempts, f"recipes tried; kept {manifest['profile']['name']}"))
     summary = {
@@ -236,9 +246,9 @@ def build(
         "profile": manifest["profile"]["name"],
         "model_size_bytes": manifest["model"]["size_bytes"],
         "accuracy": manifest["accuracy"]["model"],
-        "latency_p50_ms": manifest["bench"]["results"][0]["model"]["p50_ms"],
-        "speedup_vs_fp32": manifest["bench"]["results"][0]["speedup_vs_fp32"],
-        "latency_measured_on": manifest["bench"]["measured_on"],
+        "latency_p50_ms": measured["results"][0]["model"]["p50_ms"] if measured else None,
+        "speedup_vs_fp32": measured["results"][0]["speedup_vs_fp32"] if measured else None,
+        "latency_measured_on": measured["measured_on"] if measured else None,
         "kept_float": manifest["model"]["kept_float"],
         "attempts": result.attempts,
         "requirements": manifest["requirements"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import platform
@@ -27,7 +28,7 @@ from .onnx_checks import check_external_data, check_runtime_support
 from .recipes import Attempt, Recipes
 from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
-from .runtime.integrity import read_manifest, verify_dir
+from .runtime.integrity import read_manifest, sha256_file, verify_dir
 from .stages import bench, bundle, export, quantize, reference, wheels
 from .tasks import embedding
 
@@ -53,6 +54,8 @@ class BuildSpec:
     # Tried after ``profile`` when it misses its bar (its fallbacks), or beside it with ``search``.
     candidates: tuple[Profile, ...] = ()
     search: bool = False
+    # Off: no host timing, so two builds of the same inputs give the same bytes even from scratch.
+    bench: bool = True
     calibration_data: Path | None = None
     allow_pickle: bool = False
     trust_remote_code: bool = False
@@ -82,6 +85,17 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             found[dist] = "not installed"
     return found
+
+
+@functools.cache
+def code_digest() -> str:
+    """sha256 of edgepipe's own code and data: a change to them is a new cache key, whatever the
+    version number says."""
+    root = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".txt") and p.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
 
 
 @contextlib.contextmanager
@@ -241,6 +255,7 @@ def _run_stages(
     target = spec.target
     profiles = _fitting(spec, source.task)
     tool_versions = {k: v for k, v in versions().items() if k != "python"}
+    tool_versions["edgepipe"] += f"+{code_digest()[:16]}"
     stage = StageRunner(work, spec.cache, report, tool_versions)
 
     wheel_dir, downloaded = None, None
@@ -358,14 +373,18 @@ def _run_stages(
         attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
         return attempt.bench
 
+    if spec.search and not spec.bench:
+        raise ConfigError(
+            "--search picks the fastest recipe, so it needs the bench stage: drop --no-bench"
+        )
     if spec.search:
         for attempt in passing:
             measure(attempt)
         chosen = min(passing, key=lambda a: a.p50_ms or float("inf"))
     else:
         chosen = passing[0]
-        measure(chosen)
-    assert chosen.bench is not None
+        if spec.bench:
+            measure(chosen)
     check_external_data(chosen.model)
     check_runtime_support(chosen.model, target)
 
@@ -378,8 +397,9 @@ def _run_stages(
         "reference": stage.records["reference"],
         "quantize": stage.records[f"quantize/{chosen.label}"],
         "evaluate": stage.records[f"evaluate/{chosen.label}"],
-        "bench": stage.records[f"bench/{chosen.label}"],
     }
+    if f"bench/{chosen.label}" in stage.records:
+        records["bench"] = stage.records[f"bench/{chosen.label}"]
     if "wheels" in stage.records:
         records["wheels"] = stage.records["wheels"]
     if f"sensitivity/{chosen.profile}" in stage.records:

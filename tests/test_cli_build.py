@@ -132,3 +132,32 @@ def test_targets_and_profiles_commands():
     )
     profiles = CliRunner().invoke(main, ["profiles"])
     assert profiles.exit_code == 0 and "x86-avx2-int8" in profiles.output
+
+
+def test_from_scratch_rebuilds_without_bench_are_byte_identical(
+    tiny_bert_master, profiles_dir, tmp_path
+):
+    archives = []
+    for run in ("a", "b"):
+        result = build(
+            "--model", str(tiny_bert_master), "--target", "rpi5", "--profile", "tiny-int8",
+            "--profiles-dir", str(profiles_dir), "--out", str(tmp_path / run), "--no-cache",
+            "--no-bench", "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        summary = json.loads(result.stdout.strip().splitlines()[-1])
+        assert summary["cached_stages"] == [] and summary["latency_p50_ms"] is None
+        archives.append(sha256_file(tmp_path / run / "tiny-bert-rpi5.tar.gz"))
+    assert archives[0] == archives[1]
+    manifest = json.loads((tmp_path / "a" / "tiny-bert-rpi5" / "manifest.json").read_text())
+    assert manifest["bench"] is None and "BENCH.md" not in manifest["files"]
+    assert (
+        "Not measured at build time"
+        in (tmp_path / "a" / "tiny-bert-rpi5" / "README.md").read_text()
+    )
+
+
+def test_search_needs_the_bench(tiny_bert_master, tmp_path):
+    result = build("--model", str(tiny_bert_master), "--target", "rpi5", "--search", "--no-bench",
+                   "--out", str(tmp_path))  # fmt: skip
+    assert result.exit_code == 3 and "--search picks the fastest recipe" in result.output

@@ -97,8 +97,12 @@ def requirements(target: Target, specs: Mapping[str, str], evaluated: Mapping[st
     return "\n".join(lines) + "\n"
 
 
-def speed(bench: dict[str, Any]) -> str:
+def speed(bench: dict[str, Any] | None) -> str:
     """The README's one-paragraph summary of the first measured shape."""
+    if bench is None:
+        return (
+            "Not measured at build time (built with --no-bench). On the device: `python . bench`."
+        )
     r = bench["results"][0]
     versus = (
         f"{r['speedup_vs_fp32']}x the fp32 model measured in the same run"
@@ -173,7 +177,10 @@ def assemble(
 def finish(dest: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write DOCUMENTS, then manifest.json naming every other file's sha256; return the manifest."""
     (dest / "README.md").write_text(readme(manifest), encoding="utf-8")
-    for name, text in bench_report.documents(manifest["name"], manifest["bench"]).items():
+    measured = manifest["bench"]
+    for name, text in (
+        bench_report.documents(manifest["name"], measured) if measured else {}
+    ).items():
         (dest / name).write_text(text, encoding="utf-8")
     manifest = {
         **manifest,
