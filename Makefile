@@ -17,7 +17,7 @@ TARGETS := $(basename $(notdir $(wildcard targets/*.yaml)))
 SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $(wildcard profiles/*.yaml)
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
-.PHONY: install build bundles bundle test lint format bench clean e2e-arm64
+.PHONY: install build bundles bundle test lint format bench fuzz clean e2e-arm64
 
 install: $(STAMP)
 
@@ -51,6 +51,11 @@ ARM64_ROOT  ?= .arm64-root
 ORT_VERSION ?= 1.27.0
 e2e-arm64: $(STAMP)
 	$(BIN)/python tests/arm64/e2e_arm64.py --root $(ARM64_ROOT) --out $(OUT)-arm64 --onnxruntime $(ORT_VERSION)
+
+# Property-based fuzzing of the parsers and the runtime's input handling; bounded by FUZZ_EXAMPLES.
+FUZZ_EXAMPLES ?= 20000
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz -p no:cacheprovider
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

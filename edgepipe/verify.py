@@ -14,6 +14,10 @@ from .runtime.integrity import read_manifest, verify_dir
 
 def _safe_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
     name = PurePosixPath(member.name)
+    if not name.parts or name.parts == (".",):
+        raise VerifyError(f"{archive}: refused: an entry has an empty name")
+    if "\x00" in member.name:
+        raise VerifyError(f"{archive}: refused: entry {member.name!r} has a NUL byte in its name")
     if name.is_absolute() or member.name.startswith(("/", "\\")):
         raise VerifyError(f"{archive}: refused: entry '{member.name}' has an absolute path")
     if ".." in name.parts:
@@ -38,15 +42,25 @@ def extract_archive(archive: Path, dest: Path) -> Path:
         except (OSError, tarfile.TarError, EOFError) as exc:
             raise VerifyError(f"{archive}: corrupt archive ({exc})") from None
         names = [_safe_member(m, archive) for m in members]
+        seen: set[PurePosixPath] = set()
+        for name in names:
+            if name in seen:
+                raise VerifyError(f"{archive}: refused: entry '{name}' appears twice")
+            seen.add(name)
         tops = {n.parts[0] for n in names if n.parts}
         if len(tops) != 1:
             raise VerifyError(f"{archive}: a bundle archive holds exactly one top-level directory")
         for member, name in zip(members, names, strict=True):
             path = dest.joinpath(*name.parts)
-            if member.isdir():
-                path.mkdir(parents=True, exist_ok=True)
-                continue
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                if member.isdir():
+                    path.mkdir(parents=True, exist_ok=True)
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:  # a file where a directory belongs, or the reverse
+                raise VerifyError(
+                    f"{archive}: refused: entry '{name}' clashes with another"
+                ) from None
             source = tar.extractfile(member)
             if source is None:
                 raise VerifyError(f"{archive}: entry '{member.name}' has no data")
