@@ -74,7 +74,10 @@ def archive_with(tmp_path, tiny_bundle, extra: tarfile.TarInfo, data: bytes = b"
         (lambda n: _link(f"{n}/hard", tarfile.LNKTYPE), "is a link"),
         (lambda n: _link(f"{n}/dev", tarfile.CHRTYPE), "is a device or special file"),
         (lambda n: tarfile.TarInfo(f"{n}/README.md"), "appears twice"),  # found by make fuzz
-        (lambda n: tarfile.TarInfo(f"{n}/\x80\x00b"), "has a NUL byte in its name"),  # PAX keeps the NUL
+        (
+            lambda n: tarfile.TarInfo(f"{n}/\x80\x00b"),
+            "has a NUL byte in its name",
+        ),  # PAX keeps the NUL
         (lambda n: tarfile.TarInfo(f"{n}/README.md/x"), "clashes with another"),
     ],
 )
