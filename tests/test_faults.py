@@ -197,3 +197,65 @@ def test_disk_full_is_one_line_and_leaves_no_temp_files(tiny_bert_master, profil
     assert "no space left on the device" in one_error_line(proc.stderr)
     left = proc.stdout.split("rc=8", 1)[1].split()
     assert [name for name in left if not name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda t: t.replace("memory_mb:", "colour: red\nmemory_mb:"),
+            "target field 'colour': unknown key",
+        ),
+        (lambda t: t.replace("  cores: 4\n", ""), "target field 'cpu.cores': missing key"),
+    ],
+)
+def test_unknown_or_missing_target_keys_exit_3(tmp_path, tiny_bert_master, edit, message):
+    path = tmp_path / "rpi5.yaml"
+    path.write_text(edit((ROOT / "targets" / "rpi5.yaml").read_text()))
+    result = build(
+        "--model", str(tiny_bert_master), "--target", str(path), "--out", str(tmp_path / "o")
+    )
+    assert result.exit_code == 3 and message in one_error_line(result.output)
+    assert not (tmp_path / "o").exists()
+
+
+def external(bundle: Path, location: str) -> None:
+    """Move the model's weights to external data, then point every tensor at ``location``."""
+    path = bundle / "model" / "model.onnx"
+    model = onnx.load(str(path))
+    convert_model_to_external_data(
+        model, all_tensors_to_one_file=True, location="w.bin", size_threshold=0
+    )
+    onnx.save(model, str(path))
+    model = onnx.load(str(path), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    path.write_bytes(model.SerializeToString())
+
+
+def test_external_data_absolute_or_symlinked_is_refused(tiny_bundle, tmp_path):
+    absolute = Path(shutil.copytree(tiny_bundle.bundle_dir, tmp_path / "abs"))
+    external(absolute, "/etc/hostname")
+    rehash(absolute)
+    result = CliRunner().invoke(main, ["verify", str(absolute)])
+    assert result.exit_code == 6 and "'/etc/hostname' lies outside" in one_error_line(result.output)
+
+    linked = Path(shutil.copytree(tiny_bundle.bundle_dir, tmp_path / "link"))
+    external(linked, "w.bin")
+    (linked / "model" / "w.bin").rename(tmp_path / "real.bin")
+    (linked / "model" / "w.bin").symlink_to(tmp_path / "real.bin")
+    rehash(linked)
+    result = CliRunner().invoke(main, ["verify", str(linked)])
+    assert result.exit_code == 6  # the symlink is refused: by the file walk or the model check
+    assert "symlink" in one_error_line(result.output)
+
+
+def test_empty_text_is_embedded_not_an_error(tiny_bundle):
+    proc = subprocess.run(
+        [sys.executable, str(tiny_bundle.bundle_dir), "embed", ""], capture_output=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    vector = json.loads(proc.stdout)["embedding"]
+    assert len(vector) == 32 and abs(sum(v * v for v in vector) - 1.0) < 1e-5
