@@ -325,6 +325,7 @@ def _run_stages(
         texts_digest=texts_digest,
         digests=digests,
         calibration=quantize.CalibrationData(calibration_texts, tokenizer, runtime.max_length),
+        summary=stage.summary,
     )
     results: list[Attempt] = []  # per profile: the attempt it ends with
     for profile in profiles:

@@ -80,6 +80,7 @@ class Recipes:
     texts_digest: str
     digests: dict[str, str]
     calibration: quantize.CalibrationData
+    summary: Callable[[str, str], None]  # pipeline.StageRunner.summary: the stage's done-line
     attempts: list[Attempt] = field(default_factory=list)
 
     @property
@@ -98,6 +99,9 @@ class Recipes:
             label=f"quantize/{label}",
         )
         model = self.work / f"quantize/{label}" / "model.onnx"
+        self.summary(
+            f"quantize/{label}", f"{profile.method} {quantized['size_bytes'] / 1e6:.1f} MB"
+        )
         eval_cfg = evaluate.EvaluateConfig(
             bar=profile.accuracy.min, texts_digest=self.texts_digest, runtime=self.runtime.to_json()
         )
@@ -175,4 +179,6 @@ class Recipes:
             label=f"sensitivity/{profile.name}",
         )
         ranking = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
+        worst = ranking[0]["node"] if ranking else "none"
+        self.summary(f"sensitivity/{profile.name}", f"{len(ranking)} MatMuls ranked, worst {worst}")
         return [r["node"] for r in ranking]
