@@ -118,6 +118,8 @@ def test_bundle_bench_prints_the_same_schema(bundle, baseline, tiny_bundle, priv
     device = run_bundle_bench(bundle, *(["--baseline-model", str(cached)] if baseline else []))
     assert keys(device) == keys(host_doc)
     assert device["measured_on"] == "bundle runtime" and device["machine_matches_target_arch"]
+    # Timed in alternation with a baseline, neither session spins; alone, onnxruntime's default.
+    assert host_doc["thread_spinning"] is device["thread_spinning"] is (not baseline)
     if baseline:
         assert fp32["path"] == "export/model.onnx (stage cache)"
         assert device["models"]["fp32"] == {

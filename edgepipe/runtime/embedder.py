@@ -46,8 +46,14 @@ class EmbeddingConfig:
         }
 
 
-def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
+def session_options(
+    intra_op_threads: int, inter_op_threads: int, spin: bool = True
+) -> ort.SessionOptions:
     opts = ort.SessionOptions()
+    if not spin:
+        # Idle intra-op threads busy-wait by default: with several sessions timed in alternation,
+        # one session's spinning threads steal the cores the next one runs on.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = intra_op_threads
     opts.inter_op_num_threads = inter_op_threads
@@ -89,12 +95,13 @@ class Embedder:
         tokenizer_path: Path,
         config: EmbeddingConfig,
         threads: int | None = None,
+        spin: bool = True,
     ) -> None:
         self.config = config
         intra = host_threads(config.intra_op_threads) if threads is None else threads
         self.session = ort.InferenceSession(
             str(model_path),
-            sess_options=session_options(intra, config.inter_op_threads),
+            sess_options=session_options(intra, config.inter_op_threads, spin),
             providers=usable_providers(config.providers),
         )
         self.input_names = [i.name for i in self.session.get_inputs()]

@@ -93,13 +93,15 @@ def _check(settings: BenchSettings, seq_lens: Sequence[int], max_length: int) ->
         raise ShapeError("max seconds must be more than 0")
 
 
-def _load(path: Path, threads: int, runtime: EmbeddingConfig) -> tuple[ort.InferenceSession, float]:
+def _load(
+    path: Path, threads: int, runtime: EmbeddingConfig, spin: bool
+) -> tuple[ort.InferenceSession, float]:
     """The session with the target's settings, and how long creating it took (ms)."""
     start = time.perf_counter()
     try:
         session = ort.InferenceSession(
             str(path),
-            sess_options=session_options(threads, runtime.inter_op_threads),
+            sess_options=session_options(threads, runtime.inter_op_threads, spin),
             providers=usable_providers(runtime.providers),
         )
     # onnxruntime raises its own exception types (InvalidProtobuf, NoSuchFile, Fail, ...).
@@ -161,7 +163,9 @@ def measure(
     threads = settings.threads or host_threads(runtime.intra_op_threads)
     sessions, described = {}, {}
     for name, (shown, path) in models.items():
-        sessions[name], load_ms = _load(path, threads, runtime)
+        # Alone, a session keeps onnxruntime's default (spinning, as on the device); timed in
+        # alternation with a baseline, neither spins, so neither steals the other's cores.
+        sessions[name], load_ms = _load(path, threads, runtime, spin=len(models) == 1)
         described[name] = {
             "path": shown,
             "size_bytes": os.path.getsize(path),
@@ -205,6 +209,7 @@ def measure(
         "threads": threads,
         "target_threads": runtime.intra_op_threads,
         "inter_op_threads": runtime.inter_op_threads,
+        "thread_spinning": len(models) == 1,
         "runs": settings.runs,
         "warmup": settings.warmup,
         "max_seconds": settings.max_seconds,

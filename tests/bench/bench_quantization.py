@@ -64,7 +64,7 @@ def main() -> None:
         tokenizer = export_dir / "tokenizer" / "tokenizer.json"
         reference = embedding.reference_embeddings(sources.packaged_default(), texts, 256)
         embedders = {
-            name: Embedder(path, tokenizer, runtime, threads=THREADS)
+            name: Embedder(path, tokenizer, runtime, threads=THREADS, spin=False)
             for name, path in models.items()
         }
         scores = {
