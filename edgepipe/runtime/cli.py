@@ -12,6 +12,9 @@ from typing import Any
 from . import integrity, serve
 
 EXIT_USAGE = 2
+EXIT_SETUP = 3
+# What requirements.txt installs; `verify` and `info` run without them.
+RUNTIME_REQUIREMENTS = ("onnxruntime", "numpy", "tokenizers")
 EXIT_INPUT = 4
 EXIT_VERIFY = 6
 
@@ -180,6 +183,15 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
     handler = handlers[args.command]
     try:
         return handler(root, args)
+    except ModuleNotFoundError as exc:
+        if exc.name not in RUNTIME_REQUIREMENTS:
+            raise
+        print(
+            f"error: this bundle needs {exc.name}, which this Python lacks: "
+            f"pip install -r {root / 'requirements.txt'}",
+            file=sys.stderr,
+        )
+        return EXIT_SETUP
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

@@ -75,3 +75,22 @@ def test_bundle_verify_and_info(tiny_bundle):
     assert proc.returncode == 0 and proc.stdout.decode().startswith("ok: ")
     info = json.loads(run_bundle(tiny_bundle.bundle_dir, "info").stdout)
     assert info["target"]["name"] == "laptop-avx2" and info["model"]["path"] == "model/model.onnx"
+
+
+def test_missing_requirements_are_one_line_naming_the_fix(tiny_bundle):
+    # -S: no site-packages, as on a device before `pip install -r requirements.txt`.
+    proc = subprocess.run(
+        [sys.executable, "-S", str(tiny_bundle.bundle_dir), "embed", "hi"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 3
+    err = proc.stderr.decode().strip()
+    assert err.startswith("error: this bundle needs ") and err.endswith("requirements.txt")
+    assert "Traceback" not in err and "\n" not in err
+    verify = subprocess.run(
+        [sys.executable, "-S", str(tiny_bundle.bundle_dir), "verify"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert verify.returncode == 0  # integrity checks need nothing but the standard library
