@@ -1,0 +1,107 @@
+"""Tiny random-weight decoders (Llama, Qwen2, GPT-2) with a byte-level BPE tokenizer trained here.
+
+Nothing is downloaded: the tokenizer is trained on edgepipe's own evaluation texts and the weights
+are random. ``initializer_range`` is large on purpose: with the default 0.02 a 32-wide model's
+logits are nearly flat, and greedy argmax would hinge on float rounding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# A ChatML-style template, as Qwen2 ships; Llama and GPT-2 test models have none.
+CHATML = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+KINDS = ("llama", "qwen2", "gpt2")
+
+
+def train_bpe(kind: str, vocab_size: int = 384):
+    """A byte-level BPE tokenizer in the style of ``kind``'s own (specials, BOS handling)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers.trainers import BpeTrainer
+    from transformers import PreTrainedTokenizerFast
+
+    from edgepipe.tasks.embedding import builtin_texts
+
+    specials = {
+        "llama": ["<unk>", "<s>", "</s>"],
+        "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "gpt2": ["<|endoftext|>"],
+    }[kind]
+    tok = Tokenizer(models.BPE(unk_token="<unk>" if kind == "llama" else None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(builtin_texts(), trainer)
+    extra: dict[str, str] = {}
+    if kind == "llama":  # Llama prepends BOS through its post-processor
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
+        )
+        extra = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    elif kind == "qwen2":
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        extra = {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
+    else:
+        tok.post_processor = processors.ByteLevel(trim_offsets=False)
+        extra = {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        model_max_length=256,
+        model_input_names=["input_ids", "attention_mask"],
+        **extra,
+    )
+    if kind == "qwen2":
+        fast.chat_template = CHATML
+    return fast
+
+
+def make_tiny_decoder(kind: str, dest: Path, seed: int = 0, tied: bool = True) -> Path:
+    """Save a 2-layer, hidden-32 random ``kind`` model and its tokenizer to ``dest``."""
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        GenerationConfig,
+        GPT2Config,
+        LlamaConfig,
+        Qwen2Config,
+    )
+
+    tokenizer = train_bpe(kind)
+    vocab = len(tokenizer)
+    eos = tokenizer.eos_token_id
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+            initializer_range=0.2,
+        )  # fmt: skip
+    elif kind == "qwen2":
+        config = Qwen2Config(
+            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=tied, eos_token_id=eos, initializer_range=0.2,
+        )  # fmt: skip
+    elif kind == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+            bos_token_id=eos, eos_token_id=eos, initializer_range=0.2,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown decoder kind {kind!r}; one of {KINDS}")
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=eos, bos_token_id=config.bos_token_id, do_sample=False
+    )
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
