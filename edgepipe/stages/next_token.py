@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..runtime.generator import GenerationConfig, Generator
 from . import digests
 from .export import quiet
 
@@ -44,11 +45,9 @@ def token_ids(tokenizer: Path, texts: list[str], max_tokens: int) -> list[list[i
     return [ids for ids in (tok.encode(t).ids[:max_tokens] for t in texts) if len(ids) >= 2]
 
 
-def onnx_logits(model: Path, threads: int = 0) -> Logits:
-    """[len(ids), vocab] float32 logits of ``model`` for ``ids``, with an empty KV cache."""
-    from ..runtime.generator import Generator, GenerationConfig  # noqa: F401
-
-    raise NotImplementedError
+def onnx_logits(model: Path, tokenizer: Path, runtime: GenerationConfig) -> Logits:
+    """``ids`` -> [len(ids), vocab] float32 logits of ``model`` (the bundle's own runtime)."""
+    return Generator(model, tokenizer, runtime).logits
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -100,12 +99,12 @@ def torch_logits(model_dir: Path) -> Logits:
 
 
 def reference(
-    config: NextTokenConfig, source_dir: Path, fp32_model: Path, tokenizer: Path, texts: list[str],
-    out: Path,
+    config: NextTokenConfig, source_dir: Path, fp32_model: Path, tokenizer: Path,
+    runtime: GenerationConfig, texts: list[str], out: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """How faithful the fp32 export is: its logits against PyTorch's on the evaluation texts."""
     ids = token_ids(tokenizer, texts, config.max_tokens)
-    pt, ox = torch_logits(source_dir), onnx_logits(fp32_model)
+    pt, ox = torch_logits(source_dir), onnx_logits(fp32_model, tokenizer, runtime)
     stats = compare((pt(i) for i in ids), (ox(i) for i in ids))
     np.save(out / "next_tokens.npy", np.concatenate([ox(i).argmax(-1) for i in ids]))
     (out / "fp32_onnx.json").write_text(json.dumps(stats, indent=2))
@@ -113,12 +112,12 @@ def reference(
 
 
 def evaluate(
-    config: EvaluateConfig, fp32_model: Path, model: Path, tokenizer: Path, texts: list[str],
-    out: Path,
+    config: EvaluateConfig, fp32_model: Path, model: Path, tokenizer: Path,
+    runtime: GenerationConfig, texts: list[str], out: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """Score ``model`` against the fp32 ONNX model; write ``out/evaluation.json``."""
     ids = token_ids(tokenizer, texts, config.max_tokens)
-    ref, got = onnx_logits(fp32_model), onnx_logits(model)
+    ref, got = onnx_logits(fp32_model, tokenizer, runtime), onnx_logits(model, tokenizer, runtime)
     stats = compare((ref(i) for i in ids), (got(i) for i in ids))
     passed = stats["agreement"] >= config.bar and (
         config.max_kl is None or stats["mean_kl"] <= config.max_kl

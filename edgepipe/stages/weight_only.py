@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,8 @@ def quantize(settings: WeightOnly, src: Path, dst: Path, bits: int = 4) -> dict[
 
     model = onnx.load(str(src))
     gemms = gemm_to_matmul(model.graph)
+    # The quantizer logs a line per node at INFO through a handler of its own.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     config = DefaultWeightOnlyQuantConfig(
         block_size=settings.block_size,
         is_symmetric=settings.symmetric,
