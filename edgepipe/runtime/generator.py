@@ -18,9 +18,9 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .embedder import RUNTIME_CONFIG, host_threads, session_options, usable_providers
+from .embedder import host_threads, session_options, usable_providers
+from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
 
-TASK = "text-generation"
 PAST = "past_key_values."
 PRESENT = "present."
 # Top-p looks at this many of the likeliest tokens first and sorts the whole vocabulary only when
@@ -55,7 +55,7 @@ class GenerationConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    task: str = TASK
+    task: str = TEXT_GENERATION
 
     @classmethod
     def load(cls, path: Path) -> GenerationConfig:
@@ -107,7 +107,18 @@ class Generation:
         }
 
 
-def check_options(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_options(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+) -> None:
     """OptionError naming the first option out of range."""
     if (
         isinstance(max_new_tokens, bool)
@@ -117,12 +128,16 @@ def check_options(max_new_tokens: int, temperature: float, top_k: int, top_p: fl
         raise OptionError(
             f"max_new_tokens must be an integer of at least 1 (got {max_new_tokens!r})"
         )
-    if not np.isfinite(temperature) or temperature < 0:
+    if not _number(temperature) or not 0 <= temperature < float("inf"):
         raise OptionError(f"temperature must be 0 (greedy) or more (got {temperature!r})")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
         raise OptionError(f"top_k must be an integer of at least 0, 0 for off (got {top_k!r})")
-    if not 0 < top_p <= 1:
+    if not _number(top_p) or not 0 < top_p <= 1:
         raise OptionError(f"top_p must be in (0, 1], 1 for off (got {top_p!r})")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise OptionError(f"seed must be an integer of at least 0 (got {seed!r})")
+    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+        raise OptionError("stop strings must be a list of non-empty strings")
 
 
 class Sampler:
@@ -135,6 +150,13 @@ class Sampler:
     def __call__(self, logits: np.ndarray) -> int:
         if self.temperature == 0 or self.top_k == 1:
             return int(logits.argmax())
+        ids, probs = self.candidates(logits)
+        cumulative = np.cumsum(probs)
+        pick = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+        return int(ids[min(pick, len(ids) - 1)])
+
+    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids sampling picks from, likeliest first, and their probabilities (summing to 1)."""
         vocab = logits.shape[-1]
         k = self.top_k if 0 < self.top_k < vocab else vocab
         found = None
@@ -148,12 +170,12 @@ class Sampler:
             ids, probs = self._top(logits, k)
             found = ids, probs, probs.sum()
         ids, probs, total = found
+        probs = probs / total
         if self.top_p < 1:
-            keep = int(np.searchsorted(np.cumsum(probs / total), self.top_p)) + 1
+            # Transformers' rule: keep the likeliest tokens until their mass reaches top_p.
+            keep = int(np.searchsorted(np.cumsum(probs), self.top_p)) + 1
             ids, probs = ids[:keep], probs[:keep]
-        cumulative = np.cumsum(probs)
-        pick = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
-        return int(ids[min(pick, len(ids) - 1)])
+        return ids, probs / probs.sum()
 
     def _top(self, logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The k likeliest ids, likeliest first, with probabilities relative to the likeliest."""
@@ -182,7 +204,7 @@ class TextStream:
     def __init__(
         self, tokenizer: Tokenizer, stop: Sequence[str], on_text: Callable[[str], None] | None
     ) -> None:
-        self.tokenizer, self.stop, self.on_text = tokenizer, [s for s in stop if s], on_text
+        self.tokenizer, self.stop, self.on_text = tokenizer, list(stop), on_text
         self.ids: list[int] = []
         self.prefix, self.read = 0, 0  # the window: ids[prefix:read] are already in self.text
         self.text, self.emitted = "", 0
@@ -193,6 +215,8 @@ class TextStream:
 
     def add(self, token: int) -> bool:
         """Take one token; True when the text now holds a stop string (the text is cut before it)."""
+        if self.stopped:
+            return True
         self.ids.append(token)
         before = self._decode(self.ids[self.prefix : self.read])
         after = self._decode(self.ids[self.prefix :])
@@ -332,7 +356,7 @@ class Generator:
     ) -> Generation:
         """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are)."""
         started = time.perf_counter()
-        check_options(max_new_tokens, temperature, top_k, top_p)
+        check_options(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
             ids = self.encode(prompt, chat)
         elif chat:
