@@ -287,7 +287,9 @@ def build(
     else:
         err.print(f"[bold]bundle:[/bold] {result.bundle_dir}")
         err.print(f"[bold]archive:[/bold] {result.archive}")
-        command = 'generate "Once upon a time"' if generated else 'embed "turn on the kitchen lights"'
+        command = (
+            'generate "Once upon a time"' if generated else 'embed "turn on the kitchen lights"'
+        )
         err.print(f"run it: python {result.bundle_dir} {command}")
 
 

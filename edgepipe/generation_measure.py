@@ -34,7 +34,10 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
     ids = generator.encode(request["prompt"])
     for _ in range(request["warmup"]):
         generator.generate(ids, max_new_tokens=request["new_tokens"])
-    runs = [generator.generate(ids, max_new_tokens=request["new_tokens"]) for _ in range(request["runs"])]
+    runs = [
+        generator.generate(ids, max_new_tokens=request["new_tokens"])
+        for _ in range(request["runs"])
+    ]
     timings = {k: round(statistics.median(r.timings[k] for r in runs), 2) for k in KEYS}
     # ru_maxrss is KiB on Linux.
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

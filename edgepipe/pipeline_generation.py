@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import Any
 
 from . import sources
 from .config import Profile
@@ -63,8 +62,11 @@ def _attempt(
     scored = stage(
         "evaluate",
         eval_cfg,
-        {"fp32": digests["fp32"], "model": quantized["outputs"]["model.onnx"],
-         "runtime": digests["runtime"]},  # fmt: skip
+        {
+            "fp32": digests["fp32"],
+            "model": quantized["outputs"]["model.onnx"],
+            "runtime": digests["runtime"],
+        },  # fmt: skip
         lambda d: next_token.evaluate(
             eval_cfg, fp32_model, model, tokenizer / "tokenizer.json", runtime, texts, d
         ),
@@ -155,9 +157,7 @@ def run_generation_stages(
 
     attempts: list[Attempt] = []
     for profile in profiles:
-        attempts.append(
-            _attempt(stage, profile, spec, work, runtime, texts, texts_digest, digests)
-        )
+        attempts.append(_attempt(stage, profile, spec, work, runtime, texts, texts_digest, digests))
         if attempts[-1].passed and not spec.search:
             break
     passing = [a for a in attempts if a.passed]
@@ -172,17 +172,24 @@ def run_generation_stages(
 
     def measure(attempt: Attempt) -> None:
         bench_cfg = bench_generation.GenerationBenchConfig(
-            runs=min(spec.bench_runs, bench_generation.GenerationBenchConfig.model_fields["runs"].default),
+            runs=min(
+                spec.bench_runs, bench_generation.GenerationBenchConfig.model_fields["runs"].default
+            ),
             threads=target.runtime.intra_op_threads,
             target={"name": target.name, "arch": target.platform.arch},
             host=host_info(),
         )
-        inputs = {**digests, "model": stage.records[f"quantize/{attempt.label}"]["outputs"]["model.onnx"]}
+        inputs = {
+            **digests,
+            "model": stage.records[f"quantize/{attempt.label}"]["outputs"]["model.onnx"],
+        }
         measured = stage(
             "bench",
             bench_cfg,
             inputs,
-            lambda d: bench_generation.run(bench_cfg, fp32_model, attempt.model, tokenizer, runtime, d),
+            lambda d: bench_generation.run(
+                bench_cfg, fp32_model, attempt.model, tokenizer, runtime, d
+            ),
             label=f"bench/{attempt.label}",
         )
         m = measured["model"]
@@ -200,7 +207,9 @@ def run_generation_stages(
     if spec.search:
         for attempt in passing:
             measure(attempt)
-        chosen = max(passing, key=lambda a: a.bench["model"]["decode_tokens_per_s"] if a.bench else 0)
+        chosen = max(
+            passing, key=lambda a: a.bench["model"]["decode_tokens_per_s"] if a.bench else 0
+        )
     else:
         chosen = passing[0]
         if spec.bench:

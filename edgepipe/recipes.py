@@ -108,7 +108,9 @@ class Recipes:
             f"quantize/{label}", f"{profile.method} {quantized['size_bytes'] / 1e6:.1f} MB"
         )
         eval_cfg = evaluate.EvaluateConfig(
-            bar=profile.bar("embedding").min, texts_digest=self.texts_digest, runtime=self.runtime.to_json()
+            bar=profile.bar("embedding").min,
+            texts_digest=self.texts_digest,
+            runtime=self.runtime.to_json(),
         )
         scored = self.stage(
             "evaluate",

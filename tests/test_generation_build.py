@@ -71,9 +71,21 @@ def fp32_builds(decoders, tmp_path_factory) -> dict[str, dict]:
     out = tmp_path_factory.mktemp("dist-fp32")
     return {
         kind: summary_of(
-            cli("build", "--model", str(model), "--target", "laptop-avx2", "--profile", "fp32",
-                "--out", str(out), "--bench-runs", "1", "--json",
-                *(() if kind == "llama" else ("--no-bench",)))
+            cli(
+                "build",
+                "--model",
+                str(model),
+                "--target",
+                "laptop-avx2",
+                "--profile",
+                "fp32",
+                "--out",
+                str(out),
+                "--bench-runs",
+                "1",
+                "--json",
+                *(() if kind == "llama" else ("--no-bench",)),
+            )
         )  # fmt: skip
         for kind, model in decoders.items()
     }
@@ -175,7 +187,7 @@ def test_fp32_bench_and_greedy_tokens_match_transformers(fp32_builds, decoders):
     model = AutoModelForCausalLM.from_pretrained(str(decoders["llama"])).eval()
     with torch.inference_mode():
         out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)
-    expected = out[0, len(ids):].tolist()
+    expected = out[0, len(ids) :].tolist()
     assert got.token_ids == expected[: len(got.token_ids)] and len(got.token_ids) >= 1
 
 
@@ -224,7 +236,9 @@ def test_unsupported_decoder_type_is_refused(decoders, tmp_path):
 def test_guard_fails_below_the_bar_with_the_table(decoders, tmp_path):
     strict = tmp_path / "profiles"
     strict.mkdir()
-    (strict / "tiny-int4.yaml").write_text(TINY_INT4.replace("min: 0.05", "min: 1.0, max_kl: 0.0001"))
+    (strict / "tiny-int4.yaml").write_text(
+        TINY_INT4.replace("min: 0.05", "min: 1.0, max_kl: 0.0001")
+    )
     result = cli("build", "--model", str(decoders["gpt2"]), "--target", "rpi5", "--profile",
                  "tiny-int4", "--profiles-dir", str(strict), "--out", str(tmp_path / "o"))  # fmt: skip
     assert result.exit_code == 5

@@ -51,7 +51,9 @@ def _measure(request: dict[str, Any]) -> dict[str, Any]:
     )  # fmt: skip
     if proc.returncode != 0:
         lines = proc.stderr.strip().splitlines()
-        raise StageError(f"the generation benchmark failed: {lines[-1] if lines else proc.returncode}")
+        raise StageError(
+            f"the generation benchmark failed: {lines[-1] if lines else proc.returncode}"
+        )
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
 

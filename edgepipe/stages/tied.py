@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,11 +25,11 @@ class Tied:
     transposed: str  # the Transpose node's output the MatMuls read
 
 
-def _initializers(graph) -> dict:  # type: ignore[no-untyped-def]
+def _initializers(graph: Any) -> dict[str, Any]:
     return {t.name: t for t in graph.initializer}
 
 
-def tables(graph) -> dict[str, list[str]]:  # type: ignore[no-untyped-def]
+def tables(graph: Any) -> dict[str, list[str]]:
     """2-D float initializers read by Gather nodes (embedding tables) -> those Gathers' names."""
     from onnx import TensorProto
 
@@ -85,7 +86,7 @@ def dedupe(model_path: Path) -> int:
     return len(replaced)
 
 
-def find(graph) -> list[Tied]:  # type: ignore[no-untyped-def]
+def find(graph: Any) -> list[Tied]:
     """The tied tables of a deduplicated graph: Gather table -> Transpose -> MatMul."""
     gathered = tables(graph)
     found = []

@@ -130,7 +130,10 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
         packed = pack(array.T, bits, block_size)
         data, scales = f"{table}_Q{bits}", f"{table}_scales"
         graph.initializer.extend(
-            [numpy_helper.from_array(packed.data, data), numpy_helper.from_array(packed.scales, scales)]
+            [
+                numpy_helper.from_array(packed.data, data),
+                numpy_helper.from_array(packed.scales, scales),
+            ]
         )
         for gather in gathers:
             graph.initializer.extend([
@@ -150,9 +153,11 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
         if how is None:
             nodes.append(node)
         elif node.op_type == "Gather":
-            nodes.extend(_gather(node, how[0], how[1], bits, block_size, int(inits[node.input[0]].dims[1])))
+            nodes.extend(
+                _gather(node, how[0], how[1], bits, block_size, int(inits[node.input[0]].dims[1]))
+            )
         elif node.op_type == "MatMul":
-            kwargs: dict[str, int] = {"K": int(how[3]), "N": int(how[2]), "bits": bits,
+            kwargs: dict[str, Any] = {"K": int(how[3]), "N": int(how[2]), "bits": bits,
                                       "block_size": block_size}  # fmt: skip
             if accuracy_level:
                 kwargs["accuracy_level"] = accuracy_level
