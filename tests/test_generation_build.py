@@ -192,8 +192,8 @@ def test_fp32_bench_and_greedy_tokens_match_transformers(fp32_builds, decoders):
 
 
 def test_default_profile_comes_from_the_task_and_falls_back(decoders, tmp_path):
-    """rpi5's generation default is arm64-int4; on a 32-wide random model it misses its bar and
-    the build falls back to cpu-int8-llm."""
+    """rpi5's generation default is arm64-int4, tried first; should a 32-wide random model miss
+    its bar, the build falls back to cpu-int8-llm."""
     summary = summary_of(
         cli("build", "--model", str(decoders["qwen2"]), "--target", "rpi5", "--out",
             str(tmp_path), "--no-bench", "--json")
