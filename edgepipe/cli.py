@@ -91,7 +91,10 @@ def main() -> None:
 @handle_errors
 def targets(targets_dirs: tuple[Path, ...]) -> None:
     """List the devices edgepipe can build for."""
-    table = Table("name", "arch", "cores", "ISA", "providers", "default profile", "description")
+    table = Table(
+        "name", "arch", "cores", "ISA", "providers", "default profile", "generation profile",
+        "description",
+    )  # fmt: skip
     for t in catalog.targets(targets_dirs).all():
         table.add_row(
             t.name,
@@ -100,6 +103,7 @@ def targets(targets_dirs: tuple[Path, ...]) -> None:
             ",".join(t.cpu.isa),
             ",".join(p.removesuffix("ExecutionProvider") for p in t.runtime.execution_providers),
             t.default_profile,
+            t.default_generation_profile or "-",
             t.description,
         )
     out.print(table)
@@ -112,7 +116,11 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     """List the quantization recipes."""
     table = Table("name", "method", "accuracy bar", "tasks", "description")
     for p in catalog.profiles(profiles_dirs).all():
-        bar = f"{p.accuracy.metric} >= {p.accuracy.min}"
+        bar = ", ".join(
+            f"{p.bar(kind).metric} >= {p.bar(kind).min}"
+            + (f", KL <= {p.bar(kind).max_kl}" if p.bar(kind).max_kl else "")
+            for kind in p.task_kinds
+        )
         table.add_row(p.name, p.method, bar, ",".join(p.task_kinds), p.description)
     out.print(table)
 
@@ -190,12 +198,16 @@ def build(
 ) -> None:
     """Build a verified bundle of MODEL for TARGET."""
     from .cache import StageCache, default_dir
+    from .config import TASK_KINDS
     from .pipeline import BuildSpec
     from .pipeline import build as run_build
+    from .sources import peek_task
 
     target_cfg = catalog.targets(targets_dirs).load(target)
     recipes = catalog.profiles(profiles_dirs)
-    profile_cfg = recipes.load(profile or target_cfg.default_profile)
+    # The target's default for the model's task; the build checks the model itself.
+    task = peek_task(model) or "embedding"
+    profile_cfg = recipes.load(profile or target_cfg.profile_for(TASK_KINDS[task]))
     others = (
         [p for p in recipes.all() if p.name != profile_cfg.name]
         if search
@@ -237,6 +249,7 @@ def build(
     result = run_build(spec, progress)
     manifest = result.manifest
     measured = manifest["bench"]
+    generated = manifest["task"] == "text-generation"
     if search or len(result.attempts) > 1:
         err.print(rows_table(result.attempts, f"recipes tried; kept {manifest['profile']['name']}"))
     summary = {
@@ -246,8 +259,21 @@ def build(
         "profile": manifest["profile"]["name"],
         "model_size_bytes": manifest["model"]["size_bytes"],
         "accuracy": manifest["accuracy"]["model"],
-        "latency_p50_ms": measured["results"][0]["model"]["p50_ms"] if measured else None,
-        "speedup_vs_fp32": measured["results"][0]["speedup_vs_fp32"] if measured else None,
+        "task": manifest["task"],
+        "latency_p50_ms": measured["results"][0]["model"]["p50_ms"]
+        if measured and not generated
+        else None,
+        "speedup_vs_fp32": measured["results"][0]["speedup_vs_fp32"]
+        if measured and not generated
+        else None,
+        **(
+            {
+                k: measured["model"][k] if measured else None
+                for k in ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
+            }
+            if generated
+            else {}
+        ),
         "latency_measured_on": measured["measured_on"] if measured else None,
         "kept_float": manifest["model"]["kept_float"],
         "attempts": result.attempts,
@@ -261,7 +287,10 @@ def build(
     else:
         err.print(f"[bold]bundle:[/bold] {result.bundle_dir}")
         err.print(f"[bold]archive:[/bold] {result.archive}")
-        err.print(f'run it: python {result.bundle_dir} embed "turn on the kitchen lights"')
+        command = (
+            'generate "Once upon a time"' if generated else 'embed "turn on the kitchen lights"'
+        )
+        err.print(f"run it: python {result.bundle_dir} {command}")
 
 
 @main.command()

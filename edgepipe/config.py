@@ -6,11 +6,25 @@ from pathlib import Path
 from typing import Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 
-TaskKind = Literal["embedding"]
+TaskKind = Literal["embedding", "generation"]
+# The task a model is built for (sources.SUPPORTED_MODEL_TYPES) -> the kind of profile it takes.
+TASK_KINDS: dict[str, TaskKind] = {"embedding": "embedding", "text-generation": "generation"}
+# The accuracy metrics that make sense for each task kind.
+KIND_METRICS: dict[str, tuple[str, ...]] = {
+    "embedding": ("min_cosine",),
+    "generation": ("next_token_agreement",),
+}
 
 
 class Strict(BaseModel):
@@ -60,6 +74,11 @@ class Budgets(Strict):
     latency_ms: float = Field(
         gt=0, description="p50 latency goal on the device (batch 1, 128 tokens); checked on device."
     )
+    generation_model_size_mb: float | None = Field(
+        default=None,
+        gt=0,
+        description="Largest text-generation model file the device should carry; none: no limit.",
+    )
 
 
 class Target(Strict):
@@ -72,8 +91,25 @@ class Target(Strict):
     memory_mb: int = Field(gt=0, description="Memory of the smallest supported device variant.")
     accelerator: str | None = Field(default=None, description="GPU/NPU, if any.")
     runtime: Runtime
-    default_profile: str = Field(description="Profile used when --profile is not given.")
+    default_profile: str = Field(
+        description="Profile used for embedding models when --profile is not given."
+    )
+    default_generation_profile: str | None = Field(
+        default=None,
+        description="Profile used for text-generation models when --profile is not given.",
+    )
     budgets: Budgets
+
+    def profile_for(self, task_kind: str) -> str:
+        """The default profile's name for ``task_kind``; ConfigError when the target names none."""
+        if task_kind == "generation":
+            if self.default_generation_profile is None:
+                raise ConfigError(
+                    f"target '{self.name}' names no default profile for text-generation models "
+                    "(default_generation_profile); pass --profile (see `edgepipe profiles`)"
+                )
+            return self.default_generation_profile
+        return self.default_profile
 
 
 class KeepFloat(Strict):
@@ -125,11 +161,43 @@ class Quantization(Strict):
     )
 
 
+class WeightOnly(Strict):
+    """int4: blockwise weight-only quantization (onnxruntime MatMulNBits / GatherBlockQuantized)."""
+
+    block_size: int = Field(
+        default=32, ge=16, description="Weights per scale along the input dimension (power of 2)."
+    )
+    accuracy_level: Literal[0, 1, 2, 3, 4] = Field(
+        default=4,
+        description="MatMulNBits compute type: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.",
+    )
+    symmetric: bool = Field(default=True, description="No zero points: one scale per block.")
+    embedding_bits: Literal[0, 4, 8] = Field(
+        default=4,
+        description="Bits of the token embedding table (GatherBlockQuantized); 0 keeps it float. "
+        "A tied lm_head shares the table, so it gets these bits too.",
+    )
+
+    @field_validator("block_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"block_size must be a power of 2, not {value}")
+        return value
+
+
 class Accuracy(Strict):
-    metric: Literal["min_cosine"] = Field(
-        default="min_cosine", description="Worst-case agreement with the fp32 model over the set."
+    metric: Literal["min_cosine", "next_token_agreement"] = Field(
+        default="min_cosine",
+        description="min_cosine: worst-case cosine to the fp32 model over the texts (embeddings); "
+        "next_token_agreement: share of positions whose top-1 next token matches fp32 (generation).",
     )
     min: float = Field(gt=0, le=1, description="The bar: the build fails below it.")
+    max_kl: float | None = Field(
+        default=None,
+        gt=0,
+        description="next_token_agreement only: the largest mean KL(fp32 || model) in nats allowed.",
+    )
 
 
 class Profile(Strict):
@@ -137,7 +205,7 @@ class Profile(Strict):
 
     name: str = Field(description="Short name used on the command line.")
     description: str = Field(description="One line for `edgepipe profiles`.")
-    method: Literal["fp32", "fp16", "dynamic-int8", "static-int8"] = Field(
+    method: Literal["fp32", "fp16", "dynamic-int8", "static-int8", "int4"] = Field(
         description="The quantization method."
     )
     task_kinds: list[TaskKind] = Field(
@@ -150,14 +218,41 @@ class Profile(Strict):
     quantization: Quantization | None = Field(
         default=None, description="Settings for quantizing methods; absent for fp32."
     )
+    weight_only: WeightOnly | None = Field(
+        default=None, description="int4 only: block size, accuracy level, embedding table bits."
+    )
     fp16_op_block_list: list[str] = Field(
         default_factory=list,
         description="fp16 only: ops kept in fp32 because they overflow in fp16.",
     )
     accuracy: Accuracy
+    task_accuracy: dict[TaskKind, Accuracy] = Field(
+        default_factory=dict,
+        description="A bar per task kind, for profiles of several kinds; overrides `accuracy`.",
+    )
     fallbacks: list[str] = Field(
         default_factory=list, description="Profiles tried in order when this one misses its bar."
     )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        for kind in self.task_kinds:
+            metric = self.bar(kind).metric
+            if metric not in KIND_METRICS[kind]:
+                raise ValueError(
+                    f"accuracy metric {metric} does not measure {kind} models; use "
+                    f"{' or '.join(KIND_METRICS[kind])} (in task_accuracy.{kind} for a profile "
+                    "of several kinds)"
+                )
+        if self.method == "int4" and self.weight_only is None:
+            raise ValueError("method int4 needs its weight_only settings")
+        if self.method == "int4" and self.task_kinds != ["generation"]:
+            raise ValueError("method int4 is for generation models only (task_kinds: [generation])")
+        return self
+
+    def bar(self, task_kind: str) -> Accuracy:
+        """The accuracy bar for models of ``task_kind``."""
+        return self.task_accuracy.get(task_kind, self.accuracy)  # type: ignore[call-overload]
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -198,12 +293,18 @@ def load_yaml_model(path: Path, model: type[M]) -> M:
         raise ConfigError(f"{path}: {kind} field '{field}': {message}{more}") from exc
 
 
-def check_fits(target: Target, profile: Profile, task_kind: str) -> None:
-    """Refuse a profile that cannot run on the target or for the task, before any work starts."""
-    if task_kind not in profile.task_kinds:
+def check_fits(target: Target, profile: Profile, task: str) -> None:
+    """Refuse a profile that cannot run on the target or for the task, before any work starts.
+
+    ``task`` is a model's task (``text-generation``) or a task kind (``generation``).
+    """
+    kind = TASK_KINDS.get(task, task)
+    if kind not in profile.task_kinds:
+        default = target.default_generation_profile if kind == "generation" else None
+        hint = f"'{default}' (the target's default)" if default else "another"
         raise ConfigError(
             f"profile '{profile.name}' is for {', '.join(profile.task_kinds)} models, "
-            f"not {task_kind}; choose another with --profile (see `edgepipe profiles`)"
+            f"not {kind} ({task}); use {hint} with --profile (see `edgepipe profiles`)"
         )
     offered = set(target.runtime.execution_providers)
     if not offered.intersection(profile.execution_providers):

@@ -136,6 +136,8 @@ def publish(staging: Path, out: Path, name: str) -> None:
 
 
 def _texts(spec: BuildSpec) -> list[str]:
+    """The evaluation texts: --eval-data, or the built-in set (for decoders too: short commands,
+    long paragraphs, several languages and code are as telling for next tokens as for embeddings)."""
     return embedding.load_texts(spec.eval_data) if spec.eval_data else embedding.builtin_texts()
 
 
@@ -161,7 +163,10 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
         try:
             work = spec.work_dir or staging / "work"
             requirements_txt = bundle.requirements(spec.target, specs, evaluated)
-            result = _run_stages(
+            run_stages = _run_stages
+            if source.task_kind == "generation":
+                from .pipeline_generation import run_generation_stages as run_stages
+            result = run_stages(
                 spec, source, texts, name, work, staging, report, specs, requirements_txt
             )
             publish(staging, spec.out, name)
@@ -241,6 +246,30 @@ def _fitting(spec: BuildSpec, task: str) -> list[Profile]:
     return found
 
 
+def new_stage_runner(spec: BuildSpec, work: Path, report: Progress) -> StageRunner:
+    tool_versions = {k: v for k, v in versions().items() if k != "python"}
+    tool_versions["edgepipe"] += f"+{code_digest()[:16]}"
+    return StageRunner(work, spec.cache, report, tool_versions)
+
+
+def run_wheels(
+    spec: BuildSpec, stage: StageRunner, work: Path, requirements_txt: str
+) -> tuple[Path | None, dict[str, Any] | None]:
+    """With --with-wheels: the wheels stage (first: a failed download should cost seconds)."""
+    if not spec.with_wheels:
+        return None, None
+    target = spec.target
+    wheels_cfg = wheels.WheelsConfig(
+        requirements=requirements_txt,
+        platforms=wheels.platform_tags(target.platform.wheel_platform),
+        python=target.platform.python,
+        pip=wheels.pip_version(),
+    )
+    downloaded = stage("wheels", wheels_cfg, {}, lambda d: wheels.run(wheels_cfg, d))
+    stage.summary("wheels", f"{len(downloaded['wheels'])} wheels for {wheels_cfg.platforms[0]}")
+    return work / "wheels" / wheels.DIR, downloaded
+
+
 def _run_stages(
     spec: BuildSpec,
     source: sources.ModelSource,
@@ -254,21 +283,9 @@ def _run_stages(
 ) -> BuildResult:
     target = spec.target
     profiles = _fitting(spec, source.task)
-    tool_versions = {k: v for k, v in versions().items() if k != "python"}
-    tool_versions["edgepipe"] += f"+{code_digest()[:16]}"
-    stage = StageRunner(work, spec.cache, report, tool_versions)
+    stage = new_stage_runner(spec, work, report)
 
-    wheel_dir, downloaded = None, None
-    if spec.with_wheels:  # first: a download that fails should cost seconds, not a whole build
-        wheels_cfg = wheels.WheelsConfig(
-            requirements=requirements_txt,
-            platforms=wheels.platform_tags(target.platform.wheel_platform),
-            python=target.platform.python,
-            pip=wheels.pip_version(),
-        )
-        downloaded = stage("wheels", wheels_cfg, {}, lambda d: wheels.run(wheels_cfg, d))
-        wheel_dir = work / "wheels" / wheels.DIR
-        stage.summary("wheels", f"{len(downloaded['wheels'])} wheels for {wheels_cfg.platforms[0]}")
+    wheel_dir, downloaded = run_wheels(spec, stage, work, requirements_txt)
 
     export_cfg = export.ExportConfig(trust_remote_code=source.trust_remote_code)
     exported = stage(
@@ -335,7 +352,7 @@ def _run_stages(
         stage.summary(
             f"evaluate/{tried.label}",
             f"{tried.size_bytes / 1e6:.1f} MB, min cosine {score['min']:.4f} "
-            f"(bar {profile.accuracy.min}){'' if tried.passed else ': ' + str(tried.problem)}",
+            f"(bar {profile.bar('embedding').min}){'' if tried.passed else ': ' + str(tried.problem)}",
         )
         if tried.passed and not spec.search:
             break

@@ -50,12 +50,17 @@ class Attempt:
             "method": self.method,
             "kept_float": len(self.kept_float),
             "size_mb": round(self.size_bytes / 1e6, 1),
-            "min_cosine": self.accuracy["model"]["min"],
-            "mean_cosine": self.accuracy["model"]["mean"],
-            "bar": self.accuracy["bar"],
-            "result": self.problem or "ok",
         }
-        if self.bench:
+        score = self.accuracy["model"]
+        if self.accuracy["metric"] == "next_token_agreement":
+            row.update(agreement=score["agreement"], mean_kl=score["mean_kl"])
+        else:
+            row.update(min_cosine=score["min"], mean_cosine=score["mean"])
+        row.update(bar=self.accuracy["bar"], result=self.problem or "ok")
+        if self.bench and "decode_speedup_vs_fp32" in self.bench:
+            row["decode_tokens_per_s"] = self.bench["model"]["decode_tokens_per_s"]
+            row["decode_speedup_vs_fp32"] = self.bench["decode_speedup_vs_fp32"]
+        elif self.bench:
             (shape,) = self.bench["results"]
             row["p50_ms"] = shape["model"]["p50_ms"]
             row["speedup_vs_fp32"] = shape["speedup_vs_fp32"]
@@ -103,7 +108,9 @@ class Recipes:
             f"quantize/{label}", f"{profile.method} {quantized['size_bytes'] / 1e6:.1f} MB"
         )
         eval_cfg = evaluate.EvaluateConfig(
-            bar=profile.accuracy.min, texts_digest=self.texts_digest, runtime=self.runtime.to_json()
+            bar=profile.bar("embedding").min,
+            texts_digest=self.texts_digest,
+            runtime=self.runtime.to_json(),
         )
         scored = self.stage(
             "evaluate",
@@ -118,7 +125,7 @@ class Recipes:
         size = quantized["size_bytes"]
         problem = None
         if not scored["passed"]:
-            problem = f"min cosine {scored['model']['min']} < bar {profile.accuracy.min}"
+            problem = f"min cosine {scored['model']['min']} < bar {profile.bar('embedding').min}"
         elif size / 1e6 > self.target.budgets.model_size_mb:
             problem = f"{size / 1e6:.1f} MB > budget {self.target.budgets.model_size_mb} MB"
         result = Attempt(

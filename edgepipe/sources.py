@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .config import TASK_KINDS
 from .errors import ModelError
 from .runtime.integrity import sha256_file
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 
-# model_type -> task kind. Encoders that optimum-onnx exports for feature-extraction.
+# model_type -> task. Encoders that optimum-onnx exports for feature-extraction, and decoders it
+# exports for text-generation-with-past (KV cache).
 SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "bert": "embedding",
     "distilbert": "embedding",
@@ -23,7 +25,14 @@ SUPPORTED_MODEL_TYPES: dict[str, str] = {
     "xlm-roberta": "embedding",
     "mpnet": "embedding",
     "electra": "embedding",
+    "llama": "text-generation",
+    "mistral": "text-generation",
+    "qwen2": "text-generation",
+    "phi3": "text-generation",
+    "gpt2": "text-generation",
 }
+# The optimum-onnx export task of each model task.
+EXPORT_TASKS = {"embedding": "feature-extraction", "text-generation": "text-generation-with-past"}
 
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -41,6 +50,11 @@ class ModelSource:
     digest: str
     allow_pickle: bool = False
     trust_remote_code: bool = False
+
+    @property
+    def task_kind(self) -> str:
+        """The kind of profile the model takes: embedding or generation."""
+        return TASK_KINDS[self.task]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -156,6 +170,20 @@ def _check_tokenizer(root: Path, config: dict[str, Any]) -> None:
             f"{path}: tokenizer has token id {largest} but the model's vocab_size is {vocab_size}; "
             "the tokenizer does not belong to this model"
         )
+
+
+def peek_task(model: str | None) -> str | None:
+    """The task of ``model`` from its config.json alone (no checks; resolve() does them), or None
+    when that cannot be told: the CLI picks the target's default profile for the task with it."""
+    if model is None:
+        return "embedding"
+    try:
+        config = json.loads((Path(model).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    return SUPPORTED_MODEL_TYPES.get(str(config.get("model_type", "")))
 
 
 def resolve(

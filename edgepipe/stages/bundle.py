@@ -17,6 +17,7 @@ from ..config import Target
 from ..errors import ConfigError
 from ..runtime import RUNTIME_PACKAGE
 from ..runtime.embedder import RUNTIME_CONFIG, EmbeddingConfig
+from ..runtime.generator import GenerationConfig
 from ..runtime.integrity import MANIFEST, bundle_files, sha256_file
 
 # 1980-01-01: the earliest time every archive format (zip included) can store.
@@ -27,6 +28,7 @@ RUNTIME_MODULES = (
     "__init__.py",
     "integrity.py",
     "embedder.py",
+    "generator.py",
     "bench.py",
     "measure.py",
     "cli.py",
@@ -116,12 +118,59 @@ def speed(bench: dict[str, Any] | None) -> str:
     )
 
 
+def generation_speed(bench: dict[str, Any] | None) -> str:
+    if bench is None:
+        return "Not measured at build time (built with --no-bench)."
+    m, f = bench["model"], bench["fp32"]
+    return (
+        f"Measured on the {bench['measured_on']}, not on the device, with {bench['threads']} "
+        f"threads: greedy, {bench['prompt_tokens']}-token prompt, {bench['new_tokens']} new tokens: "
+        f"time to first token {m['time_to_first_token_ms']} ms, prefill "
+        f"{m['prefill_tokens_per_s']} tokens/s, decode {m['decode_tokens_per_s']} tokens/s "
+        f"({bench['decode_speedup_vs_fp32']}x the fp32 model's {f['decode_tokens_per_s']}), "
+        f"peak RSS {m['peak_rss_mb']} MB (fp32: {f['peak_rss_mb']} MB)."
+    )
+
+
+def generation_readme(manifest: dict[str, Any], install: str) -> str:
+    acc, target = manifest["accuracy"], manifest["target"]
+    score = acc["model"]
+    kl_bar = f", mean KL <= {acc['max_kl']}" if acc.get("max_kl") is not None else ""
+    return f"""# {manifest["name"]}
+
+{manifest["model"]["source"]["name"]} ({manifest["task"]}) built by edgepipe {manifest["versions"]["edgepipe"]}
+for **{target["name"]}** ({target["description"]}) with profile **{manifest["profile"]["name"]}**.
+
+## Run
+```
+{install}
+python . generate "Once upon a time"             # greedy; --max-new-tokens, --temperature, --chat
+python . serve --port 8080                       # POST /generate, GET /health, GET /manifest
+python . verify                                  # every file against manifest.json
+python . info
+```
+Only onnxruntime, numpy and tokenizers are needed on the device.
+
+## Accuracy
+Against the fp32 ONNX model over {score["positions"]} next-token positions of {score["n"]} texts:
+top-1 agreement {score["agreement"]} (worst text {score["agreement_min_text"]}), mean
+KL(fp32 || model) {score["mean_kl"]} nats (bar: agreement >= {acc["bar"]}{kl_bar}).
+The fp32 export itself agrees with PyTorch on {acc["fp32_onnx"]["agreement"]} of the positions
+(largest logit difference {acc["fp32_onnx"]["max_abs_logit_diff"]}).
+
+## Speed
+{generation_speed(manifest["bench"])}
+"""
+
+
 def readme(manifest: dict[str, Any]) -> str:
     acc, bench = manifest["accuracy"], manifest["bench"]
     target = manifest["target"]
     install = "pip install -r requirements.txt"
     if "wheels" in manifest:  # offline: the wheels for the device's platform ship in the bundle
         install = f"{manifest['wheels']['install']}   # offline"
+    if manifest["task"] == "text-generation":
+        return generation_readme(manifest, install)
     return f"""# {manifest["name"]}
 
 {manifest["model"]["source"]["name"]} ({manifest["task"]}) built by edgepipe {manifest["versions"]["edgepipe"]}
@@ -152,7 +201,7 @@ def assemble(
     dest: Path,
     model: Path,
     tokenizer_dir: Path,
-    runtime: EmbeddingConfig,
+    runtime: EmbeddingConfig | GenerationConfig,
     requirements_txt: str,
     wheels: Path | None = None,
 ) -> None:
@@ -177,7 +226,8 @@ def assemble(
 def finish(dest: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write DOCUMENTS, then manifest.json naming every other file's sha256; return the manifest."""
     (dest / "README.md").write_text(readme(manifest), encoding="utf-8")
-    measured = manifest["bench"]
+    # The BENCH documents render the embedding benchmark; a decoder's is in the README.
+    measured = manifest["bench"] if manifest["task"] != "text-generation" else None
     for name, text in (
         bench_report.documents(manifest["name"], measured) if measured else {}
     ).items():

@@ -15,9 +15,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StageError
-from . import digests
+from . import digests, tied
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    # Decoders: the chat template (transformers >= 4.43 saves it apart) and the stop tokens.
+    "chat_template.jinja",
+    "generation_config.json",
+)
 
 
 class ExportConfig(BaseModel):
@@ -26,6 +33,10 @@ class ExportConfig(BaseModel):
     task: str = Field(default="feature-extraction", description="optimum-onnx export task.")
     opset: int | None = Field(default=None, description="ONNX opset; None lets optimum choose.")
     trust_remote_code: bool = Field(default=False, description="Run the model's own code.")
+    dedupe_tied: bool = Field(
+        default=False,
+        description="Store a tied embedding table once (the lm_head reads it transposed).",
+    )
 
 
 @contextlib.contextmanager
@@ -98,4 +109,13 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
         if src.is_file():
             shutil.copyfile(src, out / "tokenizer" / name)
     shutil.rmtree(raw)
-    return {"outputs": digests(out), "max_length": max_length(model_dir)}
+    record: dict[str, Any] = {}
+    if config.dedupe_tied:
+        before = (out / "model.onnx").stat().st_size
+        dropped = tied.dedupe(out / "model.onnx")
+        record["tied"] = {
+            "initializers_dropped": dropped,
+            "size_bytes_before": before,
+            "size_bytes_after": (out / "model.onnx").stat().st_size,
+        }
+    return {"outputs": digests(out), "max_length": max_length(model_dir), **record}

@@ -12,11 +12,16 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import Calibration, Profile, Quantization
+from ..config import Calibration, Profile, Quantization, WeightOnly
 from ..errors import StageError
-from . import digests
+from . import digests, weight_only
 from .export import quiet
 from .smooth import smooth
+
+# int8 for decoders: 8-bit weight-only MatMulNBits, like int4 but 8 bits, the embedding table 8-bit
+# and shared with a tied lm_head. quantize_dynamic cannot quantize an lm_head that reads the tied
+# table through a Transpose, so it would leave the largest MatMul in fp32.
+DECODER_INT8 = WeightOnly(block_size=32, accuracy_level=4, symmetric=True, embedding_bits=8)
 
 
 class QuantizeConfig(BaseModel):
@@ -28,6 +33,8 @@ class QuantizeConfig(BaseModel):
     calibration_digest: str | None = Field(
         default=None, description="static-int8: sha256 of the calibration texts."
     )
+    weight_only: WeightOnly | None = Field(default=None, description="int4 settings.")
+    task_kind: str = Field(default="embedding", description="embedding or generation.")
 
     @classmethod
     def from_profile(
@@ -35,6 +42,7 @@ class QuantizeConfig(BaseModel):
         profile: Profile,
         exclude: list[str] | None = None,
         calibration_digest: str | None = None,
+        task_kind: str = "embedding",
     ) -> QuantizeConfig:
         q = profile.quantization
         if q is not None and exclude:
@@ -44,6 +52,8 @@ class QuantizeConfig(BaseModel):
             quantization=q,
             fp16_op_block_list=profile.fp16_op_block_list,
             calibration_digest=calibration_digest if uses_calibration(profile) else None,
+            weight_only=profile.weight_only,
+            task_kind=task_kind,
         )
 
 
@@ -173,12 +183,17 @@ def run(
 ) -> dict[str, Any]:
     """Write ``out/model.onnx`` in the profile's precision; return the stage record."""
     dst = out / "model.onnx"
+    extra: dict[str, Any] = {}
     try:
         with quiet():
             if config.method == "fp32":
                 shutil.copyfile(model, dst)
             elif config.method == "fp16":
                 _fp16(config.fp16_op_block_list, model, dst)
+            elif config.method == "int4" and config.weight_only is not None:
+                extra = weight_only.quantize(config.weight_only, model, dst, bits=4)
+            elif config.method == "dynamic-int8" and config.task_kind == "generation":
+                extra = weight_only.quantize(DECODER_INT8, model, dst, bits=8)
             elif config.method == "dynamic-int8" and config.quantization is not None:
                 with tempfile.TemporaryDirectory(prefix="edgepipe-q-") as tmp:
                     src = prepared(config.quantization, model, Path(tmp), calibration)
@@ -195,4 +210,5 @@ def run(
         "outputs": digests(out),
         "size_bytes": dst.stat().st_size,
         "op_counts": op_counts(dst),
+        **extra,
     }

@@ -1,0 +1,57 @@
+"""``python -m edgepipe.generation_measure``: time greedy generation of one decoder in this process.
+
+Reads a JSON request on stdin, writes the JSON result on stdout. It imports only the bundle's
+runtime (onnxruntime, numpy, tokenizers), so its peak RSS is the model's process alone, as on the
+device; the build runs one such process per model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
+
+
+def measure(request: dict[str, Any]) -> dict[str, Any]:
+    from .runtime.generator import GenerationConfig, Generator
+
+    config = GenerationConfig.from_json(request["runtime"])
+    # No EOS: every run generates exactly new_tokens, whatever the (possibly random) weights say.
+    config = dataclasses.replace(config, eos_token_ids=())
+    start = time.perf_counter()
+    generator = Generator(
+        Path(request["model"]), Path(request["tokenizer"]), config, threads=request["threads"],
+        spin=False,
+    )  # fmt: skip
+    load_ms = (time.perf_counter() - start) * 1000
+    ids = generator.encode(request["prompt"])
+    for _ in range(request["warmup"]):
+        generator.generate(ids, max_new_tokens=request["new_tokens"])
+    runs = [
+        generator.generate(ids, max_new_tokens=request["new_tokens"])
+        for _ in range(request["runs"])
+    ]
+    timings = {k: round(statistics.median(r.timings[k] for r in runs), 2) for k in KEYS}
+    # ru_maxrss is KiB on Linux.
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {
+        **timings,
+        "prompt_tokens": len(ids),
+        "new_tokens": runs[0].timings["new_tokens"],
+        "runs": len(runs),
+        "load_ms": round(load_ms, 1),
+        "peak_rss_mb": round(peak_mb, 1),
+        "size_bytes": Path(request["model"]).stat().st_size,
+        "token_ids": runs[0].token_ids,
+    }
+
+
+if __name__ == "__main__":
+    json.dump(measure(json.load(sys.stdin)), sys.stdout)

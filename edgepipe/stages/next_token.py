@@ -1,0 +1,134 @@
+"""Reference and evaluate for decoders: next-token logits on the evaluation texts.
+
+The reference is the fp32 ONNX export (checked once against PyTorch's logits); a quantized model is
+scored against it at every position of every text: top-1 next-token agreement and the mean
+KL(fp32 || model) of the next-token distributions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..runtime.generator import GenerationConfig, Generator
+from . import digests
+from .export import quiet
+
+# Positions per text at most: the eval texts are sentences; a long --eval-data line is cut here.
+MAX_TOKENS = 128
+Logits = Callable[[list[int]], np.ndarray]
+
+
+class NextTokenConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    texts_digest: str = Field(description="sha256 of the evaluation texts, for the cache key.")
+    max_tokens: int = Field(default=MAX_TOKENS, gt=1, description="Tokens per text at most.")
+
+
+class EvaluateConfig(NextTokenConfig):
+    metric: str = Field(default="next_token_agreement", description="What the bar applies to.")
+    bar: float = Field(description="The profile's minimum agreement; the build fails below it.")
+    max_kl: float | None = Field(default=None, description="The profile's largest mean KL.")
+
+
+def token_ids(tokenizer: Path, texts: list[str], max_tokens: int) -> list[list[int]]:
+    """Each text's ids as the bundle's tokenizer makes them (specials included), cut to the max."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer))
+    return [ids for ids in (tok.encode(t).ids[:max_tokens] for t in texts) if len(ids) >= 2]
+
+
+def onnx_logits(model: Path, tokenizer: Path, runtime: GenerationConfig) -> Logits:
+    """``ids`` -> [len(ids), vocab] float32 logits of ``model`` (the bundle's own runtime)."""
+    return Generator(model, tokenizer, runtime).logits
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    shifted = x - x.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def compare(reference: Iterator[np.ndarray], model: Iterator[np.ndarray]) -> dict[str, Any]:
+    """Agreement and KL(reference || model) over every position; per-text min and p5."""
+    per_text_agree, per_text_kl, agree, kls, max_diff = [], [], [], [], 0.0
+    for ref, got in zip(reference, model, strict=True):
+        same = ref.argmax(-1) == got.argmax(-1)
+        lp, lq = log_softmax(ref), log_softmax(got)
+        kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
+        agree.append(same)
+        kls.append(kl)
+        per_text_agree.append(float(same.mean()))
+        per_text_kl.append(float(kl.mean()))
+        max_diff = max(max_diff, float(np.abs(ref - got).max()))
+    every = np.concatenate(agree)
+    return {
+        "agreement": round(float(every.mean()), 6),
+        "mean_kl": round(max(float(np.concatenate(kls).mean()), 0.0), 6),
+        "agreement_min_text": round(min(per_text_agree), 6),
+        "agreement_p5_text": round(float(np.percentile(per_text_agree, 5)), 6),
+        "kl_max_text": round(max(per_text_kl), 6),
+        "max_abs_logit_diff": round(max_diff, 6),
+        "positions": int(every.size),
+        "n": len(per_text_agree),
+    }
+
+
+def torch_logits(model_dir: Path) -> Logits:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with quiet():
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), local_files_only=True, torch_dtype=torch.float32
+        ).eval()
+
+    def run(ids: list[int]) -> np.ndarray:
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([ids]), use_cache=False).logits
+        return out[0].float().numpy()
+
+    return run
+
+
+def reference(
+    config: NextTokenConfig, source_dir: Path, fp32_model: Path, tokenizer: Path,
+    runtime: GenerationConfig, texts: list[str], out: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """How faithful the fp32 export is: its logits against PyTorch's on the evaluation texts."""
+    ids = token_ids(tokenizer, texts, config.max_tokens)
+    pt, ox = torch_logits(source_dir), onnx_logits(fp32_model, tokenizer, runtime)
+    stats = compare((pt(i) for i in ids), (ox(i) for i in ids))
+    np.save(out / "next_tokens.npy", np.concatenate([ox(i).argmax(-1) for i in ids]))
+    (out / "fp32_onnx.json").write_text(json.dumps(stats, indent=2))
+    return {"outputs": digests(out), "fp32_onnx": {"against": "fp32 PyTorch model", **stats}}
+
+
+def evaluate(
+    config: EvaluateConfig, fp32_model: Path, model: Path, tokenizer: Path,
+    runtime: GenerationConfig, texts: list[str], out: Path,
+) -> dict[str, Any]:  # fmt: skip
+    """Score ``model`` against the fp32 ONNX model; write ``out/evaluation.json``."""
+    ids = token_ids(tokenizer, texts, config.max_tokens)
+    ref, got = onnx_logits(fp32_model, tokenizer, runtime), onnx_logits(model, tokenizer, runtime)
+    stats = compare((ref(i) for i in ids), (got(i) for i in ids))
+    passed = stats["agreement"] >= config.bar and (
+        config.max_kl is None or stats["mean_kl"] <= config.max_kl
+    )
+    result = {
+        "metric": config.metric,
+        "bar": config.bar,
+        "max_kl": config.max_kl,
+        "against": "fp32 ONNX model",
+        "model": stats,
+        "passed": bool(passed),
+    }
+    (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+    return {"outputs": digests(out), **result}

@@ -1,0 +1,222 @@
+"""int4 (or int8) blockwise weight-only quantization of a decoder for onnxruntime's CPU kernels.
+
+- Every MatMul with a constant weight becomes MatMulNBits (onnxruntime's MatMulNBitsQuantizer);
+  GPT-2's Gemm layers are turned into MatMul + Add first so they are quantized too.
+- The token embedding table becomes GatherBlockQuantized. When the lm_head is tied to it (the
+  export stage left it as Transpose(table)), both read ONE packed initializer: MatMulNBits' B is
+  [vocab, hidden / block, block * bits / 8] uint8, which GatherBlockQuantized reads as uint8 data
+  quantized along its last axis; its scales come through an Unsqueeze, since GatherBlockQuantized
+  wants scales of the data's rank and MatMulNBits refuses that shape. Measured on onnxruntime 1.32
+  CPU: both ops then decode the same bytes exactly (the Gather matched the dequantized table to 0.0).
+- The table is always quantized symmetrically: MatMulNBits and GatherBlockQuantized pack zero points
+  differently, so a shared table cannot carry them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import WeightOnly
+from . import tied
+
+
+@dataclass(frozen=True)
+class Packed:
+    """A [K, N] weight in MatMulNBits layout (per output column, blocks along K)."""
+
+    data: np.ndarray  # uint8 [N, K / block, block * bits / 8]
+    scales: np.ndarray  # float32 [N, K / block]
+
+
+def pack(weight: np.ndarray, bits: int, block_size: int) -> Packed:
+    """Symmetric blockwise quantization of ``weight`` [K, N], as MatMulNBits stores it."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    k, n = weight.shape
+    blocks = (k + block_size - 1) // block_size
+    data = np.zeros((n, blocks, block_size * bits // 8), dtype=np.uint8)
+    scales = np.zeros((n * blocks,), dtype=np.float32)
+    zero_points = np.zeros((n * ((blocks * bits + 7) // 8),), dtype=np.uint8)
+    quantize = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    quantize(data, np.ascontiguousarray(weight, dtype=np.float32), scales, zero_points,
+             block_size, n, k, True)  # fmt: skip
+    return Packed(data, scales.reshape(n, blocks))
+
+
+def gemm_to_matmul(graph: Any) -> int:
+    """Gemm(A, W, bias) with a constant W -> MatMul + Add, which MatMulNBits can take; returns how
+    many were rewritten (GPT-2's Conv1D layers export as Gemm)."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    nodes, count = [], 0
+    for node in graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        if node.op_type != "Gemm" or node.input[1] not in inits or not plain or attrs.get("transA"):
+            nodes.append(node)
+            continue
+        weight = node.input[1]
+        if attrs.get("transB"):
+            array = numpy_helper.to_array(inits[weight]).T
+            weight = f"{weight}_t"
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), weight))
+        has_bias = len(node.input) > 2 and node.input[2]
+        product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
+        nodes.append(
+            helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_mm")
+        )
+        if has_bias:
+            nodes.append(
+                helper.make_node(
+                    "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"
+                )
+            )
+        count += 1
+    del graph.node[:]
+    graph.node.extend(nodes)
+    if count:  # a transposed copy replaced the original when transB was set
+        used = {i for n in graph.node for i in n.input}
+        for t in [t for t in graph.initializer if t.name not in used]:
+            graph.initializer.remove(t)
+    return count
+
+
+def _gather(node: Any, data: str, scales: str, bits: int, block_size: int, hidden: int) -> list:
+    """GatherBlockQuantized over [vocab, blocks, block*bits/8] data, reshaped back to [.., hidden]."""
+    from onnx import helper
+
+    out = node.output[0]
+    return [
+        helper.make_node(
+            "Unsqueeze", [scales, f"{node.name}_axes"], [f"{node.name}_scales3"],
+            name=f"{node.name}_scales",
+        ),
+        helper.make_node(
+            "GatherBlockQuantized", [data, node.input[1], f"{node.name}_scales3"],
+            [f"{out}_blocks"], name=f"{node.name}_Q{bits}", domain="com.microsoft",
+            bits=bits, block_size=block_size, gather_axis=0, quantize_axis=2,
+        ),
+        helper.make_node(
+            "Reshape", [f"{out}_blocks", f"{node.name}_shape"], [out], name=f"{node.name}_reshape"
+        ),
+    ]  # fmt: skip
+
+
+def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int) -> dict[str, int]:
+    """Embedding tables -> GatherBlockQuantized; a tied lm_head -> MatMulNBits on the same bytes."""
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in graph.initializer}
+    ties = {t.table: t for t in tied.find(graph)}
+    vocab = _vocab(graph)
+    gathered = {
+        name: gathers
+        for name, gathers in tied.tables(graph).items()
+        if name in ties or inits[name].dims[0] == vocab
+    }
+    replace: dict[str, list] = {}
+    dropped: set[str] = set()
+    for table, gathers in gathered.items():
+        array = numpy_helper.to_array(inits[table])
+        rows, hidden = array.shape
+        if hidden % block_size:
+            continue  # GatherBlockQuantized needs whole blocks along the hidden axis
+        packed = pack(array.T, bits, block_size)
+        data, scales = f"{table}_Q{bits}", f"{table}_scales"
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(packed.data, data),
+                numpy_helper.from_array(packed.scales, scales),
+            ]
+        )
+        for gather in gathers:
+            graph.initializer.extend([
+                numpy_helper.from_array(np.array([2], dtype=np.int64), f"{gather}_axes"),
+                numpy_helper.from_array(np.array([0, 0, hidden], dtype=np.int64), f"{gather}_shape"),
+            ])  # fmt: skip
+            replace[gather] = [data, scales]
+        dropped.add(table)
+        tie = ties.get(table)
+        for matmul in tie.matmuls if tie else ():
+            replace[matmul] = [data, scales, str(rows), str(hidden)]
+        if tie:
+            replace[f"{table}_Transpose"] = []
+    nodes = []
+    for node in graph.node:
+        how = replace.get(node.name)
+        if how is None:
+            nodes.append(node)
+        elif node.op_type == "Gather":
+            nodes.extend(
+                _gather(node, how[0], how[1], bits, block_size, int(inits[node.input[0]].dims[1]))
+            )
+        elif node.op_type == "MatMul":
+            kwargs: dict[str, Any] = {"K": int(how[3]), "N": int(how[2]), "bits": bits,
+                                      "block_size": block_size}  # fmt: skip
+            if accuracy_level:
+                kwargs["accuracy_level"] = accuracy_level
+            nodes.append(
+                helper.make_node(
+                    "MatMulNBits", [node.input[0], how[0], how[1]], list(node.output),
+                    name=f"{node.name}_Q{bits}", domain="com.microsoft", **kwargs,
+                )
+            )  # fmt: skip
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for name in dropped:
+        graph.initializer.remove(inits[name])
+    return {"tables": len(dropped), "tied": sum(1 for t in dropped if t in ties)}
+
+
+def _vocab(graph: Any) -> int | None:
+    """The logits' vocabulary size, when the graph states it."""
+    for output in graph.output:
+        if output.name == "logits":
+            dims = output.type.tensor_type.shape.dim
+            if dims and dims[-1].HasField("dim_value"):
+                return int(dims[-1].dim_value)
+    return None
+
+
+def quantize(settings: WeightOnly, src: Path, dst: Path, bits: int = 4) -> dict[str, Any]:
+    """Write ``dst``: ``src`` with its weights blockwise-quantized to ``bits``; return counts."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    model = onnx.load(str(src))
+    gemms = gemm_to_matmul(model.graph)
+    # The quantizer logs a line per node at INFO through a handler of its own.
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=settings.block_size,
+        is_symmetric=settings.symmetric,
+        accuracy_level=settings.accuracy_level or None,
+        bits=bits,
+    )
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        block_size=settings.block_size,
+        is_symmetric=settings.symmetric,
+        accuracy_level=settings.accuracy_level or None,
+        algo_config=config,
+    )
+    quantizer.process()
+    quantized = quantizer.model.model
+    tables = {"tables": 0, "tied": 0}
+    if settings.embedding_bits:
+        tables = quantize_tables(
+            quantized.graph, settings.embedding_bits, settings.block_size, settings.accuracy_level
+        )
+    if not any(o.domain == "com.microsoft" for o in quantized.opset_import):
+        quantized.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx.save(quantized, str(dst))
+    return {"gemm_rewritten": gemms, "embedding": tables}

@@ -1,0 +1,61 @@
+"""Targets and profiles for decoders: per-kind defaults and bars, int4 settings, old files valid."""
+
+from pathlib import Path
+
+import pytest
+
+from edgepipe import catalog
+from edgepipe.config import Profile, Target, check_fits, load_yaml_model
+from edgepipe.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_every_target_has_a_fitting_generation_default():
+    profiles = {p.name: p for p in catalog.profiles().all()}
+    expected = {"rpi5": "arm64-int4", "laptop-avx2": "x86-int4", "laptop-vnni": "x86-int4",
+                "jetson-orin": "jetson-fp16"}  # fmt: skip
+    for target in catalog.targets().all():
+        name = target.profile_for("generation")
+        assert name == expected.get(target.name, name)
+        check_fits(target, profiles[name], "text-generation")
+        assert profiles[name].bar("generation").metric == "next_token_agreement"
+        assert target.profile_for("embedding") == target.default_profile
+
+
+def test_a_target_file_without_a_generation_default_still_loads(tmp_path):
+    text = (ROOT / "targets" / "rpi5.yaml").read_text()
+    text = "\n".join(line for line in text.splitlines() if "generation" not in line) + "\n"
+    (tmp_path / "rpi5.yaml").write_text(text)
+    target = load_yaml_model(tmp_path / "rpi5.yaml", Target)
+    assert target.default_generation_profile is None
+    with pytest.raises(ConfigError, match="names no default profile for text-generation"):
+        target.profile_for("generation")
+
+
+def test_multi_kind_profiles_keep_their_embedding_bar():
+    fp32 = catalog.profiles().load("fp32")
+    assert fp32.bar("embedding").metric == "min_cosine" and fp32.bar("embedding").min == 0.9999
+    assert fp32.bar("generation").metric == "next_token_agreement"
+    jetson = catalog.profiles().load("jetson-fp16")
+    assert jetson.accuracy.min == 0.999 and jetson.bar("generation").min < 1
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("method: int4\ntask_kinds: [generation]\naccuracy: {metric: next_token_agreement, min: 0.5}",
+         "method int4 needs its weight_only settings"),
+        ("method: int4\nweight_only: {}\naccuracy: {min: 0.5}",
+         "method int4 is for generation models only"),
+        ("method: fp32\ntask_kinds: [generation]\naccuracy: {min: 0.5}",
+         "accuracy metric min_cosine does not measure generation models"),
+        ("method: int4\ntask_kinds: [generation]\nweight_only: {block_size: 24}\n"
+         "accuracy: {metric: next_token_agreement, min: 0.5}", "block_size must be a power of 2"),
+    ],
+)  # fmt: skip
+def test_inconsistent_generation_profiles_are_refused(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"name: bad\ndescription: x\n{text}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_yaml_model(path, Profile)

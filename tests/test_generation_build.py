@@ -1,0 +1,246 @@
+"""`edgepipe build` for decoders: tiny random Llama, Qwen2 and GPT-2 through the CLI, int4 and fp32.
+
+The builds are few and shared (module fixtures, one stage cache), since CI runs on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgepipe.cli import main
+from tests.decoders import KINDS, make_tiny_decoder
+
+# Hidden size 32: block 16 gives each row two blocks (block 32 would be one scale per row).
+TINY_INT4 = """\
+name: tiny-int4
+description: int4 with a bar a random 2-layer, 32-wide decoder can meet
+method: int4
+task_kinds: [generation]
+weight_only: {block_size: 16, accuracy_level: 4, symmetric: true, embedding_bits: 4}
+accuracy: {metric: next_token_agreement, min: 0.05}
+"""
+
+
+def cli(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def summary_of(result) -> dict:
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("decoders")
+    return {kind: make_tiny_decoder(kind, root / f"tiny-{kind}") for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def gen_profiles(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("gen-profiles")
+    (d / "tiny-int4.yaml").write_text(TINY_INT4)
+    return d
+
+
+@pytest.fixture(scope="module")
+def int4_builds(decoders, gen_profiles, tmp_path_factory) -> dict[str, tuple[dict, Path]]:
+    """Each tiny decoder built for rpi5 with tiny-int4 (no bench), work dirs kept."""
+    out, built = tmp_path_factory.mktemp("dist-int4"), {}
+    for kind, model in decoders.items():
+        work = out / f"work-{kind}"
+        summary = summary_of(
+            cli("build", "--model", str(model), "--target", "rpi5", "--profile", "tiny-int4",
+                "--profiles-dir", str(gen_profiles), "--out", str(out), "--work-dir", str(work),
+                "--no-bench", "--json")
+        )  # fmt: skip
+        built[kind] = (summary, work)
+    return built
+
+
+@pytest.fixture(scope="module")
+def fp32_builds(decoders, tmp_path_factory) -> dict[str, dict]:
+    """Each tiny decoder built with --profile fp32; the Llama one benchmarked."""
+    out = tmp_path_factory.mktemp("dist-fp32")
+    return {
+        kind: summary_of(
+            cli(
+                "build",
+                "--model",
+                str(model),
+                "--target",
+                "laptop-avx2",
+                "--profile",
+                "fp32",
+                "--out",
+                str(out),
+                "--bench-runs",
+                "1",
+                "--json",
+                *(() if kind == "llama" else ("--no-bench",)),
+            )
+        )  # fmt: skip
+        for kind, model in decoders.items()
+    }
+
+
+def manifest(summary: dict) -> dict:
+    return json.loads((Path(summary["bundle_dir"]) / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_int4_build_reports_agreement_and_verifies(int4_builds, kind):
+    summary, _ = int4_builds[kind]
+    assert cli("verify", summary["bundle_dir"]).exit_code == 0
+    assert cli("verify", summary["archive"]).exit_code == 0
+    m = manifest(summary)
+    assert m["task"] == "text-generation" and summary["task"] == "text-generation"
+    acc = m["accuracy"]
+    assert acc["metric"] == "next_token_agreement" and acc["against"] == "fp32 ONNX model"
+    assert 0.0 <= acc["model"]["agreement"] <= 1.0 and acc["model"]["mean_kl"] >= 0.0
+    assert acc["model"]["positions"] > acc["model"]["n"] > 10
+    # The fp32 export against PyTorch, measured once in the reference stage.
+    assert acc["fp32_onnx"]["agreement"] >= 0.99 and acc["fp32_onnx"]["max_abs_logit_diff"] < 1e-3
+    runtime = json.loads((Path(summary["bundle_dir"]) / "runtime.json").read_text())
+    assert runtime["task"] == "text-generation" and runtime["num_layers"] == 2
+    assert "generate" in (Path(summary["bundle_dir"]) / "README.md").read_text()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_int4_graph_shares_one_quantized_table(int4_builds, kind):
+    summary, _ = int4_builds[kind]
+    graph = onnx.load(str(Path(summary["bundle_dir"]) / "model" / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert "GatherBlockQuantized" in ops and "MatMulNBits" in ops and "Gemm" not in ops
+    (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    lm_head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
+    assert gather.input[0] == lm_head.input[1]  # tied: one packed table for both
+    inits = {t.name for t in graph.initializer}
+    vocab = json.loads((Path(summary["bundle_dir"]) / "tokenizer" / "tokenizer.json").read_text())
+    tables = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT
+              and list(t.dims) == [len(vocab["model"]["vocab"]), 32]]  # fmt: skip
+    assert tables == []  # no float copy of the embedding table is left
+    assert gather.input[0] in inits
+    outputs = [o.name for o in graph.output]
+    assert outputs[0] == "logits" and graph.output[0].type.tensor_type.elem_type == 1
+
+
+def test_tied_embeddings_are_stored_once(int4_builds, decoders, tmp_path):
+    from edgepipe.runtime.generator import Generator
+    from edgepipe.stages import export
+
+    summary, work = int4_builds["llama"]
+    tied = manifest(summary)["stages"]["export"]["tied"]
+    deduped = work / "export" / "model.onnx"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    export.run(export.ExportConfig(task="text-generation-with-past"), decoders["llama"], plain)
+    assert tied["initializers_dropped"] == 1
+    assert tied["size_bytes_before"] == (plain / "model.onnx").stat().st_size
+    assert tied["size_bytes_after"] == deduped.stat().st_size < tied["size_bytes_before"]
+    count = {p: len(onnx.load(str(p)).graph.initializer) for p in (deduped, plain / "model.onnx")}
+    assert count[deduped] == count[plain / "model.onnx"] - 1
+    from edgepipe.tasks.generation import runtime_config
+
+    config = runtime_config(decoders["llama"], deduped, 2, 1, ["CPUExecutionProvider"])
+    tok = work / "export" / "tokenizer" / "tokenizer.json"
+    ids = [1, 40, 41, 42, 43, 44]
+    a = Generator(deduped, tok, config).logits(ids)
+    b = Generator(plain / "model.onnx", tok, config).logits(ids)
+    np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fp32_build_agrees_with_itself(fp32_builds, kind):
+    summary = fp32_builds[kind]
+    assert cli("verify", summary["bundle_dir"]).exit_code == 0
+    m = manifest(summary)
+    assert m["profile"]["name"] == "fp32" and m["task"] == "text-generation"
+    assert m["accuracy"]["model"]["agreement"] == pytest.approx(1.0, abs=1e-6)
+    assert m["accuracy"]["model"]["mean_kl"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fp32_bench_and_greedy_tokens_match_transformers(fp32_builds, decoders):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgepipe.runtime.generator import Generator
+
+    summary = fp32_builds["llama"]
+    bench = manifest(summary)["bench"]
+    for side in ("model", "fp32"):
+        assert bench[side]["decode_tokens_per_s"] > 0 and bench[side]["peak_rss_mb"] > 0
+        assert bench[side]["time_to_first_token_ms"] > 0 and bench[side]["prefill_tokens_per_s"] > 0
+    assert bench["new_tokens"] == 64 and bench["greedy_tokens_equal_fp32"] is True
+    assert summary["decode_tokens_per_s"] == bench["model"]["decode_tokens_per_s"]
+
+    generator = Generator.from_bundle(Path(summary["bundle_dir"]))
+    ids = generator.encode("The kitchen lights are")
+    got = generator.generate(ids, max_new_tokens=16)
+    model = AutoModelForCausalLM.from_pretrained(str(decoders["llama"])).eval()
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)
+    expected = out[0, len(ids) :].tolist()
+    assert got.token_ids == expected[: len(got.token_ids)] and len(got.token_ids) >= 1
+
+
+def test_default_profile_comes_from_the_task_and_falls_back(decoders, tmp_path):
+    """rpi5's generation default is arm64-int4, tried first; should a 32-wide random model miss
+    its bar, the build falls back to cpu-int8-llm."""
+    summary = summary_of(
+        cli("build", "--model", str(decoders["qwen2"]), "--target", "rpi5", "--out",
+            str(tmp_path), "--no-bench", "--json")
+    )  # fmt: skip
+    tried = [a["profile"] for a in summary["attempts"]]
+    assert tried[0] == "arm64-int4" and summary["profile"] == tried[-1]
+    assert summary["profile"] in ("arm64-int4", "cpu-int8-llm")
+    counts = manifest(summary)["stages"]["quantize"]["op_counts"]
+    assert counts.get("GatherBlockQuantized") == 1
+
+
+@pytest.mark.parametrize(
+    ("model_kind", "profile", "message"),
+    [
+        ("llama", "arm64-int8", "is for embedding models, not generation"),
+        ("bert", "arm64-int4", "is for generation models, not embedding"),
+    ],
+)
+def test_profile_of_the_wrong_task_is_refused(
+    decoders, tiny_bert, tmp_path, model_kind, profile, message
+):
+    model = tiny_bert if model_kind == "bert" else decoders[model_kind]
+    result = cli("build", "--model", str(model), "--target", "rpi5", "--profile", profile,
+                 "--out", str(tmp_path / "o"), "--no-bench")  # fmt: skip
+    assert result.exit_code == 3
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 2
+    out = tmp_path / "o"
+    assert not out.exists() or [p for p in out.iterdir() if p.suffix != ".lock"] == []
+
+
+def test_unsupported_decoder_type_is_refused(decoders, tmp_path):
+    model = Path(shutil.copytree(decoders["llama"], tmp_path / "falcon"))
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+    result = cli("build", "--model", str(model), "--target", "rpi5", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 4
+    assert "model_type 'falcon' is not supported" in result.stderr and "llama" in result.stderr
+
+
+def test_guard_fails_below_the_bar_with_the_table(decoders, tmp_path):
+    strict = tmp_path / "profiles"
+    strict.mkdir()
+    (strict / "tiny-int4.yaml").write_text(
+        TINY_INT4.replace("min: 0.05", "min: 1.0, max_kl: 0.0001")
+    )
+    result = cli("build", "--model", str(decoders["gpt2"]), "--target", "rpi5", "--profile",
+                 "tiny-int4", "--profiles-dir", str(strict), "--out", str(tmp_path / "o"))  # fmt: skip
+    assert result.exit_code == 5
+    assert "no recipe met its bar" in result.stderr and "agreement" in result.stderr
+    assert not (tmp_path / "o" / "tiny-gpt2-rpi5").exists()
