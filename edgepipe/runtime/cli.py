@@ -40,7 +40,7 @@ def _require_task(root: Path, task: str, command: str) -> None:
     if actual != task:
         does = {EMBEDDING: "embed", TEXT_GENERATION: "generate"}.get(actual)
         hint = f": it does `{does}`" if does else ""
-        raise UsageError(f"this is a {actual} bundle{hint}, not `{command}`")
+        raise UsageError(f"this is {integrity.a_bundle(actual)}{hint}, not `{command}`")
 
 
 def _decode_lines(data: bytes, source: str) -> Iterator[str]:
