@@ -1,6 +1,7 @@
 """`python <bundle> generate` on a text-generation bundle, run as a device would, in a subprocess."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -125,3 +126,24 @@ def test_generate_never_imports_the_build_side(decoder_bundle):
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120)
     assert "LOADED []" in proc.stderr.decode(), proc.stderr.decode()
+
+
+def test_streams_utf8_whatever_the_locale(decoder_bundle):
+    root = decoder_bundle("llama").root
+    expected = Generator.from_bundle(root).generate("Turn on the kitchen lights", max_new_tokens=16)
+    assert not expected.text.isascii()  # random weights emit stray bytes: U+FFFD at least
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(root),
+            "generate",
+            "Turn on the kitchen lights",
+            "--max-new-tokens",
+            "16",
+        ],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONIOENCODING": "ascii"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.decode("utf-8") == expected.text + "\n"
