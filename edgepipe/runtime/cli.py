@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,6 +20,8 @@ EXIT_SETUP = 3
 RUNTIME_REQUIREMENTS = ("onnxruntime", "numpy", "tokenizers")
 EXIT_INPUT = 4
 EXIT_VERIFY = 6
+# What a shell reports for SIGINT and SIGPIPE.
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
 class InputError(Exception):
@@ -40,7 +44,7 @@ def _require_task(root: Path, task: str, command: str) -> None:
     if actual != task:
         does = {EMBEDDING: "embed", TEXT_GENERATION: "generate"}.get(actual)
         hint = f": it does `{does}`" if does else ""
-        raise UsageError(f"this is a {actual} bundle{hint}, not `{command}`")
+        raise UsageError(f"this is {integrity.a_bundle(actual)}{hint}, not `{command}`")
 
 
 def _decode_lines(data: bytes, source: str) -> Iterator[str]:
@@ -126,12 +130,20 @@ def _generate(root: Path, args: argparse.Namespace) -> int:
         prompt = _prompt(args)
         generator = Generator.from_bundle(root, threads=args.threads)
         out = sys.stdout
+        if isinstance(out, io.TextIOWrapper):  # a model writes any character, whatever the locale
+            out.reconfigure(encoding="utf-8")
 
         def stream(piece: str) -> None:
             out.write(piece)
             out.flush()
 
         result = generator.generate(prompt, **options, on_text=None if args.json else stream)
+    except KeyboardInterrupt:  # Ctrl-C ends a long generation: no traceback
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the shell's tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except OptionError as exc:
         raise UsageError(str(exc)) from None
     except PromptError as exc:

@@ -83,3 +83,8 @@ def read_runtime(root: Path) -> dict[str, Any]:
 def bundle_task(root: Path) -> str:
     """What the bundle does: runtime.json's "task"; embedding bundles predate the field."""
     return str(read_runtime(root).get("task", EMBEDDING))
+
+
+def a_bundle(task: str) -> str:
+    """``"an embedding bundle"``, ``"a text-generation bundle"``: for messages."""
+    return f"{'an' if task[:1] in tuple('aeiou') else 'a'} {task} bundle"

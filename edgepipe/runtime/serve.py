@@ -247,7 +247,8 @@ class BundleServer(ThreadingHTTPServer):
 
     def _wrong_task(self, path: str, right: str) -> RequestError:
         return RequestError(
-            HTTPStatus.NOT_FOUND, f"this is a {self.task} bundle: POST {right}, not {path}"
+            HTTPStatus.NOT_FOUND,
+            f"this is {integrity.a_bundle(self.task)}: POST {right}, not {path}",
         )
 
     def embed(self, payload: object) -> dict[str, Any]:
