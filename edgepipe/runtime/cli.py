@@ -1,15 +1,18 @@
-"""The bundle's command line: ``python <bundle> embed|bench|info|verify|serve``."""
+"""The bundle's command line: ``python <bundle> embed|generate|bench|info|verify|serve``."""
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import integrity, serve
+from .integrity import EMBEDDING, TEXT_GENERATION
 
 EXIT_USAGE = 2
 EXIT_SETUP = 3
@@ -17,10 +20,31 @@ EXIT_SETUP = 3
 RUNTIME_REQUIREMENTS = ("onnxruntime", "numpy", "tokenizers")
 EXIT_INPUT = 4
 EXIT_VERIFY = 6
+# What a shell reports for SIGINT and SIGPIPE.
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
 class InputError(Exception):
     """Bad input text: one line for the user, exit code EXIT_INPUT."""
+
+
+class UsageError(Exception):
+    """An option out of range, or a command this bundle's task does not do: exit EXIT_USAGE."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error here."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
+
+
+def _require_task(root: Path, task: str, command: str) -> None:
+    actual = integrity.bundle_task(root)
+    if actual != task:
+        does = {EMBEDDING: "embed", TEXT_GENERATION: "generate"}.get(actual)
+        hint = f": it does `{does}`" if does else ""
+        raise UsageError(f"this is {integrity.a_bundle(actual)}{hint}, not `{command}`")
 
 
 def _decode_lines(data: bytes, source: str) -> Iterator[str]:
@@ -57,6 +81,7 @@ def _texts(args: argparse.Namespace) -> list[str]:
 def _embed(root: Path, args: argparse.Namespace) -> int:
     from .embedder import Embedder
 
+    _require_task(root, EMBEDDING, "embed")
     texts = _texts(args)
     embedder = Embedder.from_bundle(root, threads=args.threads)
     vectors = embedder.embed(texts)
@@ -68,6 +93,68 @@ def _embed(root: Path, args: argparse.Namespace) -> int:
             record["truncated"] = True
             record["tokens"] = tokens
         out.write(json.dumps(record) + "\n")
+    return 0
+
+
+def _prompt(args: argparse.Namespace) -> str:
+    if args.prompt != "-":
+        prompt = args.prompt
+    else:
+        try:
+            prompt = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError("stdin is not valid UTF-8") from None
+        prompt = prompt.removesuffix("\n")  # what `echo TEXT |` adds
+    if "\x00" in prompt:
+        raise InputError("the prompt contains a NUL character")
+    return prompt
+
+
+def _generate(root: Path, args: argparse.Namespace) -> int:
+    from .generator import GenerationError, Generator, OptionError, PromptError, check_options
+
+    _require_task(root, TEXT_GENERATION, "generate")
+    options = {
+        "max_new_tokens": args.max_new_tokens,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "stop": args.stop or [],
+        "chat": args.chat,
+    }
+    try:
+        if args.threads is not None and args.threads < 1:
+            raise OptionError(f"--threads must be at least 1 (got {args.threads})")
+        check_options(**{k: v for k, v in options.items() if k != "chat"})
+        prompt = _prompt(args)
+        generator = Generator.from_bundle(root, threads=args.threads)
+        out = sys.stdout
+        if isinstance(out, io.TextIOWrapper):  # a model writes any character, whatever the locale
+            out.reconfigure(encoding="utf-8")
+
+        def stream(piece: str) -> None:
+            out.write(piece)
+            out.flush()
+
+        result = generator.generate(prompt, **options, on_text=None if args.json else stream)
+    except KeyboardInterrupt:  # Ctrl-C ends a long generation: no traceback
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the shell's tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OptionError as exc:
+        raise UsageError(str(exc)) from None
+    except PromptError as exc:
+        raise InputError(str(exc)) from None
+    except GenerationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_SETUP
+    if args.json:
+        out.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
+    else:
+        out.write("\n")
     return 0
 
 
@@ -99,6 +186,11 @@ def _bench_text(result: dict[str, Any]) -> str:
 
 def _bench(root: Path, args: argparse.Namespace) -> int:
     from . import measure
+
+    if integrity.bundle_task(root) != EMBEDDING:
+        raise UsageError(
+            "`bench` measures embedding bundles; `generate --json` reports this one's timings"
+        )
 
     def progress(done: int, total: int) -> None:
         print(f"\rbench: {done}/{total} runs", end="" if done < total else "\n", file=sys.stderr)
@@ -132,7 +224,16 @@ def _bench(root: Path, args: argparse.Namespace) -> int:
 def _info(root: Path, args: argparse.Namespace) -> int:
     manifest = integrity.read_manifest(root)
     keys = ("name", "task", "model", "target", "profile", "accuracy", "bench", "versions")
-    print(json.dumps({k: manifest.get(k) for k in keys}, indent=2))
+    info = {k: manifest.get(k) for k in keys}
+    runtime = integrity.read_runtime(root)
+    info["task"] = info["task"] or integrity.bundle_task(root)
+    if info["task"] == TEXT_GENERATION:
+        info["generation"] = {
+            "max_length": runtime.get("max_length"),
+            "eos_token_ids": runtime.get("eos_token_ids"),
+            "chat_template": runtime.get("chat_prefix") is not None,
+        }
+    print(json.dumps(info, indent=2))
     return 0
 
 
@@ -148,13 +249,30 @@ def _verify(root: Path, args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python <bundle>", description="Run an edgepipe bundle.")
+    p = Parser(prog="python <bundle>", description="Run an edgepipe bundle.")
     sub = p.add_subparsers(dest="command", required=True)
     embed = sub.add_parser("embed", help='print one JSON line {"embedding": [...]} per text')
     embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts; '-' reads lines from stdin")
     embed.add_argument("--file", help="read texts from a file, one per line")
     embed.add_argument(
         "--threads", type=int, default=None, help="intra-op threads (default: target's)"
+    )
+    gen = sub.add_parser("generate", help="continue a prompt (text-generation bundles)")
+    gen.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
+    gen.add_argument("--max-new-tokens", type=int, default=64, help="at most this many (64)")
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
+    gen.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: off)")
+    gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
+    gen.add_argument("--seed", type=int, help="sampling seed: the same seed, the same tokens")
+    gen.add_argument(
+        "--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)"
+    )
+    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    gen.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
+    gen.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"text", "token_ids", "stop_reason", "timings"} instead of streaming',
     )
     bench = sub.add_parser("bench", help="measure the model's latency on this machine")
     bench.add_argument("--json", action="store_true", help="print the edgepipe.bench/1 JSON")
@@ -175,6 +293,7 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {
         "embed": _embed,
+        "generate": _generate,
         "bench": _bench,
         "info": _info,
         "verify": _verify,
@@ -195,6 +314,9 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_VERIFY

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+RUNTIME_CONFIG = "runtime.json"
+EMBEDDING, TEXT_GENERATION = "embedding", "text-generation"
 _CHUNK = 1 << 20
 
 
@@ -62,3 +64,27 @@ def verify_dir(root: Path) -> list[str]:
         elif sha256_file(actual[rel]) != expected[rel]:
             problems.append(f"sha256 mismatch: {rel}")
     return problems
+
+
+def read_runtime(root: Path) -> dict[str, Any]:
+    """The bundle's runtime.json as a dict (without the runtime's requirements)."""
+    path = root / RUNTIME_CONFIG
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no runtime.json; this is not an edgepipe bundle") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable runtime config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: runtime config is not a JSON object")
+    return data
+
+
+def bundle_task(root: Path) -> str:
+    """What the bundle does: runtime.json's "task"; embedding bundles predate the field."""
+    return str(read_runtime(root).get("task", EMBEDDING))
+
+
+def a_bundle(task: str) -> str:
+    """``"an embedding bundle"``, ``"a text-generation bundle"``: for messages."""
+    return f"{'an' if task[:1] in tuple('aeiou') else 'a'} {task} bundle"

@@ -1,8 +1,10 @@
 """``python <bundle> serve``: a small JSON API on the standard library's HTTP server.
 
-POST /embed takes {"texts": [...]} or {"text": "..."}; GET /health and GET /manifest describe the
-bundle. Requests are bounded (body size, texts per request, socket timeout) and only loopback
-addresses are served: put a reverse proxy in front to expose it further.
+POST /embed takes {"texts": [...]} or {"text": "..."} (embedding bundles); POST /generate takes
+{"prompt": "...", "max_new_tokens": ..., ...} and answers like ``generate --json`` (text-generation
+bundles); GET /health and GET /manifest describe the bundle. Requests are bounded (body size,
+texts per request, socket timeout) and only loopback addresses are served: put a reverse proxy in
+front to expose it further.
 """
 
 from __future__ import annotations
@@ -20,11 +22,23 @@ from pathlib import Path
 from typing import Any
 
 from . import integrity
+from .integrity import EMBEDDING, TEXT_GENERATION
 
 EXIT_SERVE = 3
 MAX_BODY_BYTES = 1 << 20
 MAX_TEXTS = 64
-ROUTES = {"/embed": "POST", "/health": "GET", "/manifest": "GET"}
+ROUTES = {"/embed": "POST", "/generate": "POST", "/health": "GET", "/manifest": "GET"}
+# The fields of a /generate body and the types each may have (seed may also be null).
+GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "prompt": (str,),
+    "max_new_tokens": (int,),
+    "temperature": (int, float),
+    "top_k": (int,),
+    "top_p": (int, float),
+    "seed": (int, type(None)),
+    "stop": (list,),
+    "chat": (bool,),
+}
 
 
 class ServeError(Exception):
@@ -41,7 +55,9 @@ class RequestError(Exception):
 
 
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("serve", help="answer POST /embed, GET /health, GET /manifest over HTTP")
+    p = sub.add_parser(
+        "serve", help="answer POST /embed or /generate, GET /health, GET /manifest over HTTP"
+    )
     p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="TCP port; 0 picks a free one")
     p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request")
@@ -84,6 +100,26 @@ def texts_from(payload: object, max_texts: int) -> list[str]:
     return texts
 
 
+def generate_options(payload: object) -> dict[str, Any]:
+    """The keyword arguments of Generator.generate for a /generate body, or RequestError."""
+    bad = HTTPStatus.BAD_REQUEST
+    if not isinstance(payload, dict) or not isinstance(payload.get("prompt"), str):
+        raise RequestError(bad, 'body must be a JSON object with "prompt": "..."')
+    unknown = sorted(payload.keys() - GENERATE_FIELDS.keys())
+    if unknown:
+        raise RequestError(
+            bad, f"unknown field {unknown[0]!r}; known: {', '.join(GENERATE_FIELDS)}"
+        )
+    for key, value in payload.items():
+        types = GENERATE_FIELDS[key]
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+            names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise RequestError(bad, f'"{key}" must be {names}, not {type(value).__name__}')
+    if "\x00" in payload["prompt"]:
+        raise RequestError(bad, "the prompt contains a NUL character")
+    return dict(payload)
+
+
 class Handler(BaseHTTPRequestHandler):
     """One request: route, check, answer JSON; never a traceback to the client."""
 
@@ -119,6 +155,8 @@ class Handler(BaseHTTPRequestHandler):
                 )
             if path == "/embed":
                 self._send(HTTPStatus.OK, self.server.embed(self._json_body()))
+            elif path == "/generate":
+                self._send(HTTPStatus.OK, self.server.generate(self._json_body()))
             elif path == "/health":
                 self._send(HTTPStatus.OK, self.server.health())
             else:
@@ -178,22 +216,44 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class BundleServer(ThreadingHTTPServer):
-    """The HTTP server and the one Embedder its threads share (onnxruntime's run() is thread-safe)."""
+    """The HTTP server and the one Embedder or Generator its threads share."""
 
     daemon_threads = True
 
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
-        from .embedder import Embedder
-
         self.manifest = integrity.read_manifest(root)
         self.max_body_bytes = args.max_body_bytes
         self.max_texts = args.max_texts
-        self.embedder = Embedder.from_bundle(root, threads=args.threads)
+        self.task = integrity.bundle_task(root)
+        self.embedder: Any = None
+        self.generator: Any = None
+        # One generation at a time: each already uses every intra-op thread, and interleaving two
+        # would only make both slower.
+        self.generate_lock = threading.Lock()
+        if self.task == TEXT_GENERATION:
+            from .generator import Generator
+
+            self.generator = Generator.from_bundle(root, threads=args.threads)
+        elif self.task == EMBEDDING:
+            from .embedder import Embedder
+
+            # onnxruntime's run() is thread-safe: requests embed concurrently.
+            self.embedder = Embedder.from_bundle(root, threads=args.threads)
+        else:
+            raise ServeError(f"this bundle's task {self.task!r} has no server")
         if ":" in args.host:
             self.address_family = socket.AF_INET6
         super().__init__((args.host, args.port), Handler)
 
+    def _wrong_task(self, path: str, right: str) -> RequestError:
+        return RequestError(
+            HTTPStatus.NOT_FOUND,
+            f"this is {integrity.a_bundle(self.task)}: POST {right}, not {path}",
+        )
+
     def embed(self, payload: object) -> dict[str, Any]:
+        if self.embedder is None:
+            raise self._wrong_task("/embed", "/generate")
         texts = texts_from(payload, self.max_texts)
         vectors = self.embedder.embed(texts)
         return {
@@ -201,12 +261,28 @@ class BundleServer(ThreadingHTTPServer):
             "truncated": [self.embedder.token_count(t)[1] for t in texts],
         }
 
+    def generate(self, payload: object) -> dict[str, Any]:
+        if self.generator is None:
+            raise self._wrong_task("/generate", "/embed")
+        from .generator import GenerationError
+
+        options = generate_options(payload)
+        try:
+            with self.generate_lock:
+                result = self.generator.generate(options.pop("prompt"), **options)
+        except GenerationError as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        response: dict[str, Any] = result.to_json()
+        return response
+
     def health(self) -> dict[str, Any]:
+        runtime = self.generator or self.embedder
         return {
             "status": "ok",
             "name": self.manifest.get("name"),
+            "task": self.task,
             "model_sha256": self.manifest.get("model", {}).get("sha256"),
-            "max_length": self.embedder.config.max_length,
+            "max_length": runtime.config.max_length,
         }
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -27,6 +27,7 @@ RUNTIME_MODULES = (
     "__init__.py",
     "integrity.py",
     "embedder.py",
+    "generator.py",
     "bench.py",
     "measure.py",
     "cli.py",

@@ -159,3 +159,9 @@ def test_port_in_use_is_one_line(server, tiny_bundle):
     assert (
         proc.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
     )
+
+
+def test_generate_on_an_embedding_bundle_is_404(server):
+    status, _, body = request(server[0], "POST", "/generate", b'{"prompt": "hi"}')
+    assert status == 404
+    assert body["error"] == "this is an embedding bundle: POST /embed, not /generate"

@@ -1,0 +1,419 @@
+"""Text generation from an ONNX decoder with a KV cache: prefill the prompt once, then one token a step.
+
+The model is optimum's ``text-generation-with-past`` export, driven by the input names the session
+reports (``input_ids``, ``attention_mask`` and ``position_ids`` where present,
+``past_key_values.{i}.key|value``), so a graph rewrite that keeps those names keeps working.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from .embedder import host_threads, session_options, usable_providers
+from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
+
+PAST = "past_key_values."
+PRESENT = "present."
+# Top-p looks at this many of the likeliest tokens first, and 16 times more each time they hold
+# less than top_p of the mass: sorting a 50k vocabulary costs ~3 ms, more than a decode step.
+NUCLEUS_CANDIDATES = 256
+_ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class GenerationError(Exception):
+    """A generation that cannot run as asked; the message is one line for the user."""
+
+
+class OptionError(GenerationError):
+    """A sampling option out of range, or one this bundle cannot honour (--chat without template)."""
+
+
+class PromptError(GenerationError):
+    """A prompt the model cannot take: empty, or longer than its context."""
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """What the runtime needs to know about an exported decoder (stored as runtime.json)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    eos_token_ids: tuple[int, ...]
+    max_length: int  # max_position_embeddings: prompt and generated tokens together
+    chat_prefix: str | None = None  # the chat template rendered around one user message
+    chat_suffix: str | None = None
+    intra_op_threads: int = 0
+    inter_op_threads: int = 1
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    task: str = TEXT_GENERATION
+
+    @classmethod
+    def load(cls, path: Path) -> GenerationConfig:
+        return cls.from_json(json.loads(path.read_text(encoding="utf-8")))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> GenerationConfig:
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for key in ("eos_token_ids", "providers"):
+            if key in values:
+                values[key] = tuple(values[key])
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise GenerationError(f"runtime.json is not a text-generation config: {exc}") from None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "num_layers": self.num_layers,
+            "num_kv_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "eos_token_ids": list(self.eos_token_ids),
+            "max_length": self.max_length,
+            "chat_prefix": self.chat_prefix,
+            "chat_suffix": self.chat_suffix,
+            "intra_op_threads": self.intra_op_threads,
+            "inter_op_threads": self.inter_op_threads,
+            "providers": list(self.providers),
+        }
+
+
+@dataclass
+class Generation:
+    """One generate() call's result."""
+
+    text: str
+    token_ids: list[int]  # the generated ids only (an EOS that ended it included)
+    stop_reason: str  # "eos" | "stop" | "length"
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "token_ids": self.token_ids,
+            "stop_reason": self.stop_reason,
+            "timings": self.timings,
+        }
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_options(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+) -> None:
+    """OptionError naming the first option out of range."""
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
+        raise OptionError(
+            f"max_new_tokens must be an integer of at least 1 (got {max_new_tokens!r})"
+        )
+    if not _number(temperature) or not 0 <= temperature < float("inf"):
+        raise OptionError(f"temperature must be 0 (greedy) or more (got {temperature!r})")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise OptionError(f"top_k must be an integer of at least 0, 0 for off (got {top_k!r})")
+    if not _number(top_p) or not 0 < top_p <= 1:
+        raise OptionError(f"top_p must be in (0, 1], 1 for off (got {top_p!r})")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise OptionError(f"seed must be an integer of at least 0 (got {seed!r})")
+    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+        raise OptionError("stop strings must be a list of non-empty strings")
+
+
+class Sampler:
+    """Picks the next token from one row of logits: greedy, or temperature then top-k then top-p."""
+
+    def __init__(self, temperature: float, top_k: int, top_p: float, seed: int | None) -> None:
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, logits: np.ndarray) -> int:
+        if self.temperature == 0 or self.top_k == 1:
+            return int(logits.argmax())
+        ids, probs = self.candidates(logits)
+        cumulative = np.cumsum(probs)
+        pick = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
+        return int(ids[min(pick, len(ids) - 1)])
+
+    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ids sampling picks from, likeliest first, and their probabilities (summing to 1)."""
+        vocab = logits.shape[-1]
+        k = self.top_k if 0 < self.top_k < vocab else vocab
+        # float32 throughout, as transformers computes it: float64 exp and sorts of a whole
+        # vocabulary cost milliseconds a token.
+        scaled = np.asarray(logits, dtype=np.float32) / np.float32(self.temperature)
+        if self.top_p >= 1:
+            ids, probs = self._top(scaled, k)
+            return ids, probs / probs.sum()
+        total = self._mass(scaled, k)
+        tried = min(k, NUCLEUS_CANDIDATES)
+        while True:
+            ids, probs = self._top(scaled, tried)
+            if tried == k:
+                total = probs.sum()
+                break
+            if probs.sum() >= self.top_p * total:  # the nucleus is among these candidates
+                break
+            tried = min(k, tried * 16)
+        # Transformers' rule: keep the likeliest tokens until their mass reaches top_p.
+        keep = int(np.searchsorted(np.cumsum(probs / total), self.top_p)) + 1
+        ids, probs = ids[:keep], probs[:keep]
+        return ids, probs / probs.sum()
+
+    @staticmethod
+    def _top(scaled: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The k likeliest ids, likeliest first, with probabilities relative to the likeliest."""
+        ids = np.argpartition(scaled, -k)[-k:] if k < scaled.shape[-1] else np.arange(k)
+        ids = ids[np.argsort(-scaled[ids])]
+        top = scaled[ids]
+        return ids, np.exp(top - top[0]).astype(np.float64)
+
+    @staticmethod
+    def _mass(scaled: np.ndarray, k: int) -> float:
+        """The k likeliest tokens' probability mass, relative to the likeliest token's."""
+        top = np.partition(scaled, -k)[-k:] if k < scaled.shape[-1] else scaled
+        return float(np.exp(top - top.max()).sum(dtype=np.float64))
+
+
+class TextStream:
+    """Turns generated ids into text a piece at a time: only stable text, never a stop string.
+
+    Text is decoded over a short window of ids so that a decoder that treats the first token
+    specially (SentencePiece's leading space) reads the same as a decode of the whole; a piece
+    that ends in an incomplete UTF-8 sequence (U+FFFD) waits for the next token. Text that could
+    be the start of a stop string is held back until it is known not to be one.
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, stop: Sequence[str], on_text: Callable[[str], None] | None
+    ) -> None:
+        self.tokenizer, self.stop, self.on_text = tokenizer, list(stop), on_text
+        self.ids: list[int] = []
+        self.prefix, self.read = 0, 0  # the window: ids[prefix:read] are already in self.text
+        self.text, self.emitted = "", 0
+        self.stopped = False
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def add(self, token: int) -> bool:
+        """Take one token; True when the text now holds a stop string (the text is cut before it)."""
+        if self.stopped:
+            return True
+        self.ids.append(token)
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd"):
+            return False
+        self._append(after[len(before) :])
+        self.prefix, self.read = self.read, len(self.ids)
+        return self.stopped
+
+    def _append(self, piece: str) -> None:
+        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0) + 1)
+        self.text += piece
+        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
+        if hits:
+            self.text, self.stopped = self.text[: min(hits)], True
+            return
+        self._emit(len(self.text) - self._held_back())
+
+    def _held_back(self) -> int:
+        """Length of the longest end of the text that a stop string starts with."""
+        for size in range(
+            min(len(self.text), max((len(s) for s in self.stop), default=1) - 1), 0, -1
+        ):
+            tail = self.text[-size:]
+            if any(s.startswith(tail) for s in self.stop):
+                return size
+        return 0
+
+    def _emit(self, upto: int) -> None:
+        if upto > self.emitted:
+            if self.on_text is not None:
+                self.on_text(self.text[self.emitted : upto])
+            self.emitted = upto
+
+    def finish(self) -> str:
+        """The whole text: whatever the window still holds, then everything not yet emitted."""
+        if not self.stopped:
+            before = self._decode(self.ids[self.prefix : self.read])
+            after = self._decode(self.ids[self.prefix :])
+            if len(after) > len(before):
+                self._append(after[len(before) :])
+        self._emit(len(self.text))
+        return self.text
+
+
+class Generator:
+    """Generates text with one onnxruntime session, created once with its fixed inputs."""
+
+    def __init__(
+        self,
+        model: Path,
+        tokenizer: Path,
+        config: GenerationConfig,
+        threads: int | None = None,
+        spin: bool = True,
+    ) -> None:
+        self.config = config
+        intra = host_threads(config.intra_op_threads) if threads is None else threads
+        self.session = ort.InferenceSession(
+            str(model),
+            sess_options=session_options(intra, config.inter_op_threads, spin),
+            providers=usable_providers(config.providers),
+        )
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.past_names = [n for n in inputs if n.startswith(PAST)]
+        if not self.past_names or "input_ids" not in inputs:
+            raise GenerationError(
+                f"{model}: not a decoder with a KV cache (no input_ids/past_key_values inputs)"
+            )
+        self.output_names = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.past_names]
+        self.kv_dtype = _ONNX_FLOATS.get(inputs[self.past_names[0]].type, np.float32)
+        self.has_mask = "attention_mask" in inputs
+        self.has_positions = "position_ids" in inputs
+        # Views of these feed every step without allocating: mask[:, :n], positions[:, a:b].
+        self._mask = np.ones((1, config.max_length), dtype=np.int64)
+        self._positions = np.arange(config.max_length, dtype=np.int64)[None, :]
+        empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), dtype=self.kv_dtype)
+        self._empty_past = {name: empty for name in self.past_names}
+        self.tokenizer = Tokenizer.from_file(str(tokenizer))
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.eos = frozenset(config.eos_token_ids)
+
+    @classmethod
+    def from_bundle(cls, root: Path, threads: int | None = None) -> Generator:
+        config = GenerationConfig.load(root / RUNTIME_CONFIG)
+        return cls(
+            root / "model" / "model.onnx", root / "tokenizer" / "tokenizer.json", config, threads
+        )
+
+    def encode(self, prompt: str, chat: bool = False) -> list[int]:
+        """The prompt's ids; with ``chat``, wrapped in the model's chat template as its build rendered it."""
+        if not chat:
+            return list(self.tokenizer.encode(prompt).ids)
+        if self.config.chat_prefix is None or self.config.chat_suffix is None:
+            raise OptionError("this model has no chat template; generate without --chat")
+        # The rendered template carries its own special tokens (BOS included where the model has
+        # one), as transformers' apply_chat_template(tokenize=True) encodes it.
+        text = self.config.chat_prefix + prompt + self.config.chat_suffix
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def _forward(
+        self, ids: np.ndarray, start: int, past: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [1, len, vocab] and the new cache for ``ids`` at positions start.. after ``past``."""
+        end = start + ids.shape[1]
+        feeds: dict[str, np.ndarray] = {"input_ids": ids, **past}
+        if self.has_mask:
+            feeds["attention_mask"] = self._mask[:, :end]
+        if self.has_positions:
+            feeds["position_ids"] = self._positions[:, start:end]
+        # Plain run() with numpy: measured faster per step than OrtValues or IO binding here,
+        # and onnxruntime hands the present tensors back without a copy.
+        logits, *presents = self.session.run(self.output_names, feeds)
+        return logits, dict(zip(self.past_names, presents, strict=True))
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """[len(ids), vocab] float32 logits of one forward pass with an empty KV cache."""
+        if not 0 < len(ids) <= self.config.max_length:
+            raise PromptError(f"need 1 to {self.config.max_length} ids, got {len(ids)}")
+        batch = np.asarray([list(ids)], dtype=np.int64)
+        logits, _ = self._forward(batch, 0, self._empty_past)
+        return np.asarray(logits[0], dtype=np.float32)
+
+    def generate(
+        self,
+        prompt: str | Sequence[int],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        chat: bool = False,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Generation:
+        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are)."""
+        started = time.perf_counter()
+        check_options(max_new_tokens, temperature, top_k, top_p, seed, stop)
+        if isinstance(prompt, str):
+            ids = self.encode(prompt, chat)
+        elif chat:
+            raise OptionError("chat needs a text prompt, not token ids")
+        else:
+            ids = [int(i) for i in prompt]
+        limit = self.config.max_length
+        if not ids:
+            raise PromptError("the prompt is empty: it encodes to no tokens")
+        if len(ids) >= limit:
+            raise PromptError(
+                f"the prompt is {len(ids)} tokens; this model reads at most {limit} tokens, "
+                "prompt and generated together"
+            )
+        budget = min(max_new_tokens, limit - len(ids))
+        sample = Sampler(temperature, top_k, top_p, seed)
+        stream = TextStream(self.tokenizer, stop, on_text)
+        generated: list[int] = []
+        reason = "length"
+
+        prefill_start = time.perf_counter()
+        logits, past = self._forward(np.asarray([ids], dtype=np.int64), 0, self._empty_past)
+        token = sample(logits[0, -1])
+        first = time.perf_counter()
+        position = len(ids)
+        step = np.empty((1, 1), dtype=np.int64)
+        while True:
+            generated.append(token)
+            if token in self.eos:
+                reason = "eos"
+                break
+            if stream.add(token):
+                reason = "stop"
+                break
+            if len(generated) >= budget:
+                break
+            step[0, 0] = token
+            logits, past = self._forward(step, position, past)
+            position += 1
+            token = sample(logits[0, -1])
+        decoded = time.perf_counter()
+        text = stream.finish()
+        prefill_s, decode_s = first - prefill_start, decoded - first
+        steps = len(generated) - 1  # forward passes after the prefill
+        return Generation(
+            text=text,
+            token_ids=generated,
+            stop_reason=reason,
+            timings={
+                "prompt_tokens": len(ids),
+                "new_tokens": len(generated),
+                "time_to_first_token_ms": round(prefill_s * 1000, 3),
+                "prefill_tokens_per_s": round(len(ids) / prefill_s, 2),
+                "decode_tokens_per_s": round(steps / decode_s, 2) if steps > 0 else 0.0,
+                "total_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
