@@ -26,7 +26,9 @@ MS_DOMAIN = "com.microsoft"
 _PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
 
 
-def optimize(model_in: Path, model_out: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
+def optimize(
+    model_in: Path, model_out: Path, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Rewrite the attention of every layer to GroupQueryAttention; returns what was done.
 
     ``config`` is the Hugging Face config.json (read from beside ``model_in`` when omitted).
@@ -89,7 +91,10 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         if match and n.op_type == "MatMul":
             projections.setdefault(int(match.group(1)), {})[match.group(2)] = n
     if not projections:
-        return 0, "no /model/layers.N/self_attn/{q,k,v,o}_proj/MatMul nodes (not an optimum export?)"
+        return (
+            0,
+            "no /model/layers.N/self_attn/{q,k,v,o}_proj/MatMul nodes (not an optimum export?)",
+        )
 
     def projected(matmul: Any) -> str:
         """The projection's output, after its bias Add when it has one (Qwen2)."""
@@ -98,7 +103,7 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
             return str(users[0].output[0])
         return str(matmul.output[0])
 
-    dtype = TensorProto.FLOAT
+    dtype: int = TensorProto.FLOAT
     cos, sin = rope_caches(config, head_dim)
     prefix = "edgepipe_gqa"
     shared = [
@@ -154,7 +159,9 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         proj["o"].input[0] = attn_out
     if dtype != TensorProto.FLOAT:
         for init in shared_init[2:]:
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+            init.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+            )
     graph.initializer.extend(shared_init)
     graph.node.extend(shared + new_nodes)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
@@ -200,10 +207,13 @@ def pack_projections(graph: Any) -> int:
         if made:
             gqa.input[0], gqa.input[1], gqa.input[2] = made[0].output[0], "", ""
             removed += 2
-        mlp = [by_name.get(f"/model/{layer}/mlp/{x}_proj/MatMul") for x in ("gate", "up")]
-        made = packed_matmul(mlp, f"/model/{layer}/mlp/gate_up_proj")
+        mlp = [by_name[f"/model/{layer}/mlp/{x}_proj/MatMul"] for x in ("gate", "up")
+               if f"/model/{layer}/mlp/{x}_proj/MatMul" in by_name]  # fmt: skip
+        made = packed_matmul(mlp, f"/model/{layer}/mlp/gate_up_proj") if len(mlp) == 2 else None
         if made:
-            split = numpy_helper.from_array(np.array(made[1], np.int64), f"/model/{layer}/mlp/split")
+            split = numpy_helper.from_array(
+                np.array(made[1], np.int64), f"/model/{layer}/mlp/split"
+            )
             graph.initializer.append(split)
             graph.node.append(
                 helper.make_node("Split", [made[0].output[0], split.name],
