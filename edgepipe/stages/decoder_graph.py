@@ -7,8 +7,9 @@ the int4 MatMuls were only ~40% of its time: the rest is per-op overhead. onnxru
 not this attention, so the rewrite is done here. The model's inputs and outputs keep their names,
 shapes and meaning: present = concat(past, new) in BNSH, so the runtime needs no change.
 
-Limits (checked, or the layer is left alone): fp32 or fp16 MatMul projections (run it before
-int4 quantization), default RoPE (no rope_scaling), batch entries without left padding (GQA reads
+Limits (checked, or the model is left alone): fp32 or fp16 MatMul projections (run it before
+int4 quantization), default RoPE (no rope_scaling), head_dim a multiple of 16 (onnxruntime's CPU
+kernel), batch entries without left padding (GQA reads
 each row's length from ``attention_mask`` and assumes the valid tokens come first).
 """
 
@@ -76,6 +77,8 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+    if head_dim % 16:  # onnxruntime's CPU kernel refuses other sizes at run time
+        return 0, f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention needs it)"
     inputs = {i.name for i in graph.input}
     if not {"attention_mask", "position_ids"} <= inputs:
         return 0, "the model has no attention_mask/position_ids input"
@@ -201,9 +204,9 @@ def pack_projections(graph: Any) -> int:
     for gqa in [n for n in graph.node if n.op_type == "GroupQueryAttention"]:
         layer = gqa.name.split("/")[2]  # "/model/layers.N/self_attn/GroupQueryAttention"
         qkv = [by_name.get(f"/model/{layer}/self_attn/{x}_proj/MatMul") for x in "qkv"]
-        if [n.output[0] if n else None for n in qkv] != list(gqa.input[:3]):
-            continue  # biased projections (Qwen2) keep their own MatMul + Add
-        made = packed_matmul(qkv, f"/model/{layer}/self_attn/qkv_proj")
+        # Biased projections (Qwen2) keep their own MatMul + Add.
+        plain = [n.output[0] if n else None for n in qkv] == list(gqa.input[:3])
+        made = packed_matmul(qkv, f"/model/{layer}/self_attn/qkv_proj") if plain else None
         if made:
             gqa.input[0], gqa.input[1], gqa.input[2] = made[0].output[0], "", ""
             removed += 2
