@@ -17,7 +17,7 @@ TARGETS := $(basename $(notdir $(wildcard targets/*.yaml)))
 SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $(wildcard profiles/*.yaml)
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
-.PHONY: install build bundles bundle test lint format bench fuzz clean e2e-arm64
+.PHONY: install build bundles bundle test lint format bench bench-llm fuzz clean e2e-arm64
 
 install: $(STAMP)
 
@@ -43,6 +43,26 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/bench_quantization.py
 	$(BIN)/python tests/bench/bench_cache.py
 	$(BIN)/python tests/bench/bench_agreement.py
+
+# edgepipe int4 vs llama.cpp on a random SmolLM-135M-shaped Llama (minutes; not in CI). llama.cpp
+# comes from the llama-cpp-python sdist, compiled once into LLAMA_VENV with -march=native (as its own
+# build does by default); its converter (vendor/llama.cpp) makes the GGUF. LLM_WORK keeps the models.
+LLAMA_VENV ?= .llamacpp-venv
+LLAMA_CPP_PYTHON ?= 0.3.36
+LLAMA_SRC := $(LLAMA_VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)
+LLM_WORK ?=
+$(LLAMA_VENV)/.installed-stamp:
+	$(PYTHON) -m venv $(LLAMA_VENV)
+	$(LLAMA_VENV)/bin/python -m pip download --quiet --no-deps --no-binary :all: \
+		llama-cpp-python==$(LLAMA_CPP_PYTHON) -d $(LLAMA_VENV)/src
+	tar xzf $(LLAMA_SRC).tar.gz -C $(LLAMA_VENV)/src
+	CMAKE_ARGS="-DGGML_NATIVE=ON" MAKEFLAGS=-j2 $(LLAMA_VENV)/bin/python -m pip install --quiet \
+		$(LLAMA_SRC).tar.gz
+	touch $@
+
+bench-llm: $(STAMP) $(LLAMA_VENV)/.installed-stamp
+	$(BIN)/python tests/bench/bench_llm.py --llama-python $(LLAMA_VENV)/bin/python \
+		--llama-cpp $(LLAMA_SRC)/vendor/llama.cpp $(if $(LLM_WORK),--work $(LLM_WORK))
 
 # The rpi5 bundle in an emulated Raspberry Pi 5 userland (qemu-user + a Debian arm64 rootfs, cached
 # in ARM64_ROOT): needs root and apt, a Debian mirror and PyPI; not part of `make test`. Under qemu

@@ -1,0 +1,276 @@
+"""Decoder graph rewrites: optimum's Llama-style attention -> one GroupQueryAttention node per layer.
+
+optimum exports each layer's attention as ~100 small ops (reshapes, rotary slices, the causal mask,
+repeat_kv Expand, Softmax, NaN guard). At SmolLM-135M's size, one decode step ran ~3,150 nodes and
+the int4 MatMuls were only ~40% of its time: the rest is per-op overhead. onnxruntime's
+``optimize_model`` (model_type "qwen3"/"gpt2") fuses RotaryEmbedding and SkipSimplifiedLayerNorm but
+not this attention, so the rewrite is done here. The model's inputs and outputs keep their names,
+shapes and meaning: present = concat(past, new) in BNSH, so the runtime needs no change.
+
+Limits (checked, or the model is left alone): fp32 or fp16 MatMul projections (run it before
+int4 quantization), default RoPE (no rope_scaling), head_dim a multiple of 16 (onnxruntime's CPU
+kernel), batch entries without left padding (GQA reads
+each row's length from ``attention_mask`` and assumes the valid tokens come first).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MS_DOMAIN = "com.microsoft"
+_PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
+
+
+def optimize(
+    model_in: Path, model_out: Path, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Rewrite the attention of every layer to GroupQueryAttention; returns what was done.
+
+    ``config`` is the Hugging Face config.json (read from beside ``model_in`` when omitted).
+    """
+    import onnx
+
+    if config is None:
+        config = json.loads((Path(model_in).parent / "config.json").read_text())
+    model = onnx.load(str(model_in))
+    before = len(model.graph.node)
+    fused, reason = fuse_group_query_attention(model, config)
+    packed = pack_projections(model.graph) if fused else 0
+    removed = remove_dead_nodes(model.graph)
+    onnx.save(model, str(model_out))
+    return {
+        "attention_layers_fused": fused,
+        "skipped": reason,
+        "matmuls_packed": packed,
+        "nodes_before": before,
+        "nodes_after": len(model.graph.node),
+        "nodes_removed": removed,
+        "op_counts": dict(sorted(Counter(n.op_type for n in model.graph.node).items())),
+    }
+
+
+def rope_caches(config: dict[str, Any], head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables [max_positions, head_dim/2] exactly as transformers' default RoPE builds them."""
+    theta = float(config.get("rope_theta", 10000.0))
+    partial = float(config.get("partial_rotary_factor", 1.0))
+    dim = int(head_dim * partial)
+    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
+    positions = np.arange(int(config["max_position_embeddings"]), dtype=np.float32)
+    freqs = np.outer(positions, inv_freq).astype(np.float32)
+    return np.cos(freqs).astype(np.float32), np.sin(freqs).astype(np.float32)
+
+
+def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int, str | None]:
+    """Replace each layer's attention subgraph by GroupQueryAttention; (layers fused, why not all)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    scaling = config.get("rope_scaling") or {}
+    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+        return 0, f"rope_scaling {scaling} is not the default RoPE"
+    heads = int(config["num_attention_heads"])
+    kv_heads = int(config.get("num_key_value_heads") or heads)
+    head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
+    if head_dim % 16:  # onnxruntime's CPU kernel refuses other sizes at run time
+        return 0, f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention needs it)"
+    inputs = {i.name for i in graph.input}
+    if not {"attention_mask", "position_ids"} <= inputs:
+        return 0, "the model has no attention_mask/position_ids input"
+
+    producer = {out: n for n in graph.node for out in n.output}
+    consumers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for name in n.input:
+            consumers.setdefault(name, []).append(n)
+    projections: dict[int, dict[str, Any]] = {}
+    for n in graph.node:
+        match = _PROJ.search(n.name)
+        if match and n.op_type == "MatMul":
+            projections.setdefault(int(match.group(1)), {})[match.group(2)] = n
+    if not projections:
+        return (
+            0,
+            "no /model/layers.N/self_attn/{q,k,v,o}_proj/MatMul nodes (not an optimum export?)",
+        )
+
+    def projected(matmul: Any) -> str:
+        """The projection's output, after its bias Add when it has one (Qwen2)."""
+        users = consumers.get(matmul.output[0], [])
+        if len(users) == 1 and users[0].op_type == "Add" and users[0].name.endswith("_proj/Add"):
+            return str(users[0].output[0])
+        return str(matmul.output[0])
+
+    dtype: int = TensorProto.FLOAT
+    cos, sin = rope_caches(config, head_dim)
+    prefix = "edgepipe_gqa"
+    shared = [
+        helper.make_node("ReduceSum", ["attention_mask", f"{prefix}/axis1"], [f"{prefix}/lengths"],
+                         keepdims=0, name=f"{prefix}/ReduceSum"),
+        helper.make_node("Sub", [f"{prefix}/lengths", f"{prefix}/one"], [f"{prefix}/last"],
+                         name=f"{prefix}/Sub"),
+        helper.make_node("Cast", [f"{prefix}/last"], [f"{prefix}/seqlens_k"], to=TensorProto.INT32,
+                         name=f"{prefix}/Cast"),
+        helper.make_node("Shape", ["attention_mask"], [f"{prefix}/mask_len"], start=1, end=2,
+                         name=f"{prefix}/Shape"),
+        helper.make_node("Squeeze", [f"{prefix}/mask_len"], [f"{prefix}/total64"],
+                         name=f"{prefix}/Squeeze"),
+        helper.make_node("Cast", [f"{prefix}/total64"], [f"{prefix}/total_sequence_length"],
+                         to=TensorProto.INT32, name=f"{prefix}/Cast_1"),
+    ]  # fmt: skip
+    shared_init = [
+        numpy_helper.from_array(np.array([1], np.int64), f"{prefix}/axis1"),
+        numpy_helper.from_array(np.array(1, np.int64), f"{prefix}/one"),
+        numpy_helper.from_array(cos, f"{prefix}/cos_cache"),
+        numpy_helper.from_array(sin, f"{prefix}/sin_cache"),
+    ]
+    new_nodes = []
+    for layer in sorted(projections):
+        proj = projections[layer]
+        past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
+        present_k, present_v = f"present.{layer}.key", f"present.{layer}.value"
+        if set(proj) != {"q", "k", "v", "o"} or not {past_k, past_v} <= inputs:
+            return 0, f"layer {layer}: missing projections or past inputs"
+        if len({proj[x].input[0] for x in "qkv"}) != 1:
+            return 0, f"layer {layer}: q/k/v projections read different inputs"
+        for name, past in ((present_k, past_k), (present_v, past_v)):
+            concat = producer.get(name)
+            if concat is None or concat.op_type != "Concat" or concat.input[0] != past:
+                return 0, f"layer {layer}: {name} is not Concat({past}, new)"
+            dtype = _elem_type(graph, past)
+        attn_out = f"{prefix}/layers.{layer}/output"
+        new_nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [projected(proj["q"]), projected(proj["k"]), projected(proj["v"]), past_k, past_v,
+                 f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length",
+                 f"{prefix}/cos_cache", f"{prefix}/sin_cache", "position_ids"],
+                [attn_out, present_k, present_v],
+                name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
+                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
+                rotary_interleaved=0, scale=float(head_dim**-0.5),
+            )
+        )  # fmt: skip
+        # The old Concats lose their outputs (the GQA node now writes present.*); o_proj reads GQA.
+        producer[present_k].output[0] = f"{prefix}/dead/{layer}/k"
+        producer[present_v].output[0] = f"{prefix}/dead/{layer}/v"
+        proj["o"].input[0] = attn_out
+    if dtype != TensorProto.FLOAT:
+        for init in shared_init[2:]:
+            init.CopyFrom(
+                numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+            )
+    graph.initializer.extend(shared_init)
+    graph.node.extend(shared + new_nodes)
+    if not any(op.domain == MS_DOMAIN for op in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    _topological_sort(graph)
+    return len(new_nodes), None
+
+
+def pack_projections(graph: Any) -> int:
+    """One MatMul for q/k/v (GQA reads packed QKV) and one for gate/up; returns MatMuls removed.
+
+    Fewer, wider MatMulNBits after int4 quantization: each call has a fixed cost (thread pool
+    dispatch, activation quantization) that at this model size is comparable to its arithmetic.
+    """
+    from onnx import helper, numpy_helper
+
+    weights = {init.name: init for init in graph.initializer}
+    by_name = {n.name: n for n in graph.node}
+    removed = 0
+
+    def weight(node: Any) -> np.ndarray | None:
+        if node is None or node.op_type != "MatMul" or node.input[1] not in weights:
+            return None
+        return numpy_helper.to_array(weights[node.input[1]])
+
+    def packed_matmul(nodes: list[Any], name: str) -> tuple[Any, list[int]] | None:
+        arrays = [weight(n) for n in nodes]
+        if any(a is None or a.ndim != 2 for a in arrays) or len({n.input[0] for n in nodes}) != 1:
+            return None
+        init = numpy_helper.from_array(np.concatenate(arrays, axis=1), f"{name}.weight")  # type: ignore[arg-type]
+        graph.initializer.append(init)
+        node = helper.make_node("MatMul", [nodes[0].input[0], init.name], [f"{name}_output_0"],
+                                name=f"{name}/MatMul")  # fmt: skip
+        graph.node.append(node)
+        return node, [int(a.shape[1]) for a in arrays]  # type: ignore[union-attr]
+
+    for gqa in [n for n in graph.node if n.op_type == "GroupQueryAttention"]:
+        layer = gqa.name.split("/")[2]  # "/model/layers.N/self_attn/GroupQueryAttention"
+        qkv = [by_name.get(f"/model/{layer}/self_attn/{x}_proj/MatMul") for x in "qkv"]
+        # Biased projections (Qwen2) keep their own MatMul + Add.
+        plain = [n.output[0] if n else None for n in qkv] == list(gqa.input[:3])
+        made = packed_matmul(qkv, f"/model/{layer}/self_attn/qkv_proj") if plain else None
+        if made:
+            gqa.input[0], gqa.input[1], gqa.input[2] = made[0].output[0], "", ""
+            removed += 2
+        mlp = [by_name[f"/model/{layer}/mlp/{x}_proj/MatMul"] for x in ("gate", "up")
+               if f"/model/{layer}/mlp/{x}_proj/MatMul" in by_name]  # fmt: skip
+        made = packed_matmul(mlp, f"/model/{layer}/mlp/gate_up_proj") if len(mlp) == 2 else None
+        if made:
+            split = numpy_helper.from_array(
+                np.array(made[1], np.int64), f"/model/{layer}/mlp/split"
+            )
+            graph.initializer.append(split)
+            graph.node.append(
+                helper.make_node("Split", [made[0].output[0], split.name],
+                                 [mlp[0].output[0], mlp[1].output[0]], axis=-1,
+                                 name=f"/model/{layer}/mlp/gate_up_proj/Split")
+            )  # fmt: skip
+            for old in mlp:
+                old.output[0] = f"{old.output[0]}/unpacked"
+            removed += 1
+    _topological_sort(graph)
+    return removed
+
+
+def _elem_type(graph: Any, name: str) -> int:
+    return int(next(i.type.tensor_type.elem_type for i in graph.input if i.name == name))
+
+
+def remove_dead_nodes(graph: Any) -> int:
+    """Drop nodes none of whose outputs reach a graph output, and initializers nobody reads."""
+    needed = {o.name for o in graph.output}
+    keep = []
+    for node in reversed(graph.node):
+        if any(out in needed for out in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
+            for attr in node.attribute:  # subgraphs (If/Loop) read outer names
+                for sub in [attr.g, *attr.graphs]:
+                    needed.update(i for n in sub.node for i in n.input)
+    removed = len(graph.node) - len(keep)
+    del graph.node[:]
+    graph.node.extend(reversed(keep))
+    unused = [init for init in graph.initializer if init.name not in needed]
+    for init in unused:
+        graph.initializer.remove(init)
+    value_info = [v for v in graph.value_info if v.name not in needed]
+    for v in value_info:
+        graph.value_info.remove(v)
+    return removed
+
+
+def _topological_sort(graph: Any) -> None:
+    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending = list(graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for node in pending:
+            if all(i in available for i in node.input):
+                ordered.append(node)
+                available.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a dangling input near {rest[0].name}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)

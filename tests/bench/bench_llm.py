@@ -1,0 +1,368 @@
+"""edgepipe int4 vs llama.cpp (Q4_0, Q8_0) on a random Llama with SmolLM-135M's shape, one run.
+
+Speed: greedy, batch 1, the same prompt ids, N new tokens, 2 threads; every runtime is timed in
+alternation, REPS rounds, and the table shows medians and the median per-round ratio of decode
+tok/s to llama.cpp Q4_0. Accuracy: next-token agreement and mean KL(fp32 || quantized) against
+PyTorch fp32 over edgepipe's evaluation texts, each text one forward pass.
+
+    make bench-llm                    # builds llama-cpp-python in its own venv once
+    python tests/bench/bench_llm.py --llama-python V/bin/python --llama-cpp SRC --work DIR
+
+``--work`` keeps the models between runs (they take minutes to build); ``--spin`` lets
+onnxruntime's idle threads busy-wait (faster on an idle machine, unfair when runtimes alternate).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepipe.runtime import bench
+from edgepipe.runtime.generator import Generator
+from edgepipe.tasks import embedding, generation
+
+HERE = Path(__file__).resolve().parent
+# SmolLM-135M's shape; the weights are random and the tokenizer is a small BPE trained in code,
+# padded to SmolLM's vocabulary (its ids are a subset).
+SMOLLM = dict(
+    vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+    tie_word_embeddings=True, rope_theta=10000.0, rms_norm_eps=1e-5,
+)  # fmt: skip
+PROMPT = (
+    "The quick brown fox jumps over the lazy dog while the model writes a short story about "
+    "edge devices."
+)
+
+
+def make_model(dest: Path) -> Path:
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
+
+    sys.path.insert(0, str(HERE.parent.parent))
+    from tests.decoders import train_bpe
+
+    if (dest / "model.safetensors").exists():
+        return dest
+    tokenizer = train_bpe("llama")
+    config = LlamaConfig(
+        **SMOLLM, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, do_sample=False
+    )
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def build_edgepipe_int4(hf: Path, work: Path) -> dict[str, Path]:
+    """TODO(switch): `edgepipe build --model hf --target laptop-avx2 --json` once llm-build lands.
+
+    Until then the same steps by hand: optimum export, the decoder graph rewrite, MatMulNBits int4
+    (block 32, symmetric, accuracy_level 4). The int4 model without the rewrite is kept to show
+    what the rewrite is worth in the same run.
+    """
+    from optimum.exporters.onnx import main_export
+
+    from edgepipe.stages import decoder_graph
+
+    export = work / "onnx-fp32"
+    if not (export / "model.onnx").exists():
+        main_export(str(hf), output=str(export), task="text-generation-with-past",
+                    do_validation=False)  # fmt: skip
+    rewritten = work / "onnx-fp32-gqa" / "model.onnx"
+    if not rewritten.exists():
+        rewritten.parent.mkdir(parents=True, exist_ok=True)
+        info = decoder_graph.optimize(export / "model.onnx", rewritten, config=_config(hf))
+        print(f"graph rewrite: {json.dumps({k: v for k, v in info.items() if k != 'op_counts'})}")
+    out = {"fp32": export / "model.onnx", "fp32 rewritten": rewritten}
+    for name, src in (("int4", export / "model.onnx"), ("int4 rewritten", rewritten)):
+        dst = work / name.replace(" ", "-") / "model.onnx"
+        if not dst.exists():
+            quantize_int4(src, dst)
+        out[name] = dst
+    return out
+
+
+def quantize_int4(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
+    quantizer = MatMulNBitsQuantizer(
+        onnx.load(str(src)), block_size=32, is_symmetric=True, accuracy_level=4, algo_config=algo
+    )
+    quantizer.process()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+def _config(hf: Path) -> dict[str, Any]:
+    return dict(json.loads((hf / "config.json").read_text()))
+
+
+def convert_gguf(hf: Path, llama_cpp: Path, dest: Path) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py, taught that this test tokenizer is plain byte-level BPE.
+
+    The script refuses pre-tokenizers it has no hash for, and tries SentencePiece first; neither
+    applies to a tokenizer trained in code, so both are patched for this one model.
+    """
+    if dest.exists():
+        return dest
+    script = f"""
+import runpy, sys
+sys.path[:0] = [{str(llama_cpp)!r}, {str(llama_cpp / "gguf-py")!r}]
+import conversion.base as base
+def byte_level_only(self, *args, **kwargs):
+    raise FileNotFoundError("random-weight test model: byte-level BPE tokenizer only")
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+base.TextModel._set_vocab_sentencepiece = byte_level_only
+base.TextModel._set_vocab_llama_hf = byte_level_only
+sys.argv = ["convert_hf_to_gguf.py", {str(hf)!r}, "--outfile", {str(dest)!r}, "--outtype", "f32"]
+runpy.run_path({str(llama_cpp / "convert_hf_to_gguf.py")!r}, run_name="__main__")
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, cwd=dest.parent)
+    return dest
+
+
+class LlamaCpp:
+    """The llama-cpp-python worker process (its own venv), one JSON line per request."""
+
+    def __init__(self, python: str) -> None:
+        self.proc = subprocess.Popen(
+            [python, str(HERE / "llamacpp_worker.py")], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, text=True, bufsize=1,
+        )  # fmt: skip
+
+    def __call__(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+        reply = json.loads(self.proc.stdout.readline())
+        if "error" in reply:
+            raise RuntimeError(f"llama.cpp worker, {op}: {reply['error']}")
+        return dict(reply)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+class IOBoundDecoder:
+    """Greedy decode with IO binding: each step's present OrtValues are bound as the next past.
+
+    The runtime-recipe candidate, timed next to Generator (plain run() with numpy feeds).
+    """
+
+    def __init__(self, session: Any, max_length: int) -> None:
+        self.session = session
+        inputs = {i.name: i for i in session.get_inputs()}
+        self.past = [n for n in inputs if n.startswith("past_key_values.")]
+        shape = inputs[self.past[0]].shape
+        self.empty = np.zeros((1, shape[1], 0, shape[3]), np.float32)
+        self.has_positions = "position_ids" in inputs
+        self.mask = np.ones((1, max_length), np.int64)
+        self.positions = np.arange(max_length, dtype=np.int64)[None, :]
+
+    def generate(self, ids: list[int], n: int) -> dict[str, Any]:
+        binding = self.session.io_binding()
+        for name in self.past:
+            binding.bind_cpu_input(name, self.empty)
+        step = np.asarray([ids], np.int64)
+        start, tokens, first = time.perf_counter(), [], 0.0
+        position = 0
+        while len(tokens) < n:
+            length = step.shape[1]
+            binding.bind_cpu_input("input_ids", step)
+            binding.bind_cpu_input("attention_mask", self.mask[:, : position + length])
+            if self.has_positions:
+                binding.bind_cpu_input(
+                    "position_ids", self.positions[:, position : position + length]
+                )
+            binding.bind_output("logits")
+            for name in self.past:
+                binding.bind_output(name.replace("past_key_values.", "present."))
+            self.session.run_with_iobinding(binding)
+            logits, *presents = binding.get_outputs()
+            tokens.append(int(np.argmax(logits.numpy()[0, -1])))
+            for name, value in zip(self.past, presents, strict=True):
+                binding.bind_ortvalue_input(name, value)
+            position += length
+            step = np.asarray([[tokens[-1]]], np.int64)
+            if len(tokens) == 1:
+                first = time.perf_counter()
+        done = time.perf_counter()
+        return {
+            "ttft_ms": (first - start) * 1e3,
+            "decode_tps": (n - 1) / (done - first),
+            "tokens": tokens,
+        }
+
+
+def edgepipe_generator(model: Path, hf: Path, threads: int, spin: bool) -> Generator:
+    config = generation.runtime_config(hf, model, threads, 1, ("CPUExecutionProvider",))
+    # No EOS: every run makes exactly N tokens, as llama.cpp's loop does.
+    config = dataclasses.replace(config, eos_token_ids=())
+    return Generator(model, hf / "tokenizer.json", config, threads=threads, spin=spin)
+
+
+def generator_run(gen: Generator, ids: list[int], n: int) -> dict[str, Any]:
+    out = gen.generate(ids, max_new_tokens=n)
+    return {
+        "ttft_ms": out.timings["time_to_first_token_ms"],
+        "decode_tps": out.timings["decode_tokens_per_s"],
+        "tokens": out.token_ids,
+    }
+
+
+def kl_and_agreement(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64) - x.max(axis=-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+    p, q = log_softmax(ref), log_softmax(test)
+    kl = float((np.exp(p) * (p - q)).sum(axis=-1).mean())
+    return kl, float((ref.argmax(-1) == test.argmax(-1)).mean())
+
+
+def accuracy(hf: Path, edge: dict[str, Generator], llama: LlamaCpp, llama_names: list[str],
+             work: Path, count: int) -> dict[str, tuple[float, float]]:  # fmt: skip
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tokenizer = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    texts = embedding.builtin_texts()[:count]
+    reference = AutoModelForCausalLM.from_pretrained(hf).eval()
+    totals: dict[str, list[tuple[float, float]]] = {}
+    for i, text in enumerate(texts):
+        ids = tokenizer.encode(text).ids[:128]
+        with torch.no_grad():
+            ref = reference(torch.tensor([ids])).logits[0].numpy()
+        scores = {name: gen.logits(ids) for name, gen in edge.items()}
+        for name in llama_names:
+            out = work / f"logits-{i}.npy"
+            llama("logits", name=f"{name} logits", ids=ids, out=str(out))
+            scores[name] = np.load(out)
+        for name, test in scores.items():
+            totals.setdefault(name, []).append(kl_and_agreement(ref, test))
+    return {n: (float(np.mean([v[0] for v in s])), float(np.mean([v[1] for v in s])))
+            for n, s in totals.items()}  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--llama-python", required=True, help="python of llama-cpp-python's venv")
+    parser.add_argument("--llama-cpp", type=Path, required=True,
+                        help="llama.cpp sources (the sdist's vendor/llama.cpp), for the converter")  # fmt: skip
+    parser.add_argument("--work", type=Path, help="keep the models here (default: a temp dir)")
+    parser.add_argument("--reps", type=int, default=int(os.environ.get("REPS", 5)))
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--texts", type=int, default=16, help="texts for the accuracy columns")
+    parser.add_argument("--spin", action="store_true", help="onnxruntime threads busy-wait")
+    parser.add_argument("--no-q8", action="store_true", help="skip llama.cpp Q8_0")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    with tempfile.TemporaryDirectory(prefix="edgepipe-llmbench-") as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        run(args, work.resolve())
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    hf = make_model(work / "hf")
+    onnx_models = build_edgepipe_int4(hf, work)
+    llama = LlamaCpp(args.llama_python)
+    ggufs = {"llama.cpp f32": convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")}
+    for ftype in ("Q4_0",) if args.no_q8 else ("Q4_0", "Q8_0"):
+        dst = work / f"{ftype}.gguf"
+        if not dst.exists():
+            llama("quantize", src=str(ggufs["llama.cpp f32"]), dst=str(dst), ftype=ftype)
+        ggufs[f"llama.cpp {ftype}"] = dst
+    timed_gguf = [n for n in ggufs if n != "llama.cpp f32"]
+    for name in timed_gguf:
+        llama("load", name=name, path=str(ggufs[name]), threads=args.threads)
+    from tokenizers import Tokenizer
+
+    ids = Tokenizer.from_file(str(hf / "tokenizer.json")).encode(PROMPT).ids
+    gens = {
+        "edgepipe int4": edgepipe_generator(onnx_models["int4 rewritten"], hf, args.threads, args.spin),
+        "edgepipe int4, no rewrite": edgepipe_generator(onnx_models["int4"], hf, args.threads, args.spin),
+    }  # fmt: skip
+    iobound = IOBoundDecoder(gens["edgepipe int4"].session, 2048)
+    n = args.new_tokens
+    calls = {
+        "edgepipe int4": lambda: generator_run(gens["edgepipe int4"], ids, n),
+        "edgepipe int4, IO binding loop": lambda: iobound.generate(ids, n),
+        "edgepipe int4, no rewrite": lambda: generator_run(gens["edgepipe int4, no rewrite"], ids, n),
+        **{name: (lambda name=name: llama("generate", name=name, ids=ids, n=n)) for name in timed_gguf},
+    }  # fmt: skip
+    for call in calls.values():  # warm-up: first-run allocations, page cache
+        call()
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
+    for _ in range(args.reps):
+        for name, call in calls.items():
+            results[name].append(call())
+    for name in timed_gguf:
+        llama("load", name=f"{name} logits", path=str(ggufs[name]), threads=args.threads,
+              logits_all=True)  # fmt: skip
+    scores = accuracy(hf, gens, llama, timed_gguf, work, args.texts)
+    llama.close()
+    sizes = {
+        "edgepipe int4": onnx_models["int4 rewritten"],
+        "edgepipe int4, IO binding loop": onnx_models["int4 rewritten"],
+        "edgepipe int4, no rewrite": onnx_models["int4"],
+        **ggufs,
+    }
+    report(args, ids, results, {k: p.stat().st_size / 1e6 for k, p in sizes.items()}, scores)
+
+
+def report(args: argparse.Namespace, ids: list[int], results: dict[str, list[dict[str, Any]]],
+           sizes: dict[str, float], scores: dict[str, tuple[float, float]]) -> None:  # fmt: skip
+    base = np.array([r["decode_tps"] for r in results["llama.cpp Q4_0"]])
+    print(
+        f"random Llama, SmolLM-135M shape; prompt {len(ids)} tokens, greedy {args.new_tokens} new "
+        f"tokens, {args.threads} threads, {args.reps} alternating rounds, onnxruntime spin "
+        f"{'on' if args.spin else 'off'}"
+    )
+    print(f"host: {bench.host_info()}")
+    print(f"{'runtime':<32} {'MB':>6} {'size/Q4_0':>9} {'TTFT ms':>8} {'decode tok/s':>12} "
+          f"{'(min-max)':>13} {'vs Q4_0':>8} {'agree':>6} {'KL':>8}")  # fmt: skip
+    for name, runs in results.items():
+        tps = np.array([r["decode_tps"] for r in runs])
+        ttft = np.median([r["ttft_ms"] for r in runs])
+        same_model = "edgepipe int4" if name == "edgepipe int4, IO binding loop" else name
+        kl, agree = scores.get(same_model, (float("nan"), float("nan")))
+        print(
+            f"{name:<32} {sizes[name]:6.1f} {sizes[name] / sizes['llama.cpp Q4_0']:9.2f} "
+            f"{ttft:8.1f} {np.median(tps):12.1f} {f'({tps.min():.0f}-{tps.max():.0f})':>13} "
+            f"{np.median(tps / base):7.2f}x {agree:6.3f} {kl:8.4f}"
+        )
+    same = (
+        results["edgepipe int4"][0]["tokens"]
+        == results["edgepipe int4, IO binding loop"][0]["tokens"]
+    )
+    print(f"IO binding loop tokens == Generator tokens: {same}")
+    print("accuracy: next-token agreement and mean KL(fp32 || quantized) vs PyTorch fp32, "
+          f"{args.texts} texts, one forward pass each")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""llama.cpp side of bench_llm.py, run in llama-cpp-python's own venv: one JSON command per line.
+
+Commands: quantize {src, dst, ftype}; load {name, path, threads, logits_all}; generate {name, ids, n}
+(greedy: argmax of the last row, as the edgepipe side does); logits {name, ids, out} (saves .npy).
+Every reply is one JSON line on stdout; llama.cpp's own logging goes to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import llama_cpp
+import numpy as np
+
+FTYPES = {"Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0}
+models: dict[str, llama_cpp.Llama] = {}
+
+
+def quantize(src: str, dst: str, ftype: str) -> dict:
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = FTYPES[ftype]
+    params.nthread = 2
+    rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), params)
+    return {"rc": int(rc)}
+
+
+def load(name: str, path: str, threads: int, logits_all: bool = False) -> dict:
+    models[name] = llama_cpp.Llama(
+        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+        n_batch=512, logits_all=logits_all, verbose=False,
+    )  # fmt: skip
+    return {"n_vocab": models[name].n_vocab()}
+
+
+def generate(name: str, ids: list[int], n: int) -> dict:
+    llm = models[name]
+    llm.reset()
+    start = time.perf_counter()
+    llm.eval(ids)
+    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    first = time.perf_counter()
+    while len(tokens) < n:
+        llm.eval([tokens[-1]])
+        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    done = time.perf_counter()
+    return {
+        "ttft_ms": (first - start) * 1e3,
+        "decode_tps": (n - 1) / (done - first),
+        "tokens": tokens,
+    }
+
+
+def logits(name: str, ids: list[int], out: str) -> dict:
+    llm = models[name]
+    llm.reset()
+    llm.eval(ids)
+    np.save(out, np.asarray(llm.scores[: len(ids)], dtype=np.float32))
+    return {"rows": len(ids)}
+
+
+def main() -> None:
+    commands = {"quantize": quantize, "load": load, "generate": generate, "logits": logits}
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            reply = commands[request.pop("op")](**request)
+        except Exception as exc:  # reported to the driver, which raises it there
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(reply), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""The GroupQueryAttention rewrite keeps the model's I/O and its numbers (tiny Llama and Qwen2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from edgepipe.stages import decoder_graph
+from tests.decoders import make_tiny_decoder, train_bpe
+
+
+def make_decoder(kind: str, dest: Path) -> Path:
+    """A 2-layer ``kind`` model with head_dim 16: GroupQueryAttention's CPU kernel needs a
+    multiple of 16, which make_tiny_decoder's head_dim 8 is not."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    tokenizer = train_bpe(kind)
+    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[kind]
+    config = config_class(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).eval().save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def export(model_dir: Path, out: Path) -> Path:
+    from optimum.exporters.onnx import main_export
+
+    main_export(str(model_dir), output=str(out), task="text-generation-with-past",
+                do_validation=False)  # fmt: skip
+    return out / "model.onnx"
+
+
+def run_steps(path: Path, ids: list[int], split: int) -> tuple[np.ndarray, list[int]]:
+    """Logits of a prefill of ids[:split] then one pass over the rest with the cache, and the
+    greedy continuation of 8 tokens."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    shape = inputs["past_key_values.0.key"].shape
+    names = [o.name for o in session.get_outputs()]
+    empty = np.zeros((1, shape[1], 0, shape[3]), np.float32)
+    feeds: dict[str, np.ndarray] = {n: empty for n in inputs if n.startswith("past_key_values.")}
+
+    def forward(chunk: list[int], start: int) -> np.ndarray:
+        end = start + len(chunk)
+        feeds.update(
+            input_ids=np.asarray([chunk], np.int64),
+            attention_mask=np.ones((1, end), np.int64),
+            position_ids=np.arange(start, end, dtype=np.int64)[None],
+        )
+        logits, *presents = session.run(names, feeds)
+        for name, value in zip(names[1:], presents, strict=True):
+            feeds[name.replace("present.", "past_key_values.")] = value
+        return np.asarray(logits[0])
+
+    logits = np.concatenate([forward(ids[:split], 0), forward(ids[split:], split)])
+    tokens, position = [int(logits[-1].argmax())], len(ids)
+    while len(tokens) < 8:
+        tokens.append(int(forward(tokens[-1:], position)[-1].argmax()))
+        position += 1
+    return logits, tokens
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2"])
+def test_rewrite_matches_the_export(kind: str, tmp_path: Path) -> None:
+    model_dir = make_decoder(kind, tmp_path / "hf")
+    original = export(model_dir, tmp_path / "onnx")
+    rewritten = tmp_path / "gqa.onnx"
+    info = decoder_graph.optimize(original, rewritten)
+
+    assert info["skipped"] is None
+    assert info["attention_layers_fused"] == 2
+    assert info["op_counts"]["GroupQueryAttention"] == 2
+    assert info["nodes_after"] < info["nodes_before"] / 3
+    # Llama packs q/k/v and gate/up (3 MatMuls fewer per layer); Qwen2's biased q/k/v stay.
+    assert info["matmuls_packed"] == (6 if kind == "llama" else 2)
+    before, after = onnx.load(str(original)).graph, onnx.load(str(rewritten)).graph
+    assert [i.name for i in after.input] == [i.name for i in before.input]
+    assert [o.name for o in after.output] == [o.name for o in before.output]
+
+    ids = list(range(3, 23))
+    expected, expected_tokens = run_steps(original, ids, split=15)
+    actual, tokens = run_steps(rewritten, ids, split=15)
+    np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
+    assert tokens == expected_tokens
+
+
+def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
+    model_dir = make_tiny_decoder("llama", tmp_path / "hf")  # head_dim 8
+    original = export(model_dir, tmp_path / "onnx")
+    info = decoder_graph.optimize(original, tmp_path / "same.onnx")
+    assert info["attention_layers_fused"] == 0
+    assert "head_dim 8" in info["skipped"]
+    config = {
+        "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
+        "max_position_embeddings": 256, "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+    }  # fmt: skip
+    info = decoder_graph.optimize(original, tmp_path / "same.onnx", config=config)
+    assert "rope_scaling" in info["skipped"]
+    assert "GroupQueryAttention" not in info["op_counts"]
+    assert info["nodes_after"] == info["nodes_before"]
