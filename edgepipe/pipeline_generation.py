@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Any
 
 from . import sources
 from .config import Profile
@@ -107,7 +108,10 @@ def run_generation_stages(
     wheel_dir, downloaded = run_wheels(spec, stage, work, requirements_txt)
 
     export_cfg = export.ExportConfig(
-        task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code, dedupe_tied=True
+        task=EXPORT_TASKS[source.task],
+        trust_remote_code=source.trust_remote_code,
+        dedupe_tied=True,
+        fuse_attention=True,
     )
     exported = stage(
         "export", export_cfg, {"source": source.digest},
@@ -124,7 +128,8 @@ def run_generation_stages(
             f" (tied embeddings stored once: {tied['size_bytes_before'] / 1e6:.1f} MB before)"
             if tied.get("initializers_dropped")
             else ""
-        ),
+        )
+        + _graph_summary(exported.get("graph", {})),
     )
     runtime = generation.runtime_config(
         source.path,
@@ -262,3 +267,12 @@ def run_generation_stages(
         dest, staging / f"{name}.tar.gz", manifest, stage.seconds, stage.cached,
         attempts_table(attempts),
     )  # fmt: skip
+
+
+def _graph_summary(graph: dict[str, Any]) -> str:
+    if graph.get("attention_layers_fused"):
+        return (
+            f", attention fused in {graph['attention_layers_fused']} layers "
+            f"({graph['nodes_before']} -> {graph['nodes_after']} nodes)"
+        )
+    return f", attention as exported ({graph['skipped']})" if graph.get("skipped") else ""

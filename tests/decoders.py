@@ -63,8 +63,11 @@ def train_bpe(kind: str, vocab_size: int = 384):
     return fast
 
 
-def make_tiny_decoder(kind: str, dest: Path, seed: int = 0, tied: bool = True) -> Path:
-    """Save a 2-layer, hidden-32 random ``kind`` model and its tokenizer to ``dest``."""
+def make_tiny_decoder(
+    kind: str, dest: Path, seed: int = 0, tied: bool = True, hidden: int = 64
+) -> Path:
+    """Save a 2-layer random ``kind`` model (4 heads: head_dim 16 at hidden 64, the smallest
+    GroupQueryAttention's CPU kernel takes) and its tokenizer to ``dest``."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -79,20 +82,20 @@ def make_tiny_decoder(kind: str, dest: Path, seed: int = 0, tied: bool = True) -
     eos = tokenizer.eos_token_id
     if kind == "llama":
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
             initializer_range=0.2,
         )  # fmt: skip
     elif kind == "qwen2":
         config = Qwen2Config(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             tie_word_embeddings=tied, eos_token_id=eos, initializer_range=0.2,
         )  # fmt: skip
     elif kind == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=2, n_head=4, n_positions=256,
+            vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=4, n_positions=256,
             bos_token_id=eos, eos_token_id=eos, initializer_range=0.2,
         )  # fmt: skip
     else:

@@ -124,8 +124,9 @@ def test_int4_graph_shares_one_quantized_table(int4_builds, kind):
     assert gather.input[0] == lm_head.input[1]  # tied: one packed table for both
     inits = {t.name for t in graph.initializer}
     vocab = json.loads((Path(summary["bundle_dir"]) / "tokenizer" / "tokenizer.json").read_text())
+    hidden = 64  # make_tiny_decoder's default
     tables = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT
-              and list(t.dims) == [len(vocab["model"]["vocab"]), 32]]  # fmt: skip
+              and len(vocab["model"]["vocab"]) * hidden in (int(np.prod(t.dims)),)]  # fmt: skip
     assert tables == []  # no float copy of the embedding table is left
     assert gather.input[0] in inits
     outputs = [o.name for o in graph.output]
@@ -135,26 +136,40 @@ def test_int4_graph_shares_one_quantized_table(int4_builds, kind):
 def test_tied_embeddings_are_stored_once(int4_builds, decoders, tmp_path):
     from edgepipe.runtime.generator import Generator
     from edgepipe.stages import export
-
-    summary, work = int4_builds["llama"]
-    tied = manifest(summary)["stages"]["export"]["tied"]
-    deduped = work / "export" / "model.onnx"
-    plain = tmp_path / "plain"
-    plain.mkdir()
-    export.run(export.ExportConfig(task="text-generation-with-past"), decoders["llama"], plain)
-    assert tied["initializers_dropped"] == 1
-    assert tied["size_bytes_before"] == (plain / "model.onnx").stat().st_size
-    assert tied["size_bytes_after"] == deduped.stat().st_size < tied["size_bytes_before"]
-    count = {p: len(onnx.load(str(p)).graph.initializer) for p in (deduped, plain / "model.onnx")}
-    assert count[deduped] == count[plain / "model.onnx"] - 1
     from edgepipe.tasks.generation import runtime_config
 
+    summary, work = int4_builds["llama"]
+    recorded = manifest(summary)["stages"]["export"]["tied"]
+    models = {}
+    for dedupe in (False, True):
+        dest = tmp_path / f"dedupe-{dedupe}"
+        dest.mkdir()
+        config = export.ExportConfig(task="text-generation-with-past", dedupe_tied=dedupe)
+        export.run(config, decoders["llama"], dest)
+        models[dedupe] = dest / "model.onnx"
+    plain, deduped = models[False], models[True]
+    # The build recorded what this export measures: the same file before and after.
+    assert recorded["initializers_dropped"] == 1
+    assert recorded["size_bytes_before"] == plain.stat().st_size
+    assert recorded["size_bytes_after"] == deduped.stat().st_size < plain.stat().st_size
+    count = {p: len(onnx.load(str(p)).graph.initializer) for p in (deduped, plain)}
+    assert count[deduped] == count[plain] - 1
     config = runtime_config(decoders["llama"], deduped, 2, 1, ["CPUExecutionProvider"])
     tok = work / "export" / "tokenizer" / "tokenizer.json"
     ids = [1, 40, 41, 42, 43, 44]
     a = Generator(deduped, tok, config).logits(ids)
-    b = Generator(plain / "model.onnx", tok, config).logits(ids)
+    b = Generator(plain, tok, config).logits(ids)
     np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_llama_attention_is_fused_in_the_build(int4_builds):
+    graph = manifest(int4_builds["llama"][0])["stages"]["export"]["graph"]
+    assert graph["attention_layers_fused"] == 2 and graph["skipped"] is None
+    assert graph["nodes_after"] < graph["nodes_before"] / 3
+    model = onnx.load(str(Path(int4_builds["llama"][0]["bundle_dir"]) / "model" / "model.onnx"))
+    assert [n.op_type for n in model.graph.node].count("GroupQueryAttention") == 2
+    gpt2 = manifest(int4_builds["gpt2"][0])["stages"]["export"]["graph"]
+    assert gpt2["attention_layers_fused"] == 0 and "gpt2" in gpt2["skipped"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

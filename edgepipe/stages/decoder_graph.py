@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 
 MS_DOMAIN = "com.microsoft"
+# Llama-style layers (q/k/v/o_proj, RoPE); phi3 packs qkv_proj and gpt2 has no RoPE.
+FUSABLE = ("llama", "mistral", "qwen2")
 _PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
 
 
@@ -71,6 +73,19 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
     from onnx import TensorProto, helper, numpy_helper
 
     graph = model.graph
+    model_type = config.get("model_type")
+    if model_type not in FUSABLE:
+        return (
+            0,
+            f"no attention rewrite for model_type {model_type!r} ({', '.join(FUSABLE)} have one)",
+        )
+    window = config.get("sliding_window")
+    windowed = model_type == "mistral" or config.get("use_sliding_window")
+    if windowed and window and window < config.get("max_position_embeddings", 0):
+        return (
+            0,
+            f"sliding-window attention ({window} of {config['max_position_embeddings']} tokens)",
+        )
     scaling = config.get("rope_scaling") or {}
     if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
         return 0, f"rope_scaling {scaling} is not the default RoPE"

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StageError
-from . import digests, tied
+from . import decoder_graph, digests, tied
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -36,6 +36,11 @@ class ExportConfig(BaseModel):
     dedupe_tied: bool = Field(
         default=False,
         description="Store a tied embedding table once (the lm_head reads it transposed).",
+    )
+    fuse_attention: bool = Field(
+        default=False,
+        description="Decoders: rewrite each layer's attention to one GroupQueryAttention node "
+        "(decoder_graph.optimize); models it cannot take are left as exported.",
     )
 
 
@@ -118,4 +123,8 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
             "size_bytes_before": before,
             "size_bytes_after": (out / "model.onnx").stat().st_size,
         }
+    if config.fuse_attention:
+        hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        graph = decoder_graph.optimize(out / "model.onnx", out / "model.onnx", hf_config)
+        record["graph"] = {k: v for k, v in graph.items() if k != "op_counts"}
     return {"outputs": digests(out), "max_length": max_length(model_dir), **record}

@@ -15,7 +15,7 @@ from tests.decoders import make_tiny_decoder, train_bpe
 
 def make_decoder(kind: str, dest: Path) -> Path:
     """A 2-layer ``kind`` model with head_dim 16: GroupQueryAttention's CPU kernel needs a
-    multiple of 16, which make_tiny_decoder's head_dim 8 is not."""
+    multiple of 16, which make_tiny_decoder(hidden=32)'s head_dim 8 is not."""
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 
@@ -95,16 +95,22 @@ def test_rewrite_matches_the_export(kind: str, tmp_path: Path) -> None:
 
 
 def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
-    model_dir = make_tiny_decoder("llama", tmp_path / "hf")  # head_dim 8
+    model_dir = make_tiny_decoder("llama", tmp_path / "hf", hidden=32)  # head_dim 8
     original = export(model_dir, tmp_path / "onnx")
     info = decoder_graph.optimize(original, tmp_path / "same.onnx")
     assert info["attention_layers_fused"] == 0
     assert "head_dim 8" in info["skipped"]
     config = {
-        "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
+        "model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
         "max_position_embeddings": 256, "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
     }  # fmt: skip
     info = decoder_graph.optimize(original, tmp_path / "same.onnx", config=config)
     assert "rope_scaling" in info["skipped"]
     assert "GroupQueryAttention" not in info["op_counts"]
     assert info["nodes_after"] == info["nodes_before"]
+    for other, why in (
+        ({"model_type": "gpt2"}, "model_type 'gpt2'"),
+        ({"model_type": "mistral", "sliding_window": 64}, "sliding-window"),
+    ):
+        info = decoder_graph.optimize(original, tmp_path / "same.onnx", config={**config, **other})
+        assert why in info["skipped"] and info["attention_layers_fused"] == 0
