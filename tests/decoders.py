@@ -16,6 +16,8 @@ CHATML = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 KINDS = ("llama", "qwen2", "gpt2")
+# Built too by the pipeline tests: the other model types edgepipe supports.
+MORE_KINDS = ("mistral", "phi3")
 
 
 def train_bpe(kind: str, vocab_size: int = 384):
@@ -26,6 +28,7 @@ def train_bpe(kind: str, vocab_size: int = 384):
 
     from edgepipe.tasks.embedding import builtin_texts
 
+    kind = "llama" if kind in MORE_KINDS else kind  # Mistral and Phi-3 use Llama's specials
     specials = {
         "llama": ["<unk>", "<s>", "</s>"],
         "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
@@ -74,6 +77,8 @@ def make_tiny_decoder(
         GenerationConfig,
         GPT2Config,
         LlamaConfig,
+        MistralConfig,
+        Phi3Config,
         Qwen2Config,
     )
 
@@ -85,6 +90,21 @@ def make_tiny_decoder(
             vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
             tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+            initializer_range=0.2,
+        )  # fmt: skip
+    elif kind == "mistral":
+        config = MistralConfig(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+            initializer_range=0.2,
+        )  # fmt: skip
+    elif kind == "phi3":
+        config = Phi3Config(
+            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+            original_max_position_embeddings=256, tie_word_embeddings=tied,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos,
             initializer_range=0.2,
         )  # fmt: skip
     elif kind == "qwen2":
@@ -99,7 +119,7 @@ def make_tiny_decoder(
             bos_token_id=eos, eos_token_id=eos, initializer_range=0.2,
         )  # fmt: skip
     else:
-        raise ValueError(f"unknown decoder kind {kind!r}; one of {KINDS}")
+        raise ValueError(f"unknown decoder kind {kind!r}; one of {KINDS + MORE_KINDS}")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
     model.generation_config = GenerationConfig(

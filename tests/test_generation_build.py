@@ -15,12 +15,12 @@ import pytest
 from click.testing import CliRunner
 
 from edgepipe.cli import main
-from tests.decoders import KINDS, make_tiny_decoder
+from tests.decoders import KINDS, MORE_KINDS, make_tiny_decoder
 
-# Hidden size 32: block 16 gives each row two blocks (block 32 would be one scale per row).
+# Hidden size 64: block 16 gives each row four blocks (block 64 would be one scale per row).
 TINY_INT4 = """\
 name: tiny-int4
-description: int4 with a bar a random 2-layer, 32-wide decoder can meet
+description: int4 with a bar a random 2-layer, 64-wide decoder can meet
 method: int4
 task_kinds: [generation]
 weight_only: {block_size: 16, accuracy_level: 4, symmetric: true, embedding_bits: 4}
@@ -40,7 +40,7 @@ def summary_of(result) -> dict:
 @pytest.fixture(scope="module")
 def decoders(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("decoders")
-    return {kind: make_tiny_decoder(kind, root / f"tiny-{kind}") for kind in KINDS}
+    return {kind: make_tiny_decoder(kind, root / f"tiny-{kind}") for kind in KINDS + MORE_KINDS}
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_llama_attention_is_fused_in_the_build(int4_builds):
     assert gpt2["attention_layers_fused"] == 0 and "gpt2" in gpt2["skipped"]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + MORE_KINDS)
 def test_fp32_build_agrees_with_itself(fp32_builds, kind):
     summary = fp32_builds[kind]
     assert cli("verify", summary["bundle_dir"]).exit_code == 0
@@ -182,12 +182,7 @@ def test_fp32_build_agrees_with_itself(fp32_builds, kind):
     assert m["accuracy"]["model"]["mean_kl"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_fp32_bench_and_greedy_tokens_match_transformers(fp32_builds, decoders):
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from edgepipe.runtime.generator import Generator
-
+def test_fp32_bench_keys(fp32_builds):
     summary = fp32_builds["llama"]
     bench = manifest(summary)["bench"]
     for side in ("model", "fp32"):
@@ -196,14 +191,36 @@ def test_fp32_bench_and_greedy_tokens_match_transformers(fp32_builds, decoders):
     assert bench["new_tokens"] == 64 and bench["greedy_tokens_equal_fp32"] is True
     assert summary["decode_tokens_per_s"] == bench["model"]["decode_tokens_per_s"]
 
-    generator = Generator.from_bundle(Path(summary["bundle_dir"]))
-    ids = generator.encode("The kitchen lights are")
-    got = generator.generate(ids, max_new_tokens=16)
-    model = AutoModelForCausalLM.from_pretrained(str(decoders["llama"])).eval()
-    with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False)
-    expected = out[0, len(ids) :].tolist()
-    assert got.token_ids == expected[: len(got.token_ids)] and len(got.token_ids) >= 1
+
+@pytest.mark.parametrize("kind", KINDS + MORE_KINDS)
+def test_fp32_bundle_greedy_tokens_equal_transformers(fp32_builds, decoders, kind):
+    """The bundle as built (tied table stored once, attention fused where the model allows)
+    generates exactly transformers' greedy tokens, 16 of them, for every supported model type."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgepipe.runtime.generator import Generator
+
+    bundle = Path(fp32_builds[kind]["bundle_dir"])
+    generator = Generator.from_bundle(bundle)
+    eos = set(generator.config.eos_token_ids)
+    # EOS off on both sides, so that neither stops early and transformers' min_new_tokens (which
+    # bans EOS) cannot change its choice: a fair comparison needs EOS absent from the tokens.
+    generator.config = dataclasses.replace(generator.config, eos_token_ids=())
+    generator.eos = frozenset()
+    model = AutoModelForCausalLM.from_pretrained(str(decoders[kind])).eval()
+    for prompt in ("The kitchen lights are", "turn on the lights", "12 + 30 ="):
+        ids = generator.encode(prompt)
+        got = generator.generate(ids, max_new_tokens=16).token_ids
+        with torch.inference_mode():
+            out = model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=16, min_new_tokens=16, do_sample=False,
+            )  # fmt: skip
+        assert eos and not eos.intersection(got)
+        assert got == out[0, len(ids) :].tolist(), f"{kind}: {prompt!r}"
 
 
 def test_default_profile_comes_from_the_task_and_falls_back(decoders, tmp_path):

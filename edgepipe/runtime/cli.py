@@ -141,9 +141,6 @@ def _generate(root: Path, args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C ends a long generation: no traceback
         print(file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the shell's tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
     except OptionError as exc:
         raise UsageError(str(exc)) from None
     except PromptError as exc:
@@ -311,6 +308,9 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_SETUP
+    except BrokenPipeError:  # the reader left (`| head`): stop quietly, as the shell's tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT

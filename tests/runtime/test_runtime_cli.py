@@ -94,3 +94,17 @@ def test_missing_requirements_are_one_line_naming_the_fix(tiny_bundle):
         timeout=60,
     )
     assert verify.returncode == 0  # integrity checks need nothing but the standard library
+
+
+@pytest.mark.parametrize("command", [["info"], ["embed", "one", "two"]])
+def test_a_reader_that_leaves_ends_the_command_quietly(tiny_bundle, command):
+    proc = subprocess.Popen(
+        [sys.executable, str(tiny_bundle.bundle_dir), *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `| head` does once it has read enough
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141
+    assert b"Traceback" not in stderr
