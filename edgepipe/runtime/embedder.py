@@ -61,6 +61,21 @@ def session_options(
     return opts
 
 
+def open_session(
+    model: Path,
+    intra_op_threads: int,
+    inter_op_threads: int,
+    providers: Sequence[str],
+    spin: bool = True,
+) -> ort.InferenceSession:
+    """A session with a bundle's settings, on the wanted providers this build has."""
+    return ort.InferenceSession(
+        str(model),
+        sess_options=session_options(intra_op_threads, inter_op_threads, spin),
+        providers=usable_providers(providers),
+    )
+
+
 def usable_providers(wanted: Sequence[str]) -> list[str]:
     """The wanted providers this onnxruntime build has, in order; the CPU provider at worst."""
     available = set(ort.get_available_providers())
@@ -99,10 +114,8 @@ class Embedder:
     ) -> None:
         self.config = config
         intra = host_threads(config.intra_op_threads) if threads is None else threads
-        self.session = ort.InferenceSession(
-            str(model_path),
-            sess_options=session_options(intra, config.inter_op_threads, spin),
-            providers=usable_providers(config.providers),
+        self.session = open_session(
+            model_path, intra, config.inter_op_threads, config.providers, spin
         )
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))

@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from .embedder import host_threads, session_options, usable_providers
+from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
 
 PAST = "past_key_values."
@@ -278,11 +277,7 @@ class Generator:
     ) -> None:
         self.config = config
         intra = host_threads(config.intra_op_threads) if threads is None else threads
-        self.session = ort.InferenceSession(
-            str(model),
-            sess_options=session_options(intra, config.inter_op_threads, spin),
-            providers=usable_providers(config.providers),
-        )
+        self.session = open_session(model, intra, config.inter_op_threads, config.providers, spin)
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith(PAST)]
         if not self.past_names or "input_ids" not in inputs:

@@ -23,8 +23,7 @@ from .embedder import (
     EmbeddingConfig,
     encoder_feeds,
     host_threads,
-    session_options,
-    usable_providers,
+    open_session,
 )
 from .integrity import read_manifest, sha256_file
 
@@ -99,11 +98,7 @@ def _load(
     """The session with the target's settings, and how long creating it took (ms)."""
     start = time.perf_counter()
     try:
-        session = ort.InferenceSession(
-            str(path),
-            sess_options=session_options(threads, runtime.inter_op_threads, spin),
-            providers=usable_providers(runtime.providers),
-        )
+        session = open_session(path, threads, runtime.inter_op_threads, runtime.providers, spin)
     # onnxruntime raises its own exception types (InvalidProtobuf, NoSuchFile, Fail, ...).
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
