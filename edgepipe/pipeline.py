@@ -28,6 +28,7 @@ from .onnx_checks import check_external_data, check_runtime_support
 from .recipes import Attempt, Recipes
 from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
+from .runtime.generator import GenerationConfig
 from .runtime.integrity import read_manifest, sha256_file, verify_dir
 from .stages import bench, bundle, export, quantize, reference, wheels
 from .tasks import embedding
@@ -391,6 +392,23 @@ def _run_stages(
         attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
         return attempt.bench
 
+    chosen = choose(spec, passing, measure, cost=lambda a: a.p50_ms or float("inf"))
+    return write_bundle(
+        spec, stage, report, chosen, recipes.attempts,
+        name=name, staging=staging, source=source, profiles=profiles, runtime=runtime,
+        tokenizer_dir=tokenizer_dir, requirements_txt=requirements_txt, specs=specs,
+        wheel_dir=wheel_dir, downloaded=downloaded, fp32_onnx=referenced["fp32_onnx"],
+    )  # fmt: skip
+
+
+def choose(
+    spec: BuildSpec,
+    passing: list[Attempt],
+    measure: Callable[[Attempt], object],
+    cost: Callable[[Attempt], float],
+) -> Attempt:
+    """The first passing attempt, benchmarked unless --no-bench; with --search, every passing one
+    benchmarked and the one of least ``cost`` (the first of equals) kept."""
     if spec.search and not spec.bench:
         raise ConfigError(
             "--search picks the fastest recipe, so it needs the bench stage: drop --no-bench"
@@ -398,31 +416,53 @@ def _run_stages(
     if spec.search:
         for attempt in passing:
             measure(attempt)
-        chosen = min(passing, key=lambda a: a.p50_ms or float("inf"))
-    else:
-        chosen = passing[0]
-        if spec.bench:
-            measure(chosen)
+        return min(passing, key=cost)
+    if spec.bench:
+        measure(passing[0])
+    return passing[0]
+
+
+# The manifest's "stages": each record key of the chosen attempt's stages, where the build ran it.
+def _chosen_records(stage: StageRunner, chosen: Attempt) -> dict[str, dict[str, Any]]:
+    keys = (
+        ("export", "export"), ("reference", "reference"),
+        ("quantize", f"quantize/{chosen.label}"), ("evaluate", f"evaluate/{chosen.label}"),
+        ("bench", f"bench/{chosen.label}"), ("wheels", "wheels"),
+        ("sensitivity", f"sensitivity/{chosen.profile}"),
+    )  # fmt: skip
+    return {label: stage.records[key] for label, key in keys if key in stage.records}
+
+
+def write_bundle(
+    spec: BuildSpec,
+    stage: StageRunner,
+    report: Progress,
+    chosen: Attempt,
+    attempts: list[Attempt],
+    *,
+    name: str,
+    staging: Path,
+    source: sources.ModelSource,
+    profiles: list[Profile],
+    runtime: EmbeddingConfig | GenerationConfig,
+    tokenizer_dir: Path,
+    requirements_txt: str,
+    specs: dict[str, str],
+    wheel_dir: Path | None,
+    downloaded: dict[str, Any] | None,
+    fp32_onnx: dict[str, Any],
+) -> BuildResult:
+    """The bundle of the chosen attempt in ``staging/name``, its manifest and its archive."""
+    target = spec.target
     check_external_data(chosen.model)
     check_runtime_support(chosen.model, target)
-
     report("bundle", None)
     start = time.perf_counter()
     dest = staging / name
     bundle.assemble(dest, chosen.model, tokenizer_dir, runtime, requirements_txt, wheel_dir)
-    records = {
-        "export": stage.records["export"],
-        "reference": stage.records["reference"],
-        "quantize": stage.records[f"quantize/{chosen.label}"],
-        "evaluate": stage.records[f"evaluate/{chosen.label}"],
-    }
-    if f"bench/{chosen.label}" in stage.records:
-        records["bench"] = stage.records[f"bench/{chosen.label}"]
-    if "wheels" in stage.records:
-        records["wheels"] = stage.records["wheels"]
-    if f"sensitivity/{chosen.profile}" in stage.records:
-        records["sensitivity"] = stage.records[f"sensitivity/{chosen.profile}"]
+    records = _chosen_records(stage, chosen)
     chosen_profile = next(p for p in profiles if p.name == chosen.profile)
+    table = attempts_table(attempts)
     manifest = bundle.finish(
         dest,
         {
@@ -441,9 +481,9 @@ def _run_stages(
             "versions": versions(),
             "requirements": specs,
             **({"wheels": _wheels_entry(downloaded, target)} if downloaded else {}),
-            "accuracy": {**chosen.accuracy, "fp32_onnx": referenced["fp32_onnx"]},
+            "accuracy": {**chosen.accuracy, "fp32_onnx": fp32_onnx},
             "bench": chosen.bench,
-            "attempts": attempts_table(recipes.attempts),
+            "attempts": table,
             "stages": records,
         },
     )
@@ -451,12 +491,7 @@ def _run_stages(
     stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
     report("bundle", f"{name} ({len(manifest['files'])} files)")
     return BuildResult(
-        dest,
-        staging / f"{name}.tar.gz",
-        manifest,
-        stage.seconds,
-        stage.cached,
-        attempts_table(recipes.attempts),
+        dest, staging / f"{name}.tar.gz", manifest, stage.seconds, stage.cached, table
     )
 
 

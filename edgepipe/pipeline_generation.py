@@ -5,31 +5,30 @@ the work dir, lock, cache and atomic publish are pipeline.py's."""
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 
 from . import sources
 from .config import Profile
-from .errors import ConfigError, GuardError
-from .onnx_checks import check_external_data, check_runtime_support
+from .errors import GuardError
+from .onnx_checks import check_runtime_support
 from .pipeline import (
     BuildResult,
     BuildSpec,
     Progress,
     StageRunner,
     _fitting,
-    _wheels_entry,
     attempts_table,
+    choose,
     new_stage_runner,
     run_wheels,
-    versions,
+    write_bundle,
 )
 from .recipes import Attempt
 from .runtime.bench import host_info
 from .runtime.generator import GenerationConfig
 from .sources import EXPORT_TASKS
-from .stages import bench_generation, bundle, export, next_token, quantize
+from .stages import bench_generation, export, next_token, quantize
 from .tasks import generation
 
 
@@ -205,67 +204,15 @@ def run_generation_stages(
         )
         attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
 
-    if spec.search and not spec.bench:
-        raise ConfigError(
-            "--search picks the fastest recipe, so it needs the bench stage: drop --no-bench"
-        )
-    if spec.search:
-        for attempt in passing:
-            measure(attempt)
-        chosen = max(
-            passing, key=lambda a: a.bench["model"]["decode_tokens_per_s"] if a.bench else 0
-        )
-    else:
-        chosen = passing[0]
-        if spec.bench:
-            measure(chosen)
-    check_external_data(chosen.model)
-    check_runtime_support(chosen.model, target)
+    def decode_cost(attempt: Attempt) -> float:  # the fastest decode first
+        return -attempt.bench["model"]["decode_tokens_per_s"] if attempt.bench else 0.0
 
-    report("bundle", None)
-    start = time.perf_counter()
-    dest = staging / name
-    bundle.assemble(dest, chosen.model, tokenizer_dir, runtime, requirements_txt, wheel_dir)
-    records = {
-        label: stage.records[key]
-        for label, key in (
-            ("wheels", "wheels"), ("export", "export"), ("reference", "reference"),
-            ("quantize", f"quantize/{chosen.label}"), ("evaluate", f"evaluate/{chosen.label}"),
-            ("bench", f"bench/{chosen.label}"),
-        )
-        if key in stage.records
-    }  # fmt: skip
-    chosen_profile = next(p for p in profiles if p.name == chosen.profile)
-    manifest = bundle.finish(
-        dest,
-        {
-            "schema": "edgepipe.bundle/1",
-            "name": name,
-            "task": source.task,
-            "model": {
-                "path": "model/model.onnx",
-                "sha256": records["quantize"]["outputs"]["model.onnx"],
-                "size_bytes": chosen.size_bytes,
-                "kept_float": [],
-                "source": source.describe(),
-            },
-            "target": target.model_dump(mode="json"),
-            "profile": chosen_profile.model_dump(mode="json"),
-            "versions": versions(),
-            "requirements": specs,
-            **({"wheels": _wheels_entry(downloaded, target)} if downloaded else {}),
-            "accuracy": {**chosen.accuracy, "fp32_onnx": fp32_onnx},
-            "bench": chosen.bench,
-            "attempts": attempts_table(attempts),
-            "stages": records,
-        },
-    )
-    bundle.write_archive(dest, staging / f"{name}.tar.gz")
-    stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
-    report("bundle", f"{name} ({len(manifest['files'])} files)")
-    return BuildResult(
-        dest, staging / f"{name}.tar.gz", manifest, stage.seconds, stage.cached,
-        attempts_table(attempts),
+    chosen = choose(spec, passing, measure, cost=decode_cost)
+    return write_bundle(
+        spec, stage, report, chosen, attempts,
+        name=name, staging=staging, source=source, profiles=profiles, runtime=runtime,
+        tokenizer_dir=tokenizer_dir, requirements_txt=requirements_txt, specs=specs,
+        wheel_dir=wheel_dir, downloaded=downloaded, fp32_onnx=fp32_onnx,
     )  # fmt: skip
 
 
