@@ -85,34 +85,21 @@ def make_tiny_decoder(
     tokenizer = train_bpe(kind)
     vocab = len(tokenizer)
     eos = tokenizer.eos_token_id
+    # Llama, Mistral, Phi-3 and Qwen2 share their config's names; GPT-2 has its own.
+    llama_style = dict(
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        initializer_range=0.2,
+    )  # fmt: skip
     if kind == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
-            initializer_range=0.2,
-        )  # fmt: skip
+        config = LlamaConfig(**llama_style)
     elif kind == "mistral":
-        config = MistralConfig(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
-            initializer_range=0.2,
-        )  # fmt: skip
+        config = MistralConfig(**llama_style)
     elif kind == "phi3":
-        config = Phi3Config(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            original_max_position_embeddings=256, tie_word_embeddings=tied,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos,
-            initializer_range=0.2,
-        )  # fmt: skip
+        config = Phi3Config(**llama_style, original_max_position_embeddings=256, pad_token_id=eos)
     elif kind == "qwen2":
-        config = Qwen2Config(
-            vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-            tie_word_embeddings=tied, eos_token_id=eos, initializer_range=0.2,
-        )  # fmt: skip
+        config = Qwen2Config(**llama_style)
     elif kind == "gpt2":
         config = GPT2Config(
             vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=4, n_positions=256,
