@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import resource
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
 
 
 def measure(request: dict[str, Any]) -> dict[str, Any]:
+    from .runtime.bench import peak_rss_mb
     from .runtime.generator import GenerationConfig, Generator
 
     config = GenerationConfig.from_json(request["runtime"])
@@ -39,15 +39,13 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         for _ in range(request["runs"])
     ]
     timings = {k: round(statistics.median(r.timings[k] for r in runs), 2) for k in KEYS}
-    # ru_maxrss is KiB on Linux.
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
         **timings,
         "prompt_tokens": len(ids),
         "new_tokens": runs[0].timings["new_tokens"],
         "runs": len(runs),
         "load_ms": round(load_ms, 1),
-        "peak_rss_mb": round(peak_mb, 1),
+        "peak_rss_mb": peak_rss_mb(),
         "size_bytes": Path(request["model"]).stat().st_size,
         "token_ids": runs[0].token_ids,
     }

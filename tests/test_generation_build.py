@@ -186,7 +186,9 @@ def test_fp32_bench_keys(fp32_builds):
     summary = fp32_builds["llama"]
     bench = manifest(summary)["bench"]
     for side in ("model", "fp32"):
-        assert bench[side]["decode_tokens_per_s"] > 0 and bench[side]["peak_rss_mb"] > 0
+        assert bench[side]["decode_tokens_per_s"] > 0
+        # The measuring process's own peak: not the build's (torch alone is several hundred MB).
+        assert 0 < bench[side]["peak_rss_mb"] < 250
         assert bench[side]["time_to_first_token_ms"] > 0 and bench[side]["prefill_tokens_per_s"] > 0
     assert bench["new_tokens"] == 64 and bench["greedy_tokens_equal_fp32"] is True
     assert summary["decode_tokens_per_s"] == bench["model"]["decode_tokens_per_s"]
