@@ -33,9 +33,12 @@ def find_baseline(manifest: dict[str, Any], store: StageCache) -> Path | None:
 
 
 def run_isolated(
-    request: dict[str, Any], progress: measure.Progress | None = None
+    request: dict[str, Any],
+    progress: measure.Progress | None = None,
+    module: str = "edgepipe.runtime.measure",
 ) -> dict[str, Any]:
-    """Run a measure request in a fresh Python process that imports only the runtime.
+    """Run a measure request in a fresh Python process (``python -m module``, the embedding
+    benchmark by default) that imports only the runtime.
 
     Nothing this process loaded (torch after the evaluate stage, rich, its memory) is then in the
     process being timed, and its peak RSS is the model's process alone, as on the device.
@@ -43,7 +46,7 @@ def run_isolated(
     # The result goes to a file: a pipe could fill up while stderr is still being read.
     with tempfile.TemporaryFile("w+", encoding="utf-8") as stdout:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "edgepipe.runtime.measure"],
+            [sys.executable, "-m", module],
             stdin=subprocess.PIPE,
             stdout=stdout,
             stderr=subprocess.PIPE,

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import StageError
+from ..benchmark import run_isolated
 from ..runtime.generator import GenerationConfig
 from . import digests
 
 MEASURED_ON = "build host"
+MODULE = "edgepipe.generation_measure"  # run in a process of its own, as the embedding bench is
 SCHEMA = "edgepipe.bench-generation/1"
 # A fixed English prompt: real words, so the prefill reads a realistic number of tokens.
 PROMPT = (
@@ -41,23 +40,6 @@ class GenerationBenchConfig(BaseModel):
     host: dict[str, Any] = Field(description="The machine measured on.")
 
 
-def _measure(request: dict[str, Any]) -> dict[str, Any]:
-    root = str(Path(__file__).resolve().parent.parent.parent)
-    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)
-    proc = subprocess.run(
-        [sys.executable, "-m", "edgepipe.generation_measure"],
-        input=json.dumps(request), capture_output=True, text=True,
-        env={**os.environ, "PYTHONPATH": path},
-    )  # fmt: skip
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        raise StageError(
-            f"the generation benchmark failed: {lines[-1] if lines else proc.returncode}"
-        )
-    result: dict[str, Any] = json.loads(proc.stdout)
-    return result
-
-
 def run(
     config: GenerationBenchConfig,
     fp32_model: Path,
@@ -73,7 +55,7 @@ def run(
         "new_tokens": config.new_tokens, "runs": config.runs, "warmup": config.warmup,
         "threads": threads,
     }  # fmt: skip
-    measured = {name: _measure({**common, "model": str(path)})
+    measured = {name: run_isolated({**common, "model": str(path)}, module=MODULE)
                 for name, path in (("model", model), ("fp32", fp32_model))}  # fmt: skip
     m, f = measured["model"], measured["fp32"]
     result = {
