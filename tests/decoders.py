@@ -115,3 +115,20 @@ def make_tiny_decoder(
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
+
+
+def export_decoder(model_dir: Path, out: Path) -> Path:
+    """optimum-onnx's plain text-generation-with-past export (no edgepipe rewrites)."""
+    from optimum.exporters.onnx import main_export
+
+    from edgepipe.stages.export import quiet
+
+    with quiet():
+        main_export(
+            str(model_dir),
+            str(out),
+            task="text-generation-with-past",
+            device="cpu",
+            do_validation=False,
+        )
+    return out / "model.onnx"

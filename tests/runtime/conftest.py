@@ -12,7 +12,7 @@ import pytest
 
 from edgepipe.runtime.integrity import MANIFEST, bundle_files, sha256_file
 from edgepipe.stages.bundle import RUNTIME_MODULES
-from tests.decoders import make_tiny_decoder
+from tests.decoders import export_decoder, make_tiny_decoder
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -27,22 +27,6 @@ class DecoderBundle:
     kind: str
     model_dir: Path  # the Hugging Face model the bundle was exported from
     root: Path  # the bundle
-
-
-def export_decoder(model_dir: Path, out: Path) -> Path:
-    from optimum.exporters.onnx import main_export
-
-    from edgepipe.stages.export import quiet
-
-    with quiet():
-        main_export(
-            str(model_dir),
-            str(out),
-            task="text-generation-with-past",
-            device="cpu",
-            do_validation=False,
-        )
-    return out / "model.onnx"
 
 
 def assemble_bundle(model_dir: Path, onnx_model: Path, root: Path, name: str) -> Path:

@@ -10,34 +10,7 @@ import onnxruntime as ort
 import pytest
 
 from edgepipe.stages import decoder_graph
-from tests.decoders import make_tiny_decoder, train_bpe
-
-
-def make_decoder(kind: str, dest: Path) -> Path:
-    """A 2-layer ``kind`` model with head_dim 16: GroupQueryAttention's CPU kernel needs a
-    multiple of 16, which make_tiny_decoder(hidden=32)'s head_dim 8 is not."""
-    import torch
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
-
-    tokenizer = train_bpe(kind)
-    config_class = {"llama": LlamaConfig, "qwen2": Qwen2Config}[kind]
-    config = config_class(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, initializer_range=0.2,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).eval().save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return dest
-
-
-def export(model_dir: Path, out: Path) -> Path:
-    from optimum.exporters.onnx import main_export
-
-    main_export(str(model_dir), output=str(out), task="text-generation-with-past",
-                do_validation=False)  # fmt: skip
-    return out / "model.onnx"
+from tests.decoders import export_decoder, make_tiny_decoder
 
 
 def run_steps(path: Path, ids: list[int], split: int) -> tuple[np.ndarray, list[int]]:
@@ -72,8 +45,8 @@ def run_steps(path: Path, ids: list[int], split: int) -> tuple[np.ndarray, list[
 
 @pytest.mark.parametrize("kind", ["llama", "qwen2"])
 def test_rewrite_matches_the_export(kind: str, tmp_path: Path) -> None:
-    model_dir = make_decoder(kind, tmp_path / "hf")
-    original = export(model_dir, tmp_path / "onnx")
+    model_dir = make_tiny_decoder(kind, tmp_path / "hf")  # head_dim 16
+    original = export_decoder(model_dir, tmp_path / "onnx")
     rewritten = tmp_path / "gqa.onnx"
     info = decoder_graph.optimize(original, rewritten)
 
@@ -96,7 +69,7 @@ def test_rewrite_matches_the_export(kind: str, tmp_path: Path) -> None:
 
 def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
     model_dir = make_tiny_decoder("llama", tmp_path / "hf", hidden=32)  # head_dim 8
-    original = export(model_dir, tmp_path / "onnx")
+    original = export_decoder(model_dir, tmp_path / "onnx")
     info = decoder_graph.optimize(original, tmp_path / "same.onnx")
     assert info["attention_layers_fused"] == 0
     assert "head_dim 8" in info["skipped"]
