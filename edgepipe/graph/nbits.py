@@ -1,0 +1,182 @@
+"""Weight MatMuls -> MatMulNBits with per-node bits, from codes made by ``gptq`` (RTN or GPTQ).
+
+The calibration statistics come from the fp32 ONNX graph itself: every weight MatMul's input is
+added as a graph output and X^T X is summed over the calibration tokens, so it works for any
+architecture the export produced (packed q/k/v and gate/up MatMuls share one input and one
+Hessian).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from . import gptq
+
+
+def weight_matmuls(graph: Any) -> list[Any]:
+    """MatMul nodes whose B is a 2-D float initializer, in graph order."""
+    from onnx import TensorProto
+
+    inits = {t.name: t for t in graph.initializer}
+    return [
+        node
+        for node in graph.node
+        if node.op_type == "MatMul"
+        and node.input[1] in inits
+        and len(inits[node.input[1]].dims) == 2
+        and inits[node.input[1]].data_type == TensorProto.FLOAT
+    ]
+
+
+def hessians(
+    model: Any, feeds: Iterable[Mapping[str, np.ndarray]], names: Sequence[str] | None = None,
+    threads: int = 0,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """X^T X (float64 [K, K]) of each weight MatMul's input (or of ``names``), summed over every
+    position fed."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    if names is None:
+        names = list(dict.fromkeys(n.input[0] for n in weight_matmuls(probe.graph)))
+    known = {o.name for o in probe.graph.output}
+    for name in names:
+        if name not in known:
+            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, 1, None))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # Basic optimisation only: full fusion could fold a probed tensor into a fused kernel.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(
+        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
+    )
+    sums: dict[str, np.ndarray] = {}
+    for feed in feeds:
+        for name, value in zip(names, session.run(names, dict(feed)), strict=True):
+            x = np.asarray(value, dtype=np.float64).reshape(-1, value.shape[-1])
+            sums[name] = sums.get(name, 0.0) + x.T @ x
+    return sums
+
+
+Codes = dict[tuple[str, int], gptq.Quantized]
+
+
+def quantize(
+    graph: Any,
+    bits: Mapping[str, int],
+    block: int,
+    accuracy_level: int,
+    algorithm: str = "gptq",
+    stats: Mapping[str, np.ndarray] | None = None,
+    codes: Codes | None = None,
+) -> dict[str, int]:
+    """Replace each weight MatMul named in ``bits`` (node name -> 4 or 8) by MatMulNBits.
+
+    ``algorithm`` "gptq" needs ``stats`` (X^T X per MatMul input); "rtn" uses their diagonals to
+    weight the clip search when given. ``codes`` keeps each (weight, bits)'s codes for the next
+    call, so trying several precision plans quantizes every weight once per bit width.
+    """
+    from onnx import helper, numpy_helper
+
+    codes = {} if codes is None else codes
+
+    inits = {t.name: t for t in graph.initializer}
+    counts = {4: 0, 8: 0}
+    replaced: dict[str, Any] = {}
+    done: dict[tuple[str, int], list[str]] = {}
+    for node in weight_matmuls(graph):
+        nbits = bits.get(node.name)
+        if nbits is None:
+            continue
+        name = node.input[1]
+        weight = numpy_helper.to_array(inits[name])
+        k, n = weight.shape
+        key = (name, nbits)
+        if key not in done:
+            if key not in codes:
+                h = stats.get(node.input[0]) if stats is not None else None
+                if algorithm == "gptq" and h is not None:
+                    codes[key] = gptq.gptq(weight, h, nbits, block)
+                else:
+                    codes[key] = gptq.rtn(weight, nbits, block, None if h is None else np.diag(h))
+            data, scales, zeros = codes[key].packed()
+            names = [f"{name}_Q{nbits}", f"{name}_Q{nbits}_scales", f"{name}_Q{nbits}_zp"]
+            for array, init_name in zip((data, scales, zeros), names, strict=True):
+                graph.initializer.append(numpy_helper.from_array(array, init_name))
+            done[key] = names
+        attrs: dict[str, Any] = {"K": k, "N": n, "bits": nbits, "block_size": block}
+        if accuracy_level:
+            attrs["accuracy_level"] = accuracy_level
+        replaced[node.name] = helper.make_node(
+            "MatMulNBits", [node.input[0], *done[key]], list(node.output),
+            name=f"{node.name}_Q{nbits}", domain="com.microsoft", **attrs,
+        )  # fmt: skip
+        counts[nbits] += 1
+    nodes = [replaced.get(node.name, node) for node in graph.node]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for node in graph.node for i in node.input}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+    return {"int4": counts[4], "int8": counts[8]}
+
+
+def decoder_feeds(
+    ids: Sequence[Sequence[int]], inputs: Sequence[Any]
+) -> Iterable[dict[str, np.ndarray]]:
+    """Full-sequence feeds (an empty KV cache) for a decoder export's ``inputs``, one text each."""
+    empties: dict[str, np.ndarray] = {}
+    for value in inputs:
+        if value.name.startswith("past_key_values."):
+            dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
+            if len(dims) != 4 or not dims[1] or not dims[3]:
+                raise ValueError(f"{value.name}: KV heads or head size not stated in the graph")
+            empties[value.name] = np.zeros((1, dims[1], 0, dims[3]), np.float32)
+    names = {value.name for value in inputs}
+    for seq in ids:
+        feed: dict[str, np.ndarray] = {"input_ids": np.asarray([list(seq)], np.int64)}
+        if "attention_mask" in names:
+            feed["attention_mask"] = np.ones((1, len(seq)), np.int64)
+        if "position_ids" in names:
+            feed["position_ids"] = np.arange(len(seq), dtype=np.int64)[None, :]
+        feed.update(empties)
+        yield feed
+
+
+def gptq_codes(
+    model: Any, feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]], bits: int, block: int,
+    budget_bytes: int = 1 << 30,
+) -> Codes:  # fmt: skip
+    """GPTQ codes at ``bits`` for every weight MatMul of ``model`` (left unchanged).
+
+    The Hessians of at most ``budget_bytes`` (as float64) are held at once: the calibration
+    texts are run again for each share of the MatMuls, so memory stays bounded on large models.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    groups: dict[str, list[Any]] = {}
+    for node in weight_matmuls(model.graph):
+        groups.setdefault(node.input[0], []).append(node)
+    sizes = {name: int(inits[nodes[0].input[1]].dims[0]) ** 2 * 8 for name, nodes in groups.items()}
+    chunks: list[list[str]] = [[]]
+    for name in groups:
+        if chunks[-1] and sum(sizes[n] for n in chunks[-1]) + sizes[name] > budget_bytes:
+            chunks.append([])
+        chunks[-1].append(name)
+    codes: Codes = {}
+    for chunk in chunks:
+        stats = hessians(model, feeds(), chunk)
+        for name in chunk:
+            for node in groups[name]:
+                key = (node.input[1], bits)
+                if key not in codes:
+                    weight = numpy_helper.to_array(inits[node.input[1]])
+                    codes[key] = gptq.gptq(weight, stats[name], bits, block)
+        del stats
+    return codes
