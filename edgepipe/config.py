@@ -172,10 +172,23 @@ class WeightOnly(Strict):
         description="MatMulNBits compute type: 0 default, 1 fp32, 2 fp16, 3 bf16, 4 int8 activations.",
     )
     symmetric: bool = Field(default=True, description="No zero points: one scale per block.")
+    algorithm: Literal["rtn", "gptq"] = Field(
+        default="rtn",
+        description="rtn: onnxruntime's round-to-nearest; gptq: GPTQ on the calibration texts "
+        "(zero points, each block's clip searched), which needs symmetric: false.",
+    )
     embedding_bits: Literal[0, 4, 8] = Field(
         default=4,
         description="Bits of the token embedding table (GatherBlockQuantized); 0 keeps it float. "
         "A tied lm_head shares the table, so it gets these bits too.",
+    )
+    keep_8bit: KeepFloat | None = Field(
+        default=None,
+        description="Mixed precision: the most damaging weight MatMuls (ranked by a sensitivity "
+        "stage) kept in 8 bits, at most max_nodes of them.",
+    )
+    int8_nodes: list[str] = Field(
+        default_factory=list, description="Weight MatMuls quantized to 8 bits instead of 4."
     )
 
     @field_validator("block_size")
@@ -184,6 +197,12 @@ class WeightOnly(Strict):
         if value & (value - 1):
             raise ValueError(f"block_size must be a power of 2, not {value}")
         return value
+
+    @model_validator(mode="after")
+    def _gptq_has_zero_points(self) -> WeightOnly:
+        if self.algorithm == "gptq" and self.symmetric:
+            raise ValueError("algorithm gptq stores zero points: set symmetric: false")
+        return self
 
 
 class Accuracy(Strict):
@@ -197,6 +216,12 @@ class Accuracy(Strict):
         default=None,
         gt=0,
         description="next_token_agreement only: the largest mean KL(fp32 || model) in nats allowed.",
+    )
+    max_perplexity_ratio: float | None = Field(
+        default=None,
+        ge=1,
+        description="next_token_agreement only: the largest perplexity on the evaluation texts "
+        "allowed, as a multiple of the fp32 model's.",
     )
 
 

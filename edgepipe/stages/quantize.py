@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import Calibration, Profile, Quantization, WeightOnly
 from ..errors import StageError
+from ..graph import nbits
 from . import digests, weight_only
 from .export import quiet
 from .smooth import smooth
@@ -44,22 +45,28 @@ class QuantizeConfig(BaseModel):
         calibration_digest: str | None = None,
         task_kind: str = "embedding",
     ) -> QuantizeConfig:
-        q = profile.quantization
+        q, w = profile.quantization, profile.weight_only
         if q is not None and exclude:
             q = q.model_copy(update={"nodes_to_exclude": [*q.nodes_to_exclude, *exclude]})
+        if w is not None and exclude:  # weight-only: the sensitive MatMuls stay 8-bit, not float
+            w = w.model_copy(update={"int8_nodes": [*w.int8_nodes, *exclude]})
         return cls(
             method=profile.method,
             quantization=q,
             fp16_op_block_list=profile.fp16_op_block_list,
             calibration_digest=calibration_digest if uses_calibration(profile) else None,
-            weight_only=profile.weight_only,
+            weight_only=w,
             task_kind=task_kind,
         )
 
 
 def uses_calibration(profile: Profile) -> bool:
-    q = profile.quantization
-    return profile.method == "static-int8" or (q is not None and q.smooth_alpha is not None)
+    q, w = profile.quantization, profile.weight_only
+    return (
+        profile.method == "static-int8"
+        or (q is not None and q.smooth_alpha is not None)
+        or (profile.method == "int4" and w is not None and w.algorithm == "gptq")
+    )
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,18 @@ class CalibrationData:
     texts: list[str]
     tokenizer: Path
     max_length: int
+
+
+def decoder_calibration(calibration: CalibrationData, model: Path) -> weight_only.Feeds:
+    """The calibration texts as a decoder's feeds (each text one pass, its cache empty)."""
+    import onnx
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(calibration.tokenizer))
+    ids = [tokenizer.encode(t).ids[: calibration.max_length] for t in calibration.texts]
+    ids = [i for i in ids if i]
+    inputs = list(onnx.load(str(model), load_external_data=False).graph.input)
+    return lambda: nbits.decoder_feeds(ids, inputs)
 
 
 def op_counts(path: Path) -> dict[str, int]:
@@ -191,7 +210,8 @@ def run(
             elif config.method == "fp16":
                 _fp16(config.fp16_op_block_list, model, dst)
             elif config.method == "int4" and config.weight_only is not None:
-                extra = weight_only.quantize(config.weight_only, model, dst, bits=4)
+                feeds = decoder_calibration(calibration, model) if calibration else None
+                extra = weight_only.quantize(config.weight_only, model, dst, 4, feeds)
             elif config.method == "dynamic-int8" and config.task_kind == "generation":
                 extra = weight_only.quantize(DECODER_INT8, model, dst, bits=8)
             elif config.method == "dynamic-int8" and config.quantization is not None:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,11 @@ from typing import Any
 import numpy as np
 
 from ..config import WeightOnly
+from ..errors import StageError
+from ..graph import nbits
 from . import tied
+
+Feeds = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
 
 @dataclass(frozen=True)
@@ -184,16 +189,40 @@ def _vocab(graph: Any) -> int | None:
     return None
 
 
-def quantize(settings: WeightOnly, src: Path, dst: Path, bits: int = 4) -> dict[str, Any]:
-    """Write ``dst``: ``src`` with its weights blockwise-quantized to ``bits``; return counts."""
+def quantize(
+    settings: WeightOnly, src: Path, dst: Path, bits: int = 4, calibration: Feeds | None = None,
+    codes: nbits.Codes | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Write ``dst``: ``src`` with its weights blockwise-quantized to ``bits`` (the profile's
+    ``int8_nodes`` to 8); return counts. GPTQ runs ``calibration``'s feeds through ``src``;
+    ``codes`` (from gptq_codes) skips that."""
     import onnx
+
+    model = onnx.load(str(src))
+    gemms = gemm_to_matmul(model.graph)
+    if settings.algorithm == "gptq":
+        if codes is None:
+            if calibration is None:
+                raise StageError("GPTQ needs calibration texts")
+            codes = nbits.gptq_codes(model, calibration, bits, settings.block_size)
+        high = set(settings.int8_nodes)
+        plan = {n.name: 8 if n.name in high else bits for n in nbits.weight_matmuls(model.graph)}
+        counts = nbits.quantize(
+            model.graph, plan, settings.block_size, settings.accuracy_level, "rtn", None, codes
+        )
+        return _finish(settings, model, dst, {"gemm_rewritten": gemms, "matmuls": counts})
+    return _finish(
+        settings, _onnxruntime_rtn(settings, model, bits), dst, {"gemm_rewritten": gemms}
+    )
+
+
+def _onnxruntime_rtn(settings: WeightOnly, model: Any, bits: int) -> Any:
+    """Round-to-nearest with onnxruntime's MatMulNBitsQuantizer (symmetric or with zero points)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
-    model = onnx.load(str(src))
-    gemms = gemm_to_matmul(model.graph)
     # The quantizer logs a line per node at INFO through a handler of its own.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     config = DefaultWeightOnlyQuantConfig(
@@ -210,13 +239,19 @@ def quantize(settings: WeightOnly, src: Path, dst: Path, bits: int = 4) -> dict[
         algo_config=config,
     )
     quantizer.process()
-    quantized = quantizer.model.model
+    return quantizer.model.model
+
+
+def _finish(settings: WeightOnly, model: Any, dst: Path, counts: dict[str, Any]) -> dict[str, Any]:
+    """The embedding table (and a tied lm_head) quantized, the opset declared, ``dst`` written."""
+    import onnx
+
     tables = {"tables": 0, "tied": 0}
     if settings.embedding_bits:
         tables = quantize_tables(
-            quantized.graph, settings.embedding_bits, settings.block_size, settings.accuracy_level
+            model.graph, settings.embedding_bits, settings.block_size, settings.accuracy_level
         )
-    if not any(o.domain == "com.microsoft" for o in quantized.opset_import):
-        quantized.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    onnx.save(quantized, str(dst))
-    return {"gemm_rewritten": gemms, "embedding": tables}
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    onnx.save(model, str(dst))
+    return {**counts, "embedding": tables}
