@@ -1,23 +1,20 @@
-"""Trying recipes: quantize + evaluate one profile, keep nodes float until the bar holds, fall back.
+"""The one recipe search for every task kind: try each profile, keep nodes float until the bar
+holds, fall back; with --search, measure every passing one and keep the cheapest.
 
-Every try is an Attempt; the build keeps the first that passes (or, with --search, the fastest),
-and a build where none passes fails with the table of what was tried.
+A task supplies how to quantize a recipe, score it, tell whether it passes, rank nodes for keeping
+float, and measure it (TaskRecipes); the loop, the Attempt table and the guard error are here once.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
-
-from .config import Profile, Target
-from .runtime.embedder import EmbeddingConfig
-from .stages import evaluate, quantize, sensitivity
+from ..config import Profile
+from ..errors import ConfigError, GuardError
+from .spec import BuildSpec
 
 
 @dataclass
@@ -67,67 +64,58 @@ class Attempt:
         return row
 
 
-Stage = Callable[..., dict[str, Any]]
+class TaskRecipes(Protocol):
+    """What differs per task kind when trying recipes."""
+
+    # How the score reads in the guard error: "min cosine", "next-token agreement".
+    score_name: str
+
+    def quantize(
+        self, profile: Profile, keep: list[str] | None, label: str
+    ) -> tuple[Path, dict[str, Any]]:
+        """The quantize stage's model file and record for ``profile`` (``keep`` nodes float)."""
+
+    def score(self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]) -> dict:
+        """The evaluate stage's accuracy record of ``model`` (its "model", "metric", "bar")."""
+
+    def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
+        """Why the attempt cannot be used (its bar or a budget missed); None when it passes."""
+
+    def best(self, attempt: Attempt) -> float:
+        """The attempt's score, larger is better: the guard error names the best one."""
+
+    def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
+        """Nodes most damaging first and how many may be kept float; None: no keep_float here."""
+
+    def evaluated(self, attempt: Attempt, profile: Profile) -> str:
+        """The evaluate stage's done-line for the attempt a profile ends with."""
+
+    def measure(self, attempt: Attempt) -> dict[str, Any]:
+        """Bench the attempt (host-measured); stores and returns ``attempt.bench``."""
+
+    def cost(self, attempt: Attempt) -> float:
+        """What --search minimises among measured passing attempts."""
+
+
+def attempts_table(attempts: list[Attempt]) -> list[dict[str, Any]]:
+    return [a.row() for a in attempts]
 
 
 @dataclass
-class Recipes:
-    """What every attempt of one build shares."""
+class Search:
+    """Every attempt of one build, tried through one task's recipes."""
 
-    stage: Stage  # pipeline.StageRunner
-    work: Path
-    target: Target
-    fp32_model: Path
-    reference: Path
-    tokenizer: Path
-    runtime: EmbeddingConfig
-    texts: list[str]
-    texts_digest: str
-    digests: dict[str, str]
-    calibration: quantize.CalibrationData
-    summary: Callable[[str, str], None]  # pipeline.StageRunner.summary: the stage's done-line
+    recipes: TaskRecipes
+    summary: Callable[[str, str], None]  # StageRunner.summary: a stage's done-line
     attempts: list[Attempt] = field(default_factory=list)
 
-    @property
-    def calibration_digest(self) -> str:
-        return hashlib.sha256("\n".join(self.calibration.texts).encode()).hexdigest()
-
     def attempt(self, profile: Profile, keep: list[str] | None = None) -> Attempt:
-        """Quantize with ``profile`` (``keep`` nodes in float) and score it against the reference."""
+        """Quantize with ``profile`` (``keep`` nodes in float) and score it."""
         label = profile.name + (f"+float{len(keep)}" if keep else "")
-        config = quantize.QuantizeConfig.from_profile(profile, keep, self.calibration_digest)
-        quantized = self.stage(
-            "quantize",
-            config,
-            {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
-            lambda d: quantize.run(config, self.fp32_model, d, self.calibration),
-            label=f"quantize/{label}",
-        )
-        model = self.work / f"quantize/{label}" / "model.onnx"
-        self.summary(
-            f"quantize/{label}", f"{profile.method} {quantized['size_bytes'] / 1e6:.1f} MB"
-        )
-        eval_cfg = evaluate.EvaluateConfig(
-            bar=profile.bar("embedding").min,
-            texts_digest=self.texts_digest,
-            runtime=self.runtime.to_json(),
-        )
-        scored = self.stage(
-            "evaluate",
-            eval_cfg,
-            {"reference": self.digests["reference"], "model": quantized["outputs"]["model.onnx"]},
-            lambda d: evaluate.run(
-                eval_cfg, self.reference, model, self.tokenizer, self.runtime, self.texts, d
-            ),
-            label=f"evaluate/{label}",
-        )
-        accuracy = {k: v for k, v in scored.items() if k != "outputs"}
+        model, quantized = self.recipes.quantize(profile, keep, label)
+        accuracy = self.recipes.score(profile, label, model, quantized)
         size = quantized["size_bytes"]
-        problem = None
-        if not scored["passed"]:
-            problem = f"min cosine {scored['model']['min']} < bar {profile.bar('embedding').min}"
-        elif size / 1e6 > self.target.budgets.model_size_mb:
-            problem = f"{size / 1e6:.1f} MB > budget {self.target.budgets.model_size_mb} MB"
+        problem = self.recipes.problem(profile, accuracy, size)
         result = Attempt(
             profile.name, profile.method, label, model, size, accuracy, list(keep or []), problem
         )
@@ -137,12 +125,12 @@ class Recipes:
     def with_mixed_precision(self, profile: Profile) -> Attempt:
         """The profile as is, or with the fewest most-damaging nodes kept float that meet the bar."""
         first = self.attempt(profile)
-        q = profile.quantization
-        if first.passed or q is None or q.keep_float is None or profile.method != "dynamic-int8":
+        ranked = None if first.passed else self.recipes.ranking(profile, first)
+        if ranked is None:
             return first
-        ranking = self._ranking(profile, first)
+        ranking, max_nodes = ranked
         best: Attempt | None = None
-        low, high = 1, min(q.keep_float.max_nodes, len(ranking))
+        low, high = 1, min(max_nodes, len(ranking))
         while low <= high:  # smallest k that passes; damage falls roughly monotonically with k
             k = (low + high) // 2
             trial = self.attempt(profile, ranking[:k])
@@ -152,40 +140,42 @@ class Recipes:
                 low = k + 1
         return best or self.attempts[-1]
 
-    def _ranking(self, profile: Profile, first: Attempt) -> list[str]:
-        assert profile.quantization is not None and profile.quantization.keep_float is not None
-        evaluation = self.work / f"evaluate/{first.label}"
-        vectors = np.load(evaluation / "embeddings.npy")
-        ref = np.load(self.reference)
-        per_text = np.sum(vectors * ref, axis=1) / (
-            np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1)
+    def run(self, spec: BuildSpec, profiles: list[Profile]) -> Attempt:
+        """Each profile in turn until one passes (with --search: all of them); the one to bundle."""
+        results: list[Attempt] = []  # per profile: the attempt it ends with
+        for profile in profiles:
+            tried = self.with_mixed_precision(profile)
+            results.append(tried)
+            self.summary(f"evaluate/{tried.label}", self.recipes.evaluated(tried, profile))
+            if tried.passed and not spec.search:
+                break
+        passing = [a for a in results if a.passed]
+        if not passing:
+            raise GuardError(
+                f"no recipe met its bar and the target's budgets ({len(self.attempts)} tried, best "
+                f"{self.recipes.score_name} {max(self.recipes.best(a) for a in self.attempts)}); "
+                "see the table above, lower the bar in a profile of your own, or use --profile fp32",
+                details=attempts_table(self.attempts),
+            )
+        return choose(spec, passing, self.recipes.measure, self.recipes.cost)
+
+
+def choose(
+    spec: BuildSpec,
+    passing: list[Attempt],
+    measure: Callable[[Attempt], object],
+    cost: Callable[[Attempt], float],
+) -> Attempt:
+    """The first passing attempt, benchmarked unless --no-bench; with --search, every passing one
+    benchmarked and the one of least ``cost`` (the first of equals) kept."""
+    if spec.search and not spec.bench:
+        raise ConfigError(
+            "--search picks the fastest recipe, so it needs the bench stage: drop --no-bench"
         )
-        count = profile.quantization.keep_float.probe_texts
-        probe = sorted(int(i) for i in np.argsort(per_text, kind="stable")[:count])
-        config = sensitivity.SensitivityConfig(
-            quantization=profile.quantization,
-            probe=probe,
-            texts_digest=self.texts_digest,
-            runtime=self.runtime.to_json(),
-            calibration_digest=self.calibration_digest,
-        )
-        self.stage(
-            "sensitivity",
-            config,
-            {"fp32": self.digests["fp32"], "reference": self.digests["reference"]},
-            lambda d: sensitivity.run(
-                config,
-                self.fp32_model,
-                self.reference,
-                self.tokenizer,
-                self.runtime,
-                self.texts,
-                self.calibration,
-                d,
-            ),
-            label=f"sensitivity/{profile.name}",
-        )
-        ranking = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
-        worst = ranking[0]["node"] if ranking else "none"
-        self.summary(f"sensitivity/{profile.name}", f"{len(ranking)} MatMuls ranked, worst {worst}")
-        return [r["node"] for r in ranking]
+    if spec.search:
+        for attempt in passing:
+            measure(attempt)
+        return min(passing, key=cost)
+    if spec.bench:
+        measure(passing[0])
+    return passing[0]
