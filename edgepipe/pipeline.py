@@ -13,7 +13,7 @@ from .build.spec import BuildContext, BuildResult, BuildSpec, Progress, fitting
 from .config import check_fits
 from .errors import ConfigError
 from .stages import bundle
-from .tasks import task_of
+from .tasks import TASKS
 from .tasks.texts import builtin_texts, load_texts
 
 __all__ = ["BuildResult", "BuildSpec", "Progress", "build"]
@@ -54,7 +54,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
                 spec, source, texts, name, work, staging, report, specs, requirements_txt,
                 stage, profiles, wheel_dir, downloaded,
             )  # fmt: skip
-            result = task_of(source.task).run(ctx)
+            result = TASKS[source.task_kind].run(ctx)
             publish(staging, spec.out, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -80,3 +80,14 @@ def test_modules_are_small():
         _module(p): len(p.read_text(encoding="utf-8").splitlines()) for p in ROOT.rglob("*.py")
     }
     assert {m: n for m, n in sizes.items() if n > MAX_LINES} == {}
+
+
+def test_every_task_kind_is_registered_once_under_its_names():
+    from edgepipe.config import KIND_METRICS, TASK_KINDS
+    from edgepipe.sources import EXPORT_TASKS
+    from edgepipe.tasks import TASKS
+
+    assert set(TASKS) == set(KIND_METRICS) == set(TASK_KINDS.values())
+    for kind, module in TASKS.items():
+        assert kind == module.KIND and TASK_KINDS[module.NAME] == kind
+        assert module.NAME in EXPORT_TASKS and callable(module.run) and module.EXAMPLE

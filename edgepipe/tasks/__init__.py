@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from ..config import TASK_KINDS
 from . import embedding, generation
 
-# task kind (the profiles' "embedding", "generation") -> its module: KIND, NAME (the model's task
-# in the manifest and runtime.json), run(ctx) -> BuildResult, and its runtime entry's EXAMPLE.
+# task kind (the profiles' "embedding", "generation") -> its module: KIND; NAME, the model's task
+# in the manifest and runtime.json; run(ctx) -> BuildResult; EXAMPLE, its runtime entry's command.
 TASKS: dict[str, ModuleType] = {
     embedding.KIND: embedding,
     generation.KIND: generation,
 }
-
-
-def task_of(task: str) -> ModuleType:
-    """The task module for a model's task (``text-generation``) or a task kind (``generation``)."""
-    return TASKS[TASK_KINDS.get(task, task)]

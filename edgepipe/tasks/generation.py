@@ -249,10 +249,8 @@ class GenerationRecipes:
             runs=min(self.bench_runs, config.model_fields["runs"].default),
             **bench_labels(self.target),
         )
-        fp32_model, tokenizer = (
-            self.work / "export" / "model.onnx",
-            self.work / "export" / "tokenizer",
-        )
+        export = self.work / "export"
+        fp32_model, tokenizer = export / "model.onnx", export / "tokenizer" / "tokenizer.json"
         measured = self.stage.bench(
             attempt.label,
             bench_cfg,
