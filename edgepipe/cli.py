@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, catalog
+from . import __version__, catalog, tables
 from .errors import EdgepipeError
 
 # Offline by design: nothing is fetched from a model hub, whatever the libraries would like.
@@ -42,7 +42,7 @@ def handle_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except EdgepipeError as exc:
             if exc.details:
-                err.print(rows_table(exc.details, "what was tried"))
+                err.print(tables.rows_table(exc.details, "what was tried"))
             err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
@@ -60,14 +60,6 @@ def handle_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
-
-
-def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = Table(*columns, title=title)
-    for row in rows:
-        table.add_row(*(str(row.get(c, "")) for c in columns))
-    return table
 
 
 def dirs_option(kind: str) -> Callable[[F], F]:
@@ -91,22 +83,7 @@ def main() -> None:
 @handle_errors
 def targets(targets_dirs: tuple[Path, ...]) -> None:
     """List the devices edgepipe can build for."""
-    table = Table(
-        "name", "arch", "cores", "ISA", "providers", "default profile", "generation profile",
-        "description",
-    )  # fmt: skip
-    for t in catalog.targets(targets_dirs).all():
-        table.add_row(
-            t.name,
-            t.platform.arch,
-            str(t.cpu.cores),
-            ",".join(t.cpu.isa),
-            ",".join(p.removesuffix("ExecutionProvider") for p in t.runtime.execution_providers),
-            t.default_profile,
-            t.default_generation_profile or "-",
-            t.description,
-        )
-    out.print(table)
+    out.print(tables.targets_table(catalog.targets(targets_dirs).all()))
 
 
 @main.command()
@@ -114,15 +91,7 @@ def targets(targets_dirs: tuple[Path, ...]) -> None:
 @handle_errors
 def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     """List the quantization recipes."""
-    table = Table("name", "method", "accuracy bar", "tasks", "description")
-    for p in catalog.profiles(profiles_dirs).all():
-        bar = ", ".join(
-            f"{p.bar(kind).metric} >= {p.bar(kind).min}"
-            + (f", KL <= {p.bar(kind).max_kl}" if p.bar(kind).max_kl else "")
-            for kind in p.task_kinds
-        )
-        table.add_row(p.name, p.method, bar, ",".join(p.task_kinds), p.description)
-    out.print(table)
+    out.print(tables.profiles_table(catalog.profiles(profiles_dirs).all()))
 
 
 @main.command()
@@ -197,22 +166,16 @@ def build(
     profiles_dirs: tuple[Path, ...],
 ) -> None:
     """Build a verified bundle of MODEL for TARGET."""
+    from .build.spec import choose_profiles
     from .cache import StageCache, default_dir
-    from .config import TASK_KINDS
     from .pipeline import BuildSpec
     from .pipeline import build as run_build
-    from .sources import peek_task
 
     target_cfg = catalog.targets(targets_dirs).load(target)
-    recipes = catalog.profiles(profiles_dirs)
-    # The target's default for the model's task; the build checks the model itself.
-    task = peek_task(model) or "embedding"
-    profile_cfg = recipes.load(profile or target_cfg.profile_for(TASK_KINDS[task]))
-    others = (
-        [p for p in recipes.all() if p.name != profile_cfg.name]
-        if search
-        else [recipes.load(name) for name in profile_cfg.fallbacks]
-    )
+    profile_cfg, candidates = choose_profiles(
+        target_cfg, catalog.profiles(profiles_dirs), model, profile, search, allow_pickle,
+        trust_remote_code,
+    )  # fmt: skip
     spec = BuildSpec(
         target=target_cfg,
         profile=profile_cfg,
@@ -223,7 +186,7 @@ def build(
         eval_data=eval_data,
         calibration_data=calibration_data,
         search=search,
-        candidates=tuple(others),
+        candidates=candidates,
         bench_runs=bench_runs,
         bench=run_bench,
         allow_pickle=allow_pickle,
@@ -247,50 +210,15 @@ def build(
         f"building for [bold]{target_cfg.name}[/bold] with profile [bold]{profile_cfg.name}[/bold]"
     )
     result = run_build(spec, progress)
-    manifest = result.manifest
-    measured = manifest["bench"]
-    generated = manifest["task"] == "text-generation"
+    kept = result.manifest["profile"]["name"]
     if search or len(result.attempts) > 1:
-        err.print(rows_table(result.attempts, f"recipes tried; kept {manifest['profile']['name']}"))
-    summary = {
-        "bundle_dir": str(result.bundle_dir),
-        "archive": str(result.archive),
-        "target": target_cfg.name,
-        "profile": manifest["profile"]["name"],
-        "model_size_bytes": manifest["model"]["size_bytes"],
-        "accuracy": manifest["accuracy"]["model"],
-        "task": manifest["task"],
-        "latency_p50_ms": measured["results"][0]["model"]["p50_ms"]
-        if measured and not generated
-        else None,
-        "speedup_vs_fp32": measured["results"][0]["speedup_vs_fp32"]
-        if measured and not generated
-        else None,
-        **(
-            {
-                k: measured["model"][k] if measured else None
-                for k in ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
-            }
-            if generated
-            else {}
-        ),
-        "latency_measured_on": measured["measured_on"] if measured else None,
-        "kept_float": manifest["model"]["kept_float"],
-        "attempts": result.attempts,
-        "requirements": manifest["requirements"],
-        "wheels": len(manifest.get("wheels", {}).get("files", [])),
-        "cached_stages": result.cached,
-        "seconds": result.seconds,
-    }
+        err.print(tables.rows_table(result.attempts, f"recipes tried; kept {kept}"))
     if as_json:
-        click.echo(json.dumps(summary, ensure_ascii=False))
+        click.echo(json.dumps(result.summary(), ensure_ascii=False))
     else:
         err.print(f"[bold]bundle:[/bold] {result.bundle_dir}")
         err.print(f"[bold]archive:[/bold] {result.archive}")
-        command = (
-            'generate "Once upon a time"' if generated else 'embed "turn on the kitchen lights"'
-        )
-        err.print(f"run it: python {result.bundle_dir} {command}")
+        err.print(f"run it: python {result.bundle_dir} {result.example}")
 
 
 @main.command()
@@ -315,24 +243,6 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
         return None if value is None else parse_sizes(value, f"--{param.name}".replace("_", "-"))
     except ShapeError as exc:
         raise click.BadParameter(str(exc)) from None
-
-
-def bench_table(result: dict[str, Any]) -> Table:
-    table = Table(
-        "shape", "runs", "p50 ms", "p90 ms", "p99 ms", "mean ms", "stdev ms", "items/s",
-        "fp32 p50 ms", "speed-up",
-    )  # fmt: skip
-    for r in result["results"]:
-        s, fp32 = r["model"], r["fp32"]
-        runs = str(s["runs"]) if r["complete"] else f"[yellow]{s['runs']}/{result['runs']}[/yellow]"
-        table.add_row(
-            f"{r['batch_size']} x {r['seq_len']}", runs,
-            *(str(s[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "stdev_ms")),
-            str(s["items_per_s"]),
-            str(fp32["p50_ms"]) if fp32 else "-",
-            f"{r['speedup_vs_fp32']}x" if fp32 else "-",
-        )  # fmt: skip
-    return table
 
 
 @main.command("bench")
@@ -395,9 +305,8 @@ def bench(
     """Measure BUNDLE's latency here, beside the fp32 model, and record it in the bundle."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
-    from . import bench_report, benchmark
-    from .cache import StageCache, default_dir
-    from .pipeline import record_bench
+    from .bench import host, report
+    from .build.publish import record_bench
     from .runtime.measure import BenchSettings, incomplete_message
     from .stages.bundle import DOCUMENTS
 
@@ -405,22 +314,16 @@ def bench(
         raise click.UsageError("--baseline-model and --no-baseline contradict each other")
     shown = None
     if baseline and baseline_model is None:
-        store = StageCache(default_dir())
-        baseline_model = benchmark.find_baseline(benchmark.manifest_of(bundle_dir), store)
-        shown = "export/model.onnx (stage cache)"
-        if baseline_model is None:
-            err.print(
-                f"no fp32 baseline: the export this bundle was built from is not in the stage "
-                f"cache ({store.root}); measuring the bundle's model alone (pass --baseline-model "
-                "FILE to compare)"
-            )
+        baseline_model, shown, warning = host.default_baseline(bundle_dir)
+        if warning:
+            err.print(warning)
     settings = BenchSettings(batch_sizes, seq_lens, runs, warmup, threads, max_seconds)
     with Progress(
         "bench", BarColumn(), MofNCompleteColumn(), "runs", TimeRemainingColumn(),
         console=err, transient=True, disable=not err.is_terminal,
     ) as bar:  # fmt: skip
         task = bar.add_task("bench", total=None)
-        result = benchmark.run(
+        result = host.run(
             bundle_dir,
             settings,
             baseline_model,
@@ -438,14 +341,14 @@ def bench(
         click.echo(json.dumps(result, ensure_ascii=False))
         return
     m = result["models"]["model"]
-    out.print(f"Latency {bench_report.where(result)}")
+    out.print(f"Latency {report.where(result)}")
     out.print(
         f"onnxruntime {result['onnxruntime']}, {result['provider']}, {result['threads']} threads "
         f"(target: {result['target_threads']}); model {m['size_bytes'] / 1e6:.1f} MB, session "
         f"load {m['load_ms']:.0f} ms, first inference {m['first_inference_ms']:.1f} ms; peak RSS "
         f"{result['peak_rss_mb']} MB"
     )
-    out.print(bench_table(result))
+    out.print(tables.bench_table(result))
 
 
 @main.group()

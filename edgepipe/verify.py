@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 from .errors import ModelError, VerifyError
-from .onnx_checks import check_external_data
+from .graph.checks import check_external_data
 from .runtime.integrity import read_manifest, verify_dir
 
 

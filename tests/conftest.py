@@ -56,7 +56,7 @@ def make_tiny_bert(dest: Path, seed: int = 0) -> Path:
     import torch
     from transformers import BertConfig, BertModel
 
-    from edgepipe.tasks.embedding import builtin_texts
+    from edgepipe.tasks.texts import builtin_texts
 
     tokenizer = train_wordpiece(builtin_texts())
     config = BertConfig(

@@ -26,7 +26,7 @@ def train_bpe(kind: str, vocab_size: int = 384):
     from tokenizers.trainers import BpeTrainer
     from transformers import PreTrainedTokenizerFast
 
-    from edgepipe.tasks.embedding import builtin_texts
+    from edgepipe.tasks.texts import builtin_texts
 
     kind = "llama" if kind in MORE_KINDS else kind  # Mistral and Phi-3 use Llama's specials
     specials = {

@@ -13,7 +13,7 @@ from unittest.mock import ANY
 import pytest
 from click.testing import CliRunner
 
-from edgepipe.benchmark import find_baseline
+from edgepipe.bench.host import find_baseline
 from edgepipe.cache import StageCache
 from edgepipe.cli import main
 from edgepipe.runtime.integrity import sha256_file, verify_dir

@@ -10,7 +10,7 @@ import pytest
 
 from edgepipe import sources
 from edgepipe.runtime.integrity import verify_dir
-from edgepipe.tasks import embedding
+from edgepipe.stages.reference import reference_embeddings
 
 pytestmark = pytest.mark.e2e
 EDGEPIPE = [sys.executable, "-m", "edgepipe"]
@@ -19,7 +19,7 @@ TEXTS = ["turn on the kitchen lights", "ok", "Schalte bitte das Licht im Wohnzim
 
 @pytest.fixture(scope="module")
 def reference():
-    return embedding.reference_embeddings(sources.packaged_default(), TEXTS, 256)
+    return reference_embeddings(sources.packaged_default(), TEXTS, 256)
 
 
 @pytest.mark.parametrize("target", ["rpi5", "laptop-avx2"])

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from edgepipe.runtime.integrity import sha256_file
-from edgepipe.tasks import embedding
+from edgepipe.stages.evaluate import cosine_stats
+from edgepipe.tasks.texts import builtin_texts
 
 EDGEPIPE = [sys.executable, "-m", "edgepipe"]
 
@@ -89,7 +90,7 @@ def test_bundle_runs_in_a_venv_of_its_requirements_alone(built, venv):
     )
     assert torch.returncode == 1 and b"No module named 'torch'" in torch.stderr
 
-    texts = embedding.builtin_texts()
+    texts = builtin_texts()
     run = subprocess.run(
         [str(venv), str(bundle), "embed", *texts],
         capture_output=True, text=True, timeout=300, env=clean_env(), cwd=tmp,
@@ -98,7 +99,7 @@ def test_bundle_runs_in_a_venv_of_its_requirements_alone(built, venv):
     vectors = np.array([json.loads(line)["embedding"] for line in run.stdout.splitlines()])
     # The build's evaluation: the PyTorch reference it scored against, and the scores it recorded.
     reference = np.load(tmp / "work" / "reference" / "reference.npy")
-    scored = embedding.cosine_stats(vectors, reference, texts)
+    scored = cosine_stats(vectors, reference, texts)
     recorded = json.loads((bundle / "manifest.json").read_text())["accuracy"]["model"]
     assert scored["worst_text"] == recorded["worst_text"]
     for key in ("min", "p5", "mean"):

@@ -33,7 +33,8 @@ class EmbeddingConfig:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> EmbeddingConfig:
-        return cls(**{**data, "providers": tuple(data.get("providers", cls.providers))})
+        values = {k: v for k, v in data.items() if k != "task"}  # older bundles lack "task"
+        return cls(**{**values, "providers": tuple(data.get("providers", cls.providers))})
 
     def to_json(self) -> dict[str, Any]:
         return {

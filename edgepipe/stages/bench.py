@@ -8,12 +8,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..benchmark import run_isolated
+from ..bench.host import MEASURED_ON, run_isolated
 from ..runtime import measure
 from ..runtime.embedder import EmbeddingConfig
 from . import digests
-
-MEASURED_ON = "build host"
 
 
 class BenchConfig(BaseModel):

@@ -1,7 +1,7 @@
 """Bench for decoders: greedy generation on the build host, the model beside the fp32 export.
 
 Time to first token, prefill and decode tokens/s and peak memory, each model in a process of its
-own (``edgepipe.generation_measure``) running the bundle's Generator.
+own (``edgepipe.bench.generation``) running the bundle's Generator.
 """
 
 from __future__ import annotations
@@ -13,12 +13,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..benchmark import run_isolated
+from ..bench.host import MEASURED_ON, run_isolated
 from ..runtime.generator import GenerationConfig
 from . import digests
 
-MEASURED_ON = "build host"
-MODULE = "edgepipe.generation_measure"  # run in a process of its own, as the embedding bench is
+MODULE = "edgepipe.bench.generation"  # run in a process of its own, as the embedding bench is
 SCHEMA = "edgepipe.bench-generation/1"
 # A fixed English prompt: real words, so the prefill reads a realistic number of tokens.
 PROMPT = (

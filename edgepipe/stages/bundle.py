@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .. import bench_report
+from ..bench import report as bench_report
 from ..config import Target
 from ..errors import ConfigError
 from ..runtime import RUNTIME_PACKAGE
@@ -204,6 +204,8 @@ def assemble(
     runtime: EmbeddingConfig | GenerationConfig,
     requirements_txt: str,
     wheels: Path | None = None,
+    *,
+    task: str,
 ) -> None:
     """Write everything but the manifest and README into ``dest``; ``wheels``: a dir to copy."""
     (dest / "model").mkdir(parents=True)
@@ -217,7 +219,9 @@ def assemble(
     (dest / "__main__.py").write_text(
         source.joinpath("bundle_main.py").read_text(encoding="utf-8"), encoding="utf-8"
     )
-    (dest / RUNTIME_CONFIG).write_text(json.dumps(runtime.to_json(), indent=2) + "\n")
+    # Every runtime.json names its task first (a decoder's to_json() has it already).
+    data = {"task": task, **runtime.to_json()}
+    (dest / RUNTIME_CONFIG).write_text(json.dumps(data, indent=2) + "\n")
     (dest / "requirements.txt").write_text(requirements_txt)
     if wheels is not None:
         shutil.copytree(wheels, dest / "wheels")

@@ -10,7 +10,6 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..runtime.embedder import Embedder, EmbeddingConfig
-from ..tasks import embedding
 from . import digests
 
 
@@ -46,7 +45,7 @@ def run(
     ref = np.load(reference)
     vectors = Embedder(model, tokenizer, runtime).embed(texts)
     np.save(out / "embeddings.npy", vectors)
-    stats = embedding.cosine_stats(vectors, ref, texts)
+    stats = cosine_stats(vectors, ref, texts)
     result = {
         "metric": config.metric,
         "bar": config.bar,
@@ -56,3 +55,18 @@ def run(
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2, ensure_ascii=False))
     return {"outputs": digests(out), **result}
+
+
+def cosine_stats(a: np.ndarray, b: np.ndarray, texts: list[str]) -> dict[str, object]:
+    """min / p5 / mean cosine between matching rows, and the text where it is worst."""
+    na = a / np.linalg.norm(a, axis=1, keepdims=True)
+    nb = b / np.linalg.norm(b, axis=1, keepdims=True)
+    cos = np.sum(na * nb, axis=1).astype(np.float64)
+    worst = int(np.argmin(cos))
+    return {
+        "min": round(float(cos.min()), 6),
+        "p5": round(float(np.percentile(cos, 5)), 6),
+        "mean": round(float(cos.mean()), 6),
+        "n": len(texts),
+        "worst_text": texts[worst][:80],
+    }

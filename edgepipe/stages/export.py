@@ -15,7 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StageError
-from . import decoder_graph, digests, tied
+from ..graph import decoder_graph, tied
+from . import digests
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -30,7 +31,7 @@ TOKENIZER_FILES = (
 class ExportConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    task: str = Field(default="feature-extraction", description="optimum-onnx export task.")
+    task: str = Field(description="optimum-onnx export task.")
     opset: int | None = Field(default=None, description="ONNX opset; None lets optimum choose.")
     trust_remote_code: bool = Field(default=False, description="Run the model's own code.")
     dedupe_tied: bool = Field(

@@ -31,7 +31,7 @@ class NextTokenConfig(BaseModel):
     max_tokens: int = Field(default=MAX_TOKENS, gt=1, description="Tokens per text at most.")
 
 
-class EvaluateConfig(NextTokenConfig):
+class NextTokenEvaluateConfig(NextTokenConfig):
     metric: str = Field(default="next_token_agreement", description="What the bar applies to.")
     bar: float = Field(description="The profile's minimum agreement; the build fails below it.")
     max_kl: float | None = Field(default=None, description="The profile's largest mean KL.")
@@ -150,7 +150,7 @@ def reference(
 
 
 def evaluate(
-    config: EvaluateConfig, fp32_model: Path, model: Path, tokenizer: Path,
+    config: NextTokenEvaluateConfig, fp32_model: Path, model: Path, tokenizer: Path,
     runtime: GenerationConfig, texts: list[str], out: Path,
 ) -> dict[str, Any]:  # fmt: skip
     """Score ``model`` against the fp32 ONNX model; write ``out/evaluation.json``."""

@@ -14,10 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import Calibration, Profile, Quantization, WeightOnly
 from ..errors import StageError
-from ..graph import nbits
-from . import digests, weight_only
+from ..graph import nbits, weight_only
+from ..graph.smooth import smooth
+from . import digests
 from .export import quiet
-from .smooth import smooth
 
 # int8 for decoders: 8-bit weight-only MatMulNBits, like int4 but 8 bits, the embedding table 8-bit
 # and shared with a tied lm_head. quantize_dynamic cannot quantize an lm_head that reads the tied
@@ -35,7 +35,7 @@ class QuantizeConfig(BaseModel):
         default=None, description="static-int8: sha256 of the calibration texts."
     )
     weight_only: WeightOnly | None = Field(default=None, description="int4 settings.")
-    task_kind: str = Field(default="embedding", description="embedding or generation.")
+    task_kind: str = Field(description="embedding or generation.")
 
     @classmethod
     def from_profile(
@@ -43,7 +43,8 @@ class QuantizeConfig(BaseModel):
         profile: Profile,
         exclude: list[str] | None = None,
         calibration_digest: str | None = None,
-        task_kind: str = "embedding",
+        *,
+        task_kind: str,
     ) -> QuantizeConfig:
         q, w = profile.quantization, profile.weight_only
         if q is not None and exclude:

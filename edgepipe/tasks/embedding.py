@@ -1,93 +1,245 @@
-"""Sentence embeddings: the built-in evaluation texts and the PyTorch reference."""
+"""Sentence embeddings: export, PyTorch reference, cosine scoring, keep_float ranking, latency bench."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
-from ..stages.export import quiet
+from ..build.publish import write_bundle
+from ..build.runner import StageRunner, bench_labels
+from ..build.search import Attempt, Search
+from ..build.spec import BuildContext, BuildResult
+from ..config import Profile, Target
+from ..graph.checks import check_runtime_support
+from ..runtime.embedder import EmbeddingConfig
+from ..sources import EXPORT_TASKS
+from ..stages import bench, evaluate, export, quantize, reference, sensitivity
+from .texts import builtin_calibration_texts, load_texts
+
+KIND = "embedding"
+NAME = "embedding"  # the manifest's and runtime.json's "task"
+EXAMPLE = 'embed "turn on the kitchen lights"'
 
 
-def builtin_texts() -> list[str]:
-    text = resources.files("edgepipe").joinpath("data/eval_texts.txt").read_text(encoding="utf-8")
-    return [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
+@dataclass
+class EmbeddingRecipes:
+    """What every attempt of one embedding build shares (search.TaskRecipes)."""
+
+    stage: StageRunner
+    work: Path
+    target: Target
+    fp32_model: Path
+    reference: Path
+    tokenizer: Path
+    runtime: EmbeddingConfig
+    texts: list[str]
+    texts_digest: str
+    digests: dict[str, str]
+    calibration: quantize.CalibrationData
+    bench_runs: int = 30
+    score_name: str = field(default="min cosine", init=False)
+
+    @property
+    def calibration_digest(self) -> str:
+        return hashlib.sha256("\n".join(self.calibration.texts).encode()).hexdigest()
+
+    def quantize(
+        self, profile: Profile, keep: list[str] | None, label: str
+    ) -> tuple[Path, dict[str, Any]]:
+        config = quantize.QuantizeConfig.from_profile(
+            profile, keep, self.calibration_digest, task_kind=KIND
+        )
+        return self.stage.quantize(
+            label,
+            profile.method,
+            config,
+            {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
+            lambda d: quantize.run(config, self.fp32_model, d, self.calibration),
+        )
+
+    def score(
+        self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]
+    ) -> dict[str, Any]:
+        eval_cfg = evaluate.EvaluateConfig(
+            bar=profile.bar(KIND).min,
+            texts_digest=self.texts_digest,
+            runtime=self.runtime.to_json(),
+        )
+        scored = self.stage(
+            "evaluate",
+            eval_cfg,
+            {"reference": self.digests["reference"], "model": quantized["outputs"]["model.onnx"]},
+            lambda d: evaluate.run(
+                eval_cfg, self.reference, model, self.tokenizer, self.runtime, self.texts, d
+            ),
+            label=f"evaluate/{label}",
+        )
+        return {k: v for k, v in scored.items() if k != "outputs"}
+
+    def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
+        if not accuracy["passed"]:
+            return f"min cosine {accuracy['model']['min']} < bar {profile.bar(KIND).min}"
+        if size_bytes / 1e6 > self.target.budgets.model_size_mb:
+            return f"{size_bytes / 1e6:.1f} MB > budget {self.target.budgets.model_size_mb} MB"
+        return None
+
+    def best(self, attempt: Attempt) -> float:
+        return float(attempt.accuracy["model"]["min"])
+
+    def evaluated(self, attempt: Attempt, profile: Profile) -> str:
+        score = attempt.accuracy["model"]
+        return (
+            f"{attempt.size_bytes / 1e6:.1f} MB, min cosine {score['min']:.4f} "
+            f"(bar {profile.bar(KIND).min}){'' if attempt.passed else ': ' + str(attempt.problem)}"
+        )
+
+    def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
+        """The sensitivity stage's MatMuls, most damaging first, for dynamic-int8 with keep_float."""
+        q = profile.quantization
+        if q is None or q.keep_float is None or profile.method != "dynamic-int8":
+            return None
+        vectors = np.load(self.work / f"evaluate/{first.label}" / "embeddings.npy")
+        ref = np.load(self.reference)
+        per_text = np.sum(vectors * ref, axis=1) / (
+            np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1)
+        )
+        probe = sorted(
+            int(i) for i in np.argsort(per_text, kind="stable")[: q.keep_float.probe_texts]
+        )
+        config = sensitivity.SensitivityConfig(
+            quantization=q,
+            probe=probe,
+            texts_digest=self.texts_digest,
+            runtime=self.runtime.to_json(),
+            calibration_digest=self.calibration_digest,
+        )
+        self.stage(
+            "sensitivity",
+            config,
+            {"fp32": self.digests["fp32"], "reference": self.digests["reference"]},
+            lambda d: sensitivity.run(
+                config,
+                self.fp32_model,
+                self.reference,
+                self.tokenizer,
+                self.runtime,
+                self.texts,
+                self.calibration,
+                d,
+            ),  # fmt: skip
+            label=f"sensitivity/{profile.name}",
+        )
+        ranking = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
+        worst = ranking[0]["node"] if ranking else "none"
+        self.stage.summary(
+            f"sensitivity/{profile.name}", f"{len(ranking)} MatMuls ranked, worst {worst}"
+        )
+        return [r["node"] for r in ranking], q.keep_float.max_nodes
+
+    def measure(self, attempt: Attempt) -> dict[str, Any]:
+        bench_cfg = bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
+        measured = self.stage.bench(
+            attempt.label,
+            bench_cfg,
+            self.digests,
+            lambda d: bench.run(
+                bench_cfg, self.fp32_model, attempt.model, self.tokenizer, self.runtime, d
+            ),
+        )
+        (shape,) = measured["results"]
+        self.stage.summary(
+            f"bench/{attempt.label}",
+            f"p50 {shape['model']['p50_ms']} ms, {shape['speedup_vs_fp32']}x fp32 (host)",
+        )
+        attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
+        return attempt.bench
+
+    def cost(self, attempt: Attempt) -> float:
+        return attempt.p50_ms or float("inf")
 
 
-def builtin_calibration_texts() -> list[str]:
-    """Texts for calibrating activation ranges: kept apart from the evaluation set on purpose."""
-    text = (
-        resources.files("edgepipe")
-        .joinpath("data/calibration_texts.txt")
-        .read_text(encoding="utf-8")
-    )
-    return [line for line in text.splitlines() if line.strip()]
-
-
-def load_texts(path: Path) -> list[str]:
-    """Texts from a file: one per line, or JSONL with a "text" field per line."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read evaluation texts: {exc}") from None
-    texts = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-                texts.append(str(record["text"]))
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(
-                    f'{path}: line {number} is not a JSON object with a "text" field'
-                ) from None
-        else:
-            texts.append(line)
-    if not texts:
-        raise ConfigError(f"{path}: no evaluation texts in the file")
-    return texts
-
-
-def reference_embeddings(model_dir: Path, texts: list[str], max_length: int) -> np.ndarray:
-    """fp32 PyTorch embeddings: sentence-transformers if the model is one, else mean pooling."""
-    import torch
-
-    with quiet(), torch.inference_mode():
-        if (model_dir / "modules.json").is_file():
-            from sentence_transformers import SentenceTransformer
-
-            st = SentenceTransformer(str(model_dir), device="cpu", local_files_only=True)
-            st.max_seq_length = max_length
-            vectors = st.encode(texts, batch_size=1, normalize_embeddings=True)
-            return np.asarray(vectors, dtype=np.float32)
-        from transformers import AutoModel, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModel.from_pretrained(str(model_dir), local_files_only=True).eval()
-        rows = []
-        for text in texts:
-            enc = tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt")
-            hidden = model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).float()
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            rows.append(torch.nn.functional.normalize(pooled, dim=-1)[0].numpy())
-        return np.stack(rows).astype(np.float32)
-
-
-def cosine_stats(a: np.ndarray, b: np.ndarray, texts: list[str]) -> dict[str, object]:
-    """min / p5 / mean cosine between matching rows, and the text where it is worst."""
-    na = a / np.linalg.norm(a, axis=1, keepdims=True)
-    nb = b / np.linalg.norm(b, axis=1, keepdims=True)
-    cos = np.sum(na * nb, axis=1).astype(np.float64)
-    worst = int(np.argmin(cos))
+def bench_summary(measured: dict[str, Any] | None) -> dict[str, Any]:
+    """The build's CI summary fields for an embedding bench."""
     return {
-        "min": round(float(cos.min()), 6),
-        "p5": round(float(np.percentile(cos, 5)), 6),
-        "mean": round(float(cos.mean()), 6),
-        "n": len(texts),
-        "worst_text": texts[worst][:80],
+        "latency_p50_ms": measured["results"][0]["model"]["p50_ms"] if measured else None,
+        "speedup_vs_fp32": measured["results"][0]["speedup_vs_fp32"] if measured else None,
     }
+
+
+def run(ctx: BuildContext) -> BuildResult:
+    """Export, reference, the recipe search and the bundle of an embedding model."""
+    spec, source, stage, work = ctx.spec, ctx.source, ctx.stage, ctx.work
+    target = spec.target
+    export_cfg = export.ExportConfig(
+        task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code
+    )
+    exported = stage(
+        "export",
+        export_cfg,
+        {"source": source.digest},
+        lambda d: export.run(export_cfg, source.path, d),
+    )
+    fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
+    tokenizer = tokenizer_dir / "tokenizer.json"
+    check_runtime_support(fp32_model, target)
+    stage.summary("export", f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB")
+    digests = {
+        "fp32": exported["outputs"]["model.onnx"],
+        "tokenizer": exported["outputs"]["tokenizer/tokenizer.json"],
+    }
+    pooled = _has_output(fp32_model, "sentence_embedding")
+    runtime = EmbeddingConfig(
+        max_length=exported["max_length"],
+        output="sentence_embedding" if pooled else "last_hidden_state",
+        pooling="model" if pooled else "mean",
+        intra_op_threads=target.runtime.intra_op_threads,
+        inter_op_threads=target.runtime.inter_op_threads,
+        providers=tuple(target.runtime.execution_providers),
+    )
+    ref_cfg = reference.ReferenceConfig(texts_digest=ctx.texts_digest, runtime=runtime.to_json())
+    referenced = stage(
+        "reference",
+        ref_cfg,
+        {"source": source.digest, **digests},
+        lambda d: reference.run(source.path, fp32_model, tokenizer, runtime, ctx.texts, d),
+    )
+    digests["reference"] = referenced["outputs"]["reference.npy"]
+    stage.summary(
+        "reference", f"fp32 ONNX vs PyTorch min cosine {referenced['fp32_onnx']['min']:.6f}"
+    )
+    calibration_texts = (
+        load_texts(spec.calibration_data) if spec.calibration_data else builtin_calibration_texts()
+    )
+    recipes = EmbeddingRecipes(
+        stage=stage,
+        work=work,
+        target=target,
+        fp32_model=fp32_model,
+        reference=work / "reference" / "reference.npy",
+        tokenizer=tokenizer,
+        runtime=runtime,
+        texts=ctx.texts,
+        texts_digest=ctx.texts_digest,
+        digests=digests,
+        calibration=quantize.CalibrationData(calibration_texts, tokenizer, runtime.max_length),
+        bench_runs=spec.bench_runs,
+    )
+    search = Search(recipes, stage.summary)
+    chosen = search.run(spec, ctx.profiles)
+    return write_bundle(
+        ctx, chosen, search.attempts, runtime=runtime, tokenizer_dir=tokenizer_dir,
+        fp32_onnx=referenced["fp32_onnx"], bench_fields=bench_summary(chosen.bench),
+        example=EXAMPLE,
+    )  # fmt: skip
+
+
+def _has_output(model: Path, name: str) -> bool:
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    return any(o.name == name for o in graph.output)

@@ -1,19 +1,33 @@
-"""Text generation: the runtime config a decoder's bundle carries, read from the model at build time."""
+"""Text generation: the runtime config a decoder's bundle carries, read from the model at build
+time; the export with KV cache, next-token scoring against the fp32 export and the decode bench."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..build.publish import write_bundle
+from ..build.runner import StageRunner, bench_labels
+from ..build.search import Attempt, Search
+from ..build.spec import BuildContext, BuildResult
+from ..config import Profile, Target
 from ..errors import ModelError
+from ..graph.checks import check_runtime_support
 from ..runtime.generator import GenerationConfig
+from ..sources import EXPORT_TASKS
+from ..stages import bench_generation, export, next_token, quantize
 from ..stages.export import quiet
 
 log = logging.getLogger(__name__)
+KIND = "generation"
+NAME = "text-generation"  # the manifest's and runtime.json's "task"
+EXAMPLE = 'generate "Once upon a time"'
 # A user message that no template can mistake for anything else; the rendering is split at it.
 SENTINEL = "\x1fEDGEPIPE-USER-MESSAGE\x1f"
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -147,3 +161,197 @@ def runtime_config(
         inter_op_threads=inter_op,
         providers=tuple(providers),
     )
+
+
+@dataclass
+class GenerationRecipes:
+    """What every attempt of one decoder build shares (search.TaskRecipes)."""
+
+    stage: StageRunner
+    work: Path
+    target: Target
+    runtime: GenerationConfig
+    texts: list[str]
+    texts_digest: str
+    digests: dict[str, str]
+    bench_runs: int = 30
+    score_name: str = field(default="next-token agreement", init=False)
+
+    def quantize(
+        self, profile: Profile, keep: list[str] | None, label: str
+    ) -> tuple[Path, dict[str, Any]]:
+        config = quantize.QuantizeConfig.from_profile(profile, keep, task_kind=KIND)
+        return self.stage.quantize(
+            label,
+            profile.method,
+            config,
+            {"fp32": self.digests["fp32"]},
+            lambda d: quantize.run(config, self.work / "export" / "model.onnx", d),
+        )
+
+    def score(
+        self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]
+    ) -> dict[str, Any]:
+        bar = profile.bar(KIND)
+        eval_cfg = next_token.NextTokenEvaluateConfig(
+            texts_digest=self.texts_digest, bar=bar.min, max_kl=bar.max_kl, metric=bar.metric
+        )
+        tokenizer = self.work / "export" / "tokenizer" / "tokenizer.json"
+        scored = self.stage(
+            "evaluate",
+            eval_cfg,
+            {
+                "fp32": self.digests["fp32"],
+                "model": quantized["outputs"]["model.onnx"],
+                "runtime": self.digests["runtime"],
+            },  # fmt: skip
+            lambda d: next_token.evaluate(
+                eval_cfg,
+                self.work / "export" / "model.onnx",
+                model,
+                tokenizer,
+                self.runtime,
+                self.texts,
+                d,
+            ),  # fmt: skip
+            label=f"evaluate/{label}",
+        )
+        return {k: v for k, v in scored.items() if k != "outputs"}
+
+    def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
+        score, bar = accuracy["model"], profile.bar(KIND)
+        budget = self.target.budgets.generation_model_size_mb
+        if score["agreement"] < bar.min:
+            return f"next-token agreement {score['agreement']} < bar {bar.min}"
+        if bar.max_kl is not None and score["mean_kl"] > bar.max_kl:
+            return f"mean KL {score['mean_kl']} > max {bar.max_kl}"
+        if budget is not None and size_bytes / 1e6 > budget:
+            return f"{size_bytes / 1e6:.1f} MB > budget {budget} MB"
+        return None
+
+    def best(self, attempt: Attempt) -> float:
+        return float(attempt.accuracy["model"]["agreement"])
+
+    def evaluated(self, attempt: Attempt, profile: Profile) -> str:
+        score, problem = attempt.accuracy["model"], attempt.problem
+        return (
+            f"{attempt.size_bytes / 1e6:.1f} MB, next-token agreement {score['agreement']:.4f}, "
+            f"mean KL {score['mean_kl']:.4f} (bar {profile.bar(KIND).min})"
+            f"{': ' + problem if problem else ''}"
+        )
+
+    def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
+        return None  # no keep_float for decoders yet
+
+    def measure(self, attempt: Attempt) -> dict[str, Any]:
+        config = bench_generation.GenerationBenchConfig
+        bench_cfg = config(
+            runs=min(self.bench_runs, config.model_fields["runs"].default),
+            **bench_labels(self.target),
+        )
+        export = self.work / "export"
+        fp32_model, tokenizer = export / "model.onnx", export / "tokenizer" / "tokenizer.json"
+        measured = self.stage.bench(
+            attempt.label,
+            bench_cfg,
+            self.digests,
+            lambda d: bench_generation.run(
+                bench_cfg, fp32_model, attempt.model, tokenizer, self.runtime, d
+            ),
+        )
+        m = measured["model"]
+        self.stage.summary(
+            f"bench/{attempt.label}",
+            f"decode {m['decode_tokens_per_s']} tok/s ({measured['decode_speedup_vs_fp32']}x fp32), "
+            f"first token {m['time_to_first_token_ms']} ms, peak RSS {m['peak_rss_mb']} MB (host)",
+        )
+        attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
+        return attempt.bench
+
+    def cost(self, attempt: Attempt) -> float:  # the fastest decode first
+        return -attempt.bench["model"]["decode_tokens_per_s"] if attempt.bench else 0.0
+
+
+def bench_summary(measured: dict[str, Any] | None) -> dict[str, Any]:
+    """The build's CI summary fields for a decoder's bench."""
+    keys = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
+    return {
+        "latency_p50_ms": None,
+        "speedup_vs_fp32": None,
+        **{k: measured["model"][k] if measured else None for k in keys},
+    }
+
+
+def run(ctx: BuildContext) -> BuildResult:
+    """Export with KV cache, next-token reference, the recipe search and the bundle of a decoder."""
+    spec, source, stage, work = ctx.spec, ctx.source, ctx.stage, ctx.work
+    target = spec.target
+    export_cfg = export.ExportConfig(
+        task=EXPORT_TASKS[source.task],
+        trust_remote_code=source.trust_remote_code,
+        dedupe_tied=True,
+        fuse_attention=True,
+    )
+    exported = stage(
+        "export", export_cfg, {"source": source.digest},
+        lambda d: export.run(export_cfg, source.path, d),
+    )  # fmt: skip
+    fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
+    tokenizer = tokenizer_dir / "tokenizer.json"
+    check_runtime_support(fp32_model, target)
+    tied = exported.get("tied", {})
+    stage.summary(
+        "export",
+        f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB"
+        + (
+            f" (tied embeddings stored once: {tied['size_bytes_before'] / 1e6:.1f} MB before)"
+            if tied.get("initializers_dropped")
+            else ""
+        )
+        + _graph_summary(exported.get("graph", {})),
+    )
+    runtime = runtime_config(
+        source.path,
+        fp32_model,
+        target.runtime.intra_op_threads,
+        target.runtime.inter_op_threads,
+        target.runtime.execution_providers,
+    )
+    digests = {
+        "fp32": exported["outputs"]["model.onnx"],
+        "tokenizer": exported["outputs"]["tokenizer/tokenizer.json"],
+        "runtime": hashlib.sha256(repr(runtime.to_json()).encode()).hexdigest(),
+    }
+    ref_cfg = next_token.NextTokenConfig(texts_digest=ctx.texts_digest)
+    referenced = stage(
+        "reference",
+        ref_cfg,
+        {"source": source.digest, **digests},
+        lambda d: next_token.reference(
+            ref_cfg, source.path, fp32_model, tokenizer, runtime, ctx.texts, d
+        ),
+    )
+    fp32_onnx = referenced["fp32_onnx"]
+    stage.summary(
+        "reference",
+        f"fp32 ONNX vs PyTorch: next-token agreement {fp32_onnx['agreement']:.6f}, max logit "
+        f"diff {fp32_onnx['max_abs_logit_diff']:.2e}",
+    )
+    recipes = GenerationRecipes(
+        stage, work, target, runtime, ctx.texts, ctx.texts_digest, digests, spec.bench_runs
+    )
+    search = Search(recipes, stage.summary)
+    chosen = search.run(spec, ctx.profiles)
+    return write_bundle(
+        ctx, chosen, search.attempts, runtime=runtime, tokenizer_dir=tokenizer_dir,
+        fp32_onnx=fp32_onnx, bench_fields=bench_summary(chosen.bench), example=EXAMPLE,
+    )  # fmt: skip
+
+
+def _graph_summary(graph: dict[str, Any]) -> str:
+    if graph.get("attention_layers_fused"):
+        return (
+            f", attention fused in {graph['attention_layers_fused']} layers "
+            f"({graph['nodes_before']} -> {graph['nodes_after']} nodes)"
+        )
+    return f", attention as exported ({graph['skipped']})" if graph.get("skipped") else ""

@@ -24,7 +24,8 @@ import numpy as np
 
 from edgepipe import sources
 from edgepipe.runtime.embedder import Embedder
-from edgepipe.tasks import embedding
+from edgepipe.stages.reference import reference_embeddings
+from edgepipe.tasks.texts import builtin_texts
 
 PYTHON = "usr/bin/python3.11"
 SITE = "opt/edgepipe-site"
@@ -108,7 +109,7 @@ def main() -> int:
     check = emulated(root, site, str(bundle), "verify")
     print(f"bundle verify under qemu: {check.stdout.strip() or check.stderr.strip()}")
 
-    texts = embedding.builtin_texts()
+    texts = builtin_texts()
     start = time.perf_counter()
     run = emulated(root, site, str(bundle), "embed", *texts)
     if run.returncode != 0:
@@ -117,7 +118,7 @@ def main() -> int:
     arm = np.array([json.loads(line)["embedding"] for line in run.stdout.splitlines()])
     seconds = time.perf_counter() - start
     max_length = json.loads((bundle / "runtime.json").read_text())["max_length"]
-    reference = embedding.reference_embeddings(sources.packaged_default(), texts, max_length)
+    reference = reference_embeddings(sources.packaged_default(), texts, max_length)
     host = Embedder.from_bundle(bundle).embed(texts)
 
     vs_ref, vs_host = cosines(arm, reference), cosines(arm, host)

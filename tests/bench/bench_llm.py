@@ -31,7 +31,8 @@ import numpy as np
 
 from edgepipe.runtime import bench
 from edgepipe.runtime.generator import Generator
-from edgepipe.tasks import embedding, generation
+from edgepipe.tasks import generation
+from edgepipe.tasks.texts import builtin_texts
 
 HERE = Path(__file__).resolve().parent
 # SmolLM-135M's shape; the weights are random and the tokenizer is a small BPE trained in code,
@@ -241,7 +242,7 @@ def accuracy(hf: Path, edge: dict[str, Generator], llama: LlamaCpp, llama_names:
     from transformers import AutoModelForCausalLM
 
     tokenizer = Tokenizer.from_file(str(hf / "tokenizer.json"))
-    texts = embedding.builtin_texts()[:count]
+    texts = builtin_texts()[:count]
     reference = AutoModelForCausalLM.from_pretrained(hf).eval()
     totals: dict[str, list[tuple[float, float]]] = {}
     for i, text in enumerate(texts):

@@ -19,7 +19,9 @@ from edgepipe import sources
 from edgepipe.runtime import bench
 from edgepipe.runtime.embedder import Embedder, EmbeddingConfig
 from edgepipe.runtime.measure import SAMPLE_TEXT
-from edgepipe.tasks import embedding
+from edgepipe.stages.evaluate import cosine_stats
+from edgepipe.stages.reference import reference_embeddings
+from edgepipe.tasks.texts import builtin_texts
 
 RUNS, WARMUP, THREADS = 40, 5, 2
 
@@ -47,7 +49,7 @@ def optimum_preset(export_dir: Path, preset: str, out: Path) -> Path:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    texts = embedding.builtin_texts()
+    texts = builtin_texts()
     with tempfile.TemporaryDirectory(prefix="edgepipe-qbench-") as tmp:
         out = Path(tmp)
         avx2_model, export_dir, _ = edgepipe_build("laptop-avx2", out)
@@ -62,14 +64,13 @@ def main() -> None:
         }
         runtime = EmbeddingConfig(max_length=256, output="sentence_embedding", pooling="model")
         tokenizer = export_dir / "tokenizer" / "tokenizer.json"
-        reference = embedding.reference_embeddings(sources.packaged_default(), texts, 256)
+        reference = reference_embeddings(sources.packaged_default(), texts, 256)
         embedders = {
             name: Embedder(path, tokenizer, runtime, threads=THREADS, spin=False)
             for name, path in models.items()
         }
         scores = {
-            name: embedding.cosine_stats(e.embed(texts), reference, texts)
-            for name, e in embedders.items()
+            name: cosine_stats(e.embed(texts), reference, texts) for name, e in embedders.items()
         }
         sample = embedders["fp32 ONNX"].tokenizer.encode(SAMPLE_TEXT).ids
         ids = np.resize(np.asarray(sample, dtype=np.int64), 128)[None, :]

@@ -139,3 +139,23 @@ def test_archive_is_reproducible_and_normalised(tiny_bundle, tmp_path, monkeypat
     bundle.write_archive(tiny_bundle.bundle_dir, second)
     with tarfile.open(second) as tar:
         assert {m.mtime for m in tar.getmembers()} == {1700000000}
+
+
+def test_runtime_json_names_its_task_and_old_bundles_without_it_still_load(tiny_bundle, tmp_path):
+    import json
+    import shutil
+
+    from edgepipe.runtime.embedder import RUNTIME_CONFIG, EmbeddingConfig
+    from edgepipe.runtime.integrity import bundle_task
+
+    runtime = json.loads((tiny_bundle.bundle_dir / RUNTIME_CONFIG).read_text())
+    assert next(iter(runtime)) == "task" and runtime["task"] == "embedding"
+    # An embedding bundle built before runtime.json named its task: still an embedding bundle.
+    old = tmp_path / "old"
+    shutil.copytree(tiny_bundle.bundle_dir, old)
+    del runtime["task"]
+    (old / RUNTIME_CONFIG).write_text(json.dumps(runtime))
+    assert bundle_task(old) == "embedding"
+    assert EmbeddingConfig.load(old / RUNTIME_CONFIG) == EmbeddingConfig.load(
+        tiny_bundle.bundle_dir / RUNTIME_CONFIG
+    )

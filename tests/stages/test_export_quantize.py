@@ -7,16 +7,16 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 
 from edgepipe import catalog
+from edgepipe.graph.smooth import smooth
 from edgepipe.runtime.integrity import sha256_file
 from edgepipe.stages import export, quantize
-from edgepipe.stages.smooth import smooth
-from edgepipe.tasks.embedding import builtin_calibration_texts
+from edgepipe.tasks.texts import builtin_calibration_texts
 
 
 @pytest.fixture(scope="module")
 def exported(tiny_bert_master, tmp_path_factory):
     out = tmp_path_factory.mktemp("export")
-    record = export.run(export.ExportConfig(), tiny_bert_master, out)
+    record = export.run(export.ExportConfig(task="feature-extraction"), tiny_bert_master, out)
     return out, record
 
 
@@ -58,7 +58,9 @@ def test_dynamic_int8_quantizes_every_matmul_weight(exported, tmp_path):
     out, _ = exported
     fp32_counts = quantize.op_counts(out / "model.onnx")
     profile = catalog.profiles().load("x86-avx2-int8")
-    config = quantize.QuantizeConfig.from_profile(profile, calibration_digest="x")
+    config = quantize.QuantizeConfig.from_profile(
+        profile, calibration_digest="x", task_kind="embedding"
+    )
     record = quantize.run(config, out / "model.onnx", tmp_path, calibration(out))
     counts = record["op_counts"]
     # Each MatMul with a constant weight becomes an integer MatMul; 2 layers x 6 weight MatMuls.
@@ -103,6 +105,7 @@ def test_excluded_nodes_stay_float(exported, tmp_path):
     config = quantize.QuantizeConfig(
         method="dynamic-int8",
         quantization={"op_types": ["MatMul"], "nodes_to_exclude": weight_matmuls[:2]},
+        task_kind="embedding",
     )
     counts = quantize.run(config, out / "model.onnx", tmp_path)["op_counts"]
     assert counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0) == 10
@@ -111,7 +114,11 @@ def test_excluded_nodes_stay_float(exported, tmp_path):
 def test_fp16_keeps_fp32_inputs_and_outputs(exported, tmp_path):
     out, _ = exported
     profile = catalog.profiles().load("jetson-fp16")
-    quantize.run(quantize.QuantizeConfig.from_profile(profile), out / "model.onnx", tmp_path)
+    quantize.run(
+        quantize.QuantizeConfig.from_profile(profile, task_kind="embedding"),
+        out / "model.onnx",
+        tmp_path,
+    )
     model = onnx.load(str(tmp_path / "model.onnx"))
     assert model.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     dtypes = {i.data_type for i in model.graph.initializer if len(i.dims) == 2}
@@ -120,5 +127,7 @@ def test_fp16_keeps_fp32_inputs_and_outputs(exported, tmp_path):
 
 def test_fp32_is_a_byte_copy(exported, tmp_path):
     out, _ = exported
-    record = quantize.run(quantize.QuantizeConfig(method="fp32"), out / "model.onnx", tmp_path)
+    record = quantize.run(
+        quantize.QuantizeConfig(method="fp32", task_kind="embedding"), out / "model.onnx", tmp_path
+    )
     assert record["outputs"]["model.onnx"] == sha256_file(out / "model.onnx")

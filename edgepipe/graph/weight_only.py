@@ -24,8 +24,7 @@ import numpy as np
 
 from ..config import WeightOnly
 from ..errors import StageError
-from ..graph import nbits
-from . import tied
+from . import nbits, tied
 
 Feeds = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 

@@ -9,7 +9,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from edgepipe.stages import decoder_graph
+from edgepipe.graph import decoder_graph
 from tests.decoders import export_decoder, make_tiny_decoder
 
 

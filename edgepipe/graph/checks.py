@@ -8,8 +8,8 @@ from pathlib import Path, PurePosixPath
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from .config import Target
-from .errors import ConfigError, ModelError
+from ..config import Target
+from ..errors import ConfigError, ModelError
 
 # onnxruntime release -> (highest ONNX opset, highest IR version) it runs; from onnxruntime's
 # compatibility matrix (onnxruntime.ai/docs/reference/compatibility.html).

@@ -10,10 +10,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .cache import StageCache
-from .errors import ConfigError, ModelError, StageError, VerifyError
-from .runtime import measure
-from .runtime.integrity import read_manifest
+from ..cache import StageCache, default_dir
+from ..errors import ConfigError, ModelError, StageError, VerifyError
+from ..runtime import measure
+from ..runtime.integrity import read_manifest
 
 MEASURED_ON = "build host"
 
@@ -30,6 +30,21 @@ def find_baseline(manifest: dict[str, Any], store: StageCache) -> Path | None:
     export = manifest.get("stages", {}).get("export", {})
     digest = export.get("outputs", {}).get("model.onnx")
     return store.find_output("export", "model.onnx", digest) if digest else None
+
+
+def default_baseline(root: Path) -> tuple[Path | None, str, str | None]:
+    """The baseline when none is given: the bundle's fp32 export from the stage cache. Returns the
+    file (None when gone), how the result names it, and a warning for the user when it is gone."""
+    store = StageCache(default_dir())
+    found = find_baseline(manifest_of(root), store)
+    warning = None
+    if found is None:
+        warning = (
+            f"no fp32 baseline: the export this bundle was built from is not in the stage "
+            f"cache ({store.root}); measuring the bundle's model alone (pass --baseline-model "
+            "FILE to compare)"
+        )
+    return found, "export/model.onnx (stage cache)", warning
 
 
 def run_isolated(

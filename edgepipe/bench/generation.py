@@ -1,4 +1,4 @@
-"""``python -m edgepipe.generation_measure``: time greedy generation of one decoder in this process.
+"""``python -m edgepipe.bench.generation``: time greedy generation of one decoder in this process.
 
 Reads a JSON request on stdin, writes the JSON result on stdout. It imports only the bundle's
 runtime (onnxruntime, numpy, tokenizers), so its peak RSS is the model's process alone, as on the
@@ -19,8 +19,8 @@ KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
 
 
 def measure(request: dict[str, Any]) -> dict[str, Any]:
-    from .runtime.bench import peak_rss_mb
-    from .runtime.generator import GenerationConfig, Generator
+    from ..runtime.bench import peak_rss_mb
+    from ..runtime.generator import GenerationConfig, Generator
 
     config = GenerationConfig.from_json(request["runtime"])
     # No EOS: every run generates exactly new_tokens, whatever the (possibly random) weights say.

@@ -1,0 +1,1 @@
+"""Host-side measuring of bundles and the reports it writes (BENCH.md, svg)."""

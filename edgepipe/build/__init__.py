@@ -1,0 +1,1 @@
+"""Building a bundle: the spec, the stage runner, the one recipe search, publishing."""

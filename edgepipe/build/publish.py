@@ -1,0 +1,192 @@
+"""Publishing: the chosen attempt's bundle, manifest and archive; one writer per bundle name; the
+atomic swap; a benchmark recorded into a built bundle."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..config import Target
+from ..errors import ResourceError, VerifyError
+from ..graph.checks import check_external_data, check_runtime_support
+from ..runtime.embedder import EmbeddingConfig
+from ..runtime.generator import GenerationConfig
+from ..runtime.integrity import read_manifest, verify_dir
+from ..stages import bundle, wheels
+from .runner import StageRunner, versions
+from .search import Attempt, attempts_table
+from .spec import BuildContext, BuildResult
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, name: str) -> Iterator[None]:
+    """One build at a time per bundle name in ``out``; a second one fails at once, not corrupts."""
+    lock_path = out / f".{name}.lock"
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ResourceError(
+                f"{out / name}: another edgepipe build is writing this bundle; wait for it to finish"
+            ) from None
+        yield
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ResourceError(
+                f"no space left on the device writing {exc.filename or 'the build'}; free some "
+                "space (or use --out/--work-dir on another disk) and build again"
+            ) from exc
+        raise
+
+
+def publish(staging: Path, out: Path, name: str) -> None:
+    """Swap the new bundle dir (and archive, if staged) in by rename: old or new, never half."""
+    final_dir, final_archive = out / name, out / f"{name}.tar.gz"
+    if final_dir.exists():
+        final_dir.rename(staging / "previous")
+    (staging / name).rename(final_dir)
+    if (staging / final_archive.name).exists():
+        os.replace(staging / final_archive.name, final_archive)
+
+
+# The manifest's "stages": each record key of the chosen attempt's stages, where the build ran it.
+def _chosen_records(stage: StageRunner, chosen: Attempt) -> dict[str, dict[str, Any]]:
+    keys = (
+        ("export", "export"), ("reference", "reference"),
+        ("quantize", f"quantize/{chosen.label}"), ("evaluate", f"evaluate/{chosen.label}"),
+        ("bench", f"bench/{chosen.label}"), ("wheels", "wheels"),
+        ("sensitivity", f"sensitivity/{chosen.profile}"),
+    )  # fmt: skip
+    return {label: stage.records[key] for label, key in keys if key in stage.records}
+
+
+def write_bundle(
+    ctx: BuildContext,
+    chosen: Attempt,
+    attempts: list[Attempt],
+    *,
+    runtime: EmbeddingConfig | GenerationConfig,
+    tokenizer_dir: Path,
+    fp32_onnx: dict[str, Any],
+    bench_fields: dict[str, Any],
+    example: str,
+) -> BuildResult:
+    """The bundle of the chosen attempt in ``staging/name``, its manifest and its archive."""
+    target, stage, name = ctx.spec.target, ctx.stage, ctx.name
+    check_external_data(chosen.model)
+    check_runtime_support(chosen.model, target)
+    ctx.report("bundle", None)
+    start = time.perf_counter()
+    dest = ctx.staging / name
+    bundle.assemble(
+        dest, chosen.model, tokenizer_dir, runtime, ctx.requirements_txt, ctx.wheel_dir,
+        task=ctx.source.task,
+    )  # fmt: skip
+    records = _chosen_records(stage, chosen)
+    chosen_profile = next(p for p in ctx.profiles if p.name == chosen.profile)
+    table = attempts_table(attempts)
+    manifest = bundle.finish(
+        dest,
+        {
+            "schema": "edgepipe.bundle/1",
+            "name": name,
+            "task": ctx.source.task,
+            "model": {
+                "path": "model/model.onnx",
+                "sha256": records["quantize"]["outputs"]["model.onnx"],
+                "size_bytes": chosen.size_bytes,
+                "kept_float": chosen.kept_float,
+                "source": ctx.source.describe(),
+            },
+            "target": target.model_dump(mode="json"),
+            "profile": chosen_profile.model_dump(mode="json"),
+            "versions": versions(),
+            "requirements": ctx.specs,
+            **({"wheels": _wheels_entry(ctx.downloaded, target)} if ctx.downloaded else {}),
+            "accuracy": {**chosen.accuracy, "fp32_onnx": fp32_onnx},
+            "bench": chosen.bench,
+            "attempts": table,
+            "stages": records,
+        },
+    )
+    bundle.write_archive(dest, ctx.staging / f"{name}.tar.gz")
+    stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
+    ctx.report("bundle", f"{name} ({len(manifest['files'])} files)")
+    return BuildResult(
+        dest, ctx.staging / f"{name}.tar.gz", manifest, stage.seconds, stage.cached, table,
+        bench_fields=bench_fields, example=example,
+    )  # fmt: skip
+
+
+def _wheels_entry(downloaded: dict[str, Any], target: Target) -> dict[str, Any]:
+    return {
+        "dir": wheels.DIR,
+        "platforms": downloaded["platforms"],
+        "python": target.platform.python,
+        "files": downloaded["wheels"],
+        "install": "pip install --no-index --find-links wheels -r requirements.txt",
+    }
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    # Unchanged files are hard links: no copy of a large model, and the old dir is never touched.
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def record_bench(root: Path, result: dict[str, Any]) -> bool:
+    """Write ``result`` into the bundle's manifest and documents, swapped in atomically.
+
+    The archive beside the bundle is rewritten too, if there is one; returns whether there was.
+    A bundle that no longer matches its manifest is refused, never re-hashed into looking whole.
+    """
+    root = root.resolve()
+    out, name = root.parent, root.name
+    with disk_errors(), output_lock(out, name):
+        manifest = read_manifest(root)
+        problems = verify_dir(root)
+        if problems:
+            raise VerifyError(
+                f"{root}: does not match its manifest ({problems[0]}); rebuild it before "
+                "recording a benchmark in it"
+            )
+        if manifest["model"]["sha256"] != result["models"]["model"]["sha256"]:
+            raise ResourceError(f"{root}: the bundle's model changed while it was benchmarked")
+        staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp", dir=out))
+        try:
+            new = staging / name
+            shutil.copytree(
+                root,
+                new,
+                copy_function=_link_or_copy,
+                ignore=lambda d, names: [
+                    n
+                    for n in names
+                    if n == "__pycache__" or (Path(d) == root and n in bundle.DOCUMENTS)
+                ],
+            )
+            manifest = {k: v for k, v in manifest.items() if k != "files"}
+            bundle.finish(new, {**manifest, "bench": result})
+            archived = (out / f"{name}.tar.gz").is_file()
+            if archived:
+                bundle.write_archive(new, staging / f"{name}.tar.gz")
+            publish(staging, out, name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return archived
