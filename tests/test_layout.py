@@ -71,6 +71,8 @@ def test_no_upward_imports():
             assert not deps & {"edgepipe.pipeline", "edgepipe.cli"}, name
         if name.startswith(("edgepipe.stages", "edgepipe.graph", "edgepipe.build")):
             assert not any(d.startswith("edgepipe.tasks") for d in deps), name
+        if name.startswith(("edgepipe.stages", "edgepipe.graph", "edgepipe.bench")):
+            assert not any(d.startswith("edgepipe.build") for d in deps), name
         if name.startswith("edgepipe.runtime"):
             assert all(d.startswith("edgepipe.runtime") for d in deps), name
 
