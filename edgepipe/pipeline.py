@@ -19,10 +19,9 @@ from .tasks.texts import builtin_texts, load_texts
 __all__ = ["BuildResult", "BuildSpec", "Progress", "build"]
 
 
-def _texts(spec: BuildSpec) -> list[str]:
-    """The evaluation texts: --eval-data, or the built-in set (for decoders too: short commands,
-    long paragraphs, several languages and code are as telling for next tokens as for embeddings)."""
-    return load_texts(spec.eval_data) if spec.eval_data else builtin_texts()
+def _texts(spec: BuildSpec, kind: str) -> list[str]:
+    """The evaluation texts: --eval-data, or the task kind's built-in set."""
+    return load_texts(spec.eval_data) if spec.eval_data else builtin_texts(kind)
 
 
 def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
@@ -37,7 +36,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
         )
     evaluated = versions()
     specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
-    texts = _texts(spec)
+    texts = _texts(spec, source.task_kind)
     name = f"{source.name}-{spec.target.name}"
     spec.out.mkdir(parents=True, exist_ok=True)
     with disk_errors(), output_lock(spec.out, name):

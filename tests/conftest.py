@@ -58,7 +58,7 @@ def make_tiny_bert(dest: Path, seed: int = 0) -> Path:
 
     from edgepipe.tasks.texts import builtin_texts
 
-    tokenizer = train_wordpiece(builtin_texts())
+    tokenizer = train_wordpiece(builtin_texts("embedding"))
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,

@@ -42,7 +42,7 @@ def train_bpe(kind: str, vocab_size: int = 384):
         special_tokens=specials,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(builtin_texts(), trainer)
+    tok.train_from_iterator(builtin_texts("embedding"), trainer)
     extra: dict[str, str] = {}
     if kind == "llama":  # Llama prepends BOS through its post-processor
         tok.post_processor = processors.TemplateProcessing(

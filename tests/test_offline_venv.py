@@ -90,7 +90,7 @@ def test_bundle_runs_in_a_venv_of_its_requirements_alone(built, venv):
     )
     assert torch.returncode == 1 and b"No module named 'torch'" in torch.stderr
 
-    texts = builtin_texts()
+    texts = builtin_texts("embedding")
     run = subprocess.run(
         [str(venv), str(bundle), "embed", *texts],
         capture_output=True, text=True, timeout=300, env=clean_env(), cwd=tmp,

@@ -69,6 +69,8 @@ class TaskRecipes(Protocol):
 
     # How the score reads in the guard error: "min cosine", "next-token agreement".
     score_name: str
+    # What a kept node becomes, in attempt labels: "float" (int8 embeddings), "8bit" (int4 decoders).
+    kept_as: str
 
     def quantize(
         self, profile: Profile, keep: list[str] | None, label: str
@@ -111,7 +113,7 @@ class Search:
 
     def attempt(self, profile: Profile, keep: list[str] | None = None) -> Attempt:
         """Quantize with ``profile`` (``keep`` nodes in float) and score it."""
-        label = profile.name + (f"+float{len(keep)}" if keep else "")
+        label = profile.name + (f"+{self.recipes.kept_as}{len(keep)}" if keep else "")
         model, quantized = self.recipes.quantize(profile, keep, label)
         accuracy = self.recipes.score(profile, label, model, quantized)
         size = quantized["size_bytes"]

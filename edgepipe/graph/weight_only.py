@@ -188,22 +188,39 @@ def _vocab(graph: Any) -> int | None:
     return None
 
 
+# The GPTQ codes of the last fp32 model quantized, for the build's next attempt: mixed-precision
+# plans and the sensitivity ranking quantize the same weights again with other nodes at 8 bits.
+_CODES: dict[tuple[Any, ...], nbits.Codes] = {}
+
+
+def gptq_codes(
+    settings: WeightOnly, src: Path, model: Any, calibration: Feeds | None, bits: int,
+    calibration_digest: str | None,
+) -> nbits.Codes:  # fmt: skip
+    """GPTQ codes of ``model`` (loaded from ``src``), computed once per file, texts and bits."""
+    if calibration is None:
+        raise StageError("GPTQ needs calibration texts")
+    stat = src.stat()
+    key = (str(src.resolve()), stat.st_mtime_ns, stat.st_size, calibration_digest,
+           settings.block_size, bits)  # fmt: skip
+    if key not in _CODES:
+        _CODES.clear()
+        _CODES[key] = nbits.gptq_codes(model, calibration, bits, settings.block_size)
+    return _CODES[key]
+
+
 def quantize(
     settings: WeightOnly, src: Path, dst: Path, bits: int = 4, calibration: Feeds | None = None,
-    codes: nbits.Codes | None = None,
+    calibration_digest: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write ``dst``: ``src`` with its weights blockwise-quantized to ``bits`` (the profile's
-    ``int8_nodes`` to 8); return counts. GPTQ runs ``calibration``'s feeds through ``src``;
-    ``codes`` (from gptq_codes) skips that."""
+    ``int8_nodes`` to 8); return counts. GPTQ runs ``calibration``'s feeds through ``src``."""
     import onnx
 
     model = onnx.load(str(src))
     gemms = gemm_to_matmul(model.graph)
     if settings.algorithm == "gptq":
-        if codes is None:
-            if calibration is None:
-                raise StageError("GPTQ needs calibration texts")
-            codes = nbits.gptq_codes(model, calibration, bits, settings.block_size)
+        codes = gptq_codes(settings, src, model, calibration, bits, calibration_digest)
         high = set(settings.int8_nodes)
         plan = {n.name: 8 if n.name in high else bits for n in nbits.weight_matmuls(model.graph)}
         counts = nbits.quantize(

@@ -24,11 +24,30 @@ MAX_TOKENS = 128
 Logits = Callable[[list[int]], np.ndarray]
 
 
+# The chat check: greedy answers to these, the quantized model's against the fp32 export's, with
+# the first token where they part, go into the manifest (simple facts a small model gets right).
+CHAT_PROMPTS = (
+    "What is the capital of France?",
+    "How many days are there in a week?",
+    "Who wrote Romeo and Juliet?",
+    "What is 15 plus 27?",
+    "Name three primary colours.",
+    "Give me one tip for sleeping better.",
+)
+CHAT_TOKENS = 32
+
+
 class NextTokenConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     texts_digest: str = Field(description="sha256 of the evaluation texts, for the cache key.")
     max_tokens: int = Field(default=MAX_TOKENS, gt=1, description="Tokens per text at most.")
+    chat_prompts: tuple[str, ...] = Field(
+        default=CHAT_PROMPTS, description="Chat check: prompts answered greedily (chat template)."
+    )
+    chat_tokens: int = Field(
+        default=CHAT_TOKENS, gt=0, description="Chat check: tokens per answer."
+    )
 
 
 class NextTokenEvaluateConfig(NextTokenConfig):
@@ -136,28 +155,63 @@ def torch_logits(model_dir: Path) -> Logits:
     return run
 
 
+def chat_answers(
+    config: NextTokenConfig, model: Path, tokenizer: Path, runtime: GenerationConfig
+) -> list[dict[str, Any]]:
+    """Greedy answers to the chat prompts; none for a model without a chat template."""
+    if runtime.chat_prefix is None:
+        return []
+    generator = Generator(model, tokenizer, runtime)
+    answers = []
+    for prompt in config.chat_prompts:
+        done = generator.generate(prompt, chat=True, max_new_tokens=config.chat_tokens)
+        answers.append({"prompt": prompt, "text": done.text, "token_ids": done.token_ids})
+    return answers
+
+
+def chat_check(fp32: list[dict[str, Any]], model: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each answer beside fp32's and the first generated token where they differ (None: same)."""
+    rows = []
+    for ref, got in zip(fp32, model, strict=True):
+        a, b = ref["token_ids"], got["token_ids"]
+        first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), None)
+        if first is None and len(a) != len(b):
+            first = min(len(a), len(b))
+        rows.append(
+            {"prompt": ref["prompt"], "fp32": ref["text"], "model": got["text"],
+             "first_difference": first}
+        )  # fmt: skip
+    same = sum(1 for r in rows if r["first_difference"] is None)
+    return {"same": same, "n": len(rows), "answers": rows}
+
+
 def reference(
     config: NextTokenConfig, source_dir: Path, fp32_model: Path, tokenizer: Path,
     runtime: GenerationConfig, texts: list[str], out: Path,
 ) -> dict[str, Any]:  # fmt: skip
-    """How faithful the fp32 export is: its logits against PyTorch's on the evaluation texts."""
+    """How faithful the fp32 export is: its logits against PyTorch's on the evaluation texts; and
+    its greedy answers to the chat prompts (``out/chat.json``), which each quantized model's meet."""
     ids = token_ids(tokenizer, texts, config.max_tokens)
     pt, ox = torch_logits(source_dir), onnx_logits(fp32_model, tokenizer, runtime)
     stats = compare((pt(i) for i in ids), (ox(i) for i in ids))
     np.save(out / "next_tokens.npy", np.concatenate([ox(i).argmax(-1) for i in ids]))
     (out / "fp32_onnx.json").write_text(json.dumps(stats, indent=2))
+    chat = chat_answers(config, fp32_model, tokenizer, runtime)
+    (out / "chat.json").write_text(json.dumps(chat, indent=2, ensure_ascii=False))
     return {"outputs": digests(out), "fp32_onnx": {"against": "fp32 PyTorch model", **stats}}
 
 
 def evaluate(
     config: NextTokenEvaluateConfig, fp32_model: Path, model: Path, tokenizer: Path,
-    runtime: GenerationConfig, texts: list[str], out: Path,
+    runtime: GenerationConfig, texts: list[str], reference_chat: Path, out: Path,
 ) -> dict[str, Any]:  # fmt: skip
-    """Score ``model`` against the fp32 ONNX model; write ``out/evaluation.json``."""
+    """Score ``model`` against the fp32 ONNX model, and its chat answers against fp32's (the
+    reference stage's ``chat.json``); write ``out/evaluation.json``."""
     ids = token_ids(tokenizer, texts, config.max_tokens)
     ref, got = onnx_logits(fp32_model, tokenizer, runtime), onnx_logits(model, tokenizer, runtime)
     stats = compare((ref(i) for i in ids), (got(i) for i in ids), ids)
     missed = problem(stats, config.bar, config.max_kl, config.max_perplexity_ratio)
+    fp32_chat = json.loads(reference_chat.read_text(encoding="utf-8"))
     result = {
         "metric": config.metric,
         "bar": config.bar,
@@ -165,6 +219,9 @@ def evaluate(
         "max_perplexity_ratio": config.max_perplexity_ratio,
         "against": "fp32 ONNX model",
         "model": stats,
+        "chat": chat_check(fp32_chat, chat_answers(config, model, tokenizer, runtime))
+        if fp32_chat
+        else None,
         "passed": missed is None,
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))

@@ -212,7 +212,9 @@ def run(
                 _fp16(config.fp16_op_block_list, model, dst)
             elif config.method == "int4" and config.weight_only is not None:
                 feeds = decoder_calibration(calibration, model) if calibration else None
-                extra = weight_only.quantize(config.weight_only, model, dst, 4, feeds)
+                extra = weight_only.quantize(
+                    config.weight_only, model, dst, 4, feeds, config.calibration_digest
+                )
             elif config.method == "dynamic-int8" and config.task_kind == "generation":
                 extra = weight_only.quantize(DECODER_INT8, model, dst, bits=8)
             elif config.method == "dynamic-int8" and config.quantization is not None:

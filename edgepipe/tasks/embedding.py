@@ -43,6 +43,7 @@ class EmbeddingRecipes:
     calibration: quantize.CalibrationData
     bench_runs: int = 30
     score_name: str = field(default="min cosine", init=False)
+    kept_as: str = field(default="float", init=False)
 
     @property
     def calibration_digest(self) -> str:
@@ -213,7 +214,9 @@ def run(ctx: BuildContext) -> BuildResult:
         "reference", f"fp32 ONNX vs PyTorch min cosine {referenced['fp32_onnx']['min']:.6f}"
     )
     calibration_texts = (
-        load_texts(spec.calibration_data) if spec.calibration_data else builtin_calibration_texts()
+        load_texts(spec.calibration_data)
+        if spec.calibration_data
+        else builtin_calibration_texts(KIND)
     )
     recipes = EmbeddingRecipes(
         stage=stage,

@@ -21,8 +21,9 @@ from ..errors import ModelError
 from ..graph.checks import check_runtime_support
 from ..runtime.generator import GenerationConfig
 from ..sources import EXPORT_TASKS
-from ..stages import bench_generation, export, next_token, quantize
+from ..stages import bench_generation, decoder_sensitivity, export, next_token, quantize
 from ..stages.export import quiet
+from .texts import builtin_calibration_texts, load_texts
 
 log = logging.getLogger(__name__)
 KIND = "generation"
@@ -30,6 +31,8 @@ NAME = "text-generation"  # the manifest's and runtime.json's "task"
 EXAMPLE = 'generate "Once upon a time"'
 # A user message that no template can mistake for anything else; the rendering is split at it.
 SENTINEL = "\x1fEDGEPIPE-USER-MESSAGE\x1f"
+# Tokens per calibration text at most (GPTQ's statistics; the sensitivity probe takes fewer).
+CALIBRATION_TOKENS = 256
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 
@@ -174,19 +177,29 @@ class GenerationRecipes:
     texts: list[str]
     texts_digest: str
     digests: dict[str, str]
+    calibration: quantize.CalibrationData
     bench_runs: int = 30
     score_name: str = field(default="next-token agreement", init=False)
+    kept_as: str = field(default="8bit", init=False)
+
+    @property
+    def calibration_digest(self) -> str:
+        return hashlib.sha256("\n".join(self.calibration.texts).encode()).hexdigest()
 
     def quantize(
         self, profile: Profile, keep: list[str] | None, label: str
     ) -> tuple[Path, dict[str, Any]]:
-        config = quantize.QuantizeConfig.from_profile(profile, keep, task_kind=KIND)
+        config = quantize.QuantizeConfig.from_profile(
+            profile, keep, self.calibration_digest, task_kind=KIND
+        )
         return self.stage.quantize(
             label,
             profile.method,
             config,
-            {"fp32": self.digests["fp32"]},
-            lambda d: quantize.run(config, self.work / "export" / "model.onnx", d),
+            {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
+            lambda d: quantize.run(
+                config, self.work / "export" / "model.onnx", d, self.calibration
+            ),
         )
 
     def score(
@@ -194,8 +207,9 @@ class GenerationRecipes:
     ) -> dict[str, Any]:
         bar = profile.bar(KIND)
         eval_cfg = next_token.NextTokenEvaluateConfig(
-            texts_digest=self.texts_digest, bar=bar.min, max_kl=bar.max_kl, metric=bar.metric
-        )
+            texts_digest=self.texts_digest, bar=bar.min, max_kl=bar.max_kl, metric=bar.metric,
+            max_perplexity_ratio=bar.max_perplexity_ratio,
+        )  # fmt: skip
         tokenizer = self.work / "export" / "tokenizer" / "tokenizer.json"
         scored = self.stage(
             "evaluate",
@@ -204,6 +218,7 @@ class GenerationRecipes:
                 "fp32": self.digests["fp32"],
                 "model": quantized["outputs"]["model.onnx"],
                 "runtime": self.digests["runtime"],
+                "chat": self.digests["chat"],
             },  # fmt: skip
             lambda d: next_token.evaluate(
                 eval_cfg,
@@ -212,6 +227,7 @@ class GenerationRecipes:
                 tokenizer,
                 self.runtime,
                 self.texts,
+                self.work / "reference" / "chat.json",
                 d,
             ),  # fmt: skip
             label=f"evaluate/{label}",
@@ -221,10 +237,9 @@ class GenerationRecipes:
     def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
         score, bar = accuracy["model"], profile.bar(KIND)
         budget = self.target.budgets.generation_model_size_mb
-        if score["agreement"] < bar.min:
-            return f"next-token agreement {score['agreement']} < bar {bar.min}"
-        if bar.max_kl is not None and score["mean_kl"] > bar.max_kl:
-            return f"mean KL {score['mean_kl']} > max {bar.max_kl}"
+        missed = next_token.problem(score, bar.min, bar.max_kl, bar.max_perplexity_ratio)
+        if missed:
+            return missed
         if budget is not None and size_bytes / 1e6 > budget:
             return f"{size_bytes / 1e6:.1f} MB > budget {budget} MB"
         return None
@@ -234,14 +249,39 @@ class GenerationRecipes:
 
     def evaluated(self, attempt: Attempt, profile: Profile) -> str:
         score, problem = attempt.accuracy["model"], attempt.problem
+        ratio = score.get("perplexity_ratio")
         return (
             f"{attempt.size_bytes / 1e6:.1f} MB, next-token agreement {score['agreement']:.4f}, "
-            f"mean KL {score['mean_kl']:.4f} (bar {profile.bar(KIND).min})"
-            f"{': ' + problem if problem else ''}"
+            f"mean KL {score['mean_kl']:.4f}"
+            + (f", perplexity {ratio:.3f}x fp32" if ratio is not None else "")
+            + f" (bar {profile.bar(KIND).min})"
+            + (f": {problem}" if problem else "")
         )
 
     def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
-        return None  # no keep_float for decoders yet
+        """int4 with keep_8bit: the MatMuls worth 8 bits, most accuracy per byte first."""
+        w = profile.weight_only
+        if profile.method != "int4" or w is None or w.keep_8bit is None:
+            return None
+        config = decoder_sensitivity.DecoderSensitivityConfig(
+            weight_only=w.model_copy(update={"int8_nodes": [], "keep_8bit": None}),
+            calibration_digest=self.calibration_digest,
+            probe_texts=w.keep_8bit.probe_texts,
+        )
+        label = f"sensitivity/{profile.name}"
+        self.stage(
+            "sensitivity",
+            config,
+            {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
+            lambda d: decoder_sensitivity.run(
+                config, self.work / "export" / "model.onnx", self.calibration, d
+            ),
+            label=label,
+        )
+        ranked = json.loads((self.work / label / "ranking.json").read_text())
+        worst = ranked[0]["node"] if ranked else "none"
+        self.stage.summary(label, f"{len(ranked)} MatMuls ranked, most worth 8 bits: {worst}")
+        return [r["node"] for r in ranked], w.keep_8bit.max_nodes
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
         config = bench_generation.GenerationBenchConfig
@@ -332,14 +372,23 @@ def run(ctx: BuildContext) -> BuildResult:
         ),
     )
     fp32_onnx = referenced["fp32_onnx"]
+    digests["chat"] = referenced["outputs"]["chat.json"]
     stage.summary(
         "reference",
         f"fp32 ONNX vs PyTorch: next-token agreement {fp32_onnx['agreement']:.6f}, max logit "
         f"diff {fp32_onnx['max_abs_logit_diff']:.2e}",
     )
-    recipes = GenerationRecipes(
-        stage, work, target, runtime, ctx.texts, ctx.texts_digest, digests, spec.bench_runs
+    calibration = quantize.CalibrationData(
+        load_texts(spec.calibration_data)
+        if spec.calibration_data
+        else builtin_calibration_texts(KIND),
+        tokenizer,
+        CALIBRATION_TOKENS,
     )
+    recipes = GenerationRecipes(
+        stage, work, target, runtime, ctx.texts, ctx.texts_digest, digests, calibration,
+        spec.bench_runs,
+    )  # fmt: skip
     search = Search(recipes, stage.summary)
     chosen = search.run(spec, ctx.profiles)
     return write_bundle(

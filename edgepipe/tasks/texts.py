@@ -8,20 +8,31 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
+# The built-in sets per task kind. Embeddings: single words, commands, long paragraphs, eight
+# languages, code, numbers, emoji. Decoders: paragraphs of prose, chat turns, code, German and
+# French, long enough (60-120 tokens) for next-token scores that mean something; their
+# calibration set (GPTQ's statistics) shares no text with the evaluation set.
+_EVAL = {"embedding": "data/eval_texts.txt", "generation": "data/generation_eval_texts.txt"}
+_CALIBRATION = {
+    "embedding": "data/calibration_texts.txt",
+    "generation": "data/generation_calibration_texts.txt",
+}
 
-def builtin_texts() -> list[str]:
-    text = resources.files("edgepipe").joinpath("data/eval_texts.txt").read_text(encoding="utf-8")
+
+def _lines(name: str) -> list[str]:
+    """Non-empty lines of a packaged text file; a literal \\n in a line is a line break."""
+    text = resources.files("edgepipe").joinpath(name).read_text(encoding="utf-8")
     return [line.replace("\\n", "\n") for line in text.splitlines() if line.strip()]
 
 
-def builtin_calibration_texts() -> list[str]:
-    """Texts for calibrating activation ranges: kept apart from the evaluation set on purpose."""
-    text = (
-        resources.files("edgepipe")
-        .joinpath("data/calibration_texts.txt")
-        .read_text(encoding="utf-8")
-    )
-    return [line for line in text.splitlines() if line.strip()]
+def builtin_texts(kind: str) -> list[str]:
+    """The built-in evaluation texts of a task kind."""
+    return _lines(_EVAL[kind])
+
+
+def builtin_calibration_texts(kind: str) -> list[str]:
+    """Texts for calibration (activation ranges, GPTQ): kept apart from the evaluation set."""
+    return _lines(_CALIBRATION[kind])
 
 
 def load_texts(path: Path) -> list[str]:

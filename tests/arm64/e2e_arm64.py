@@ -109,7 +109,7 @@ def main() -> int:
     check = emulated(root, site, str(bundle), "verify")
     print(f"bundle verify under qemu: {check.stdout.strip() or check.stderr.strip()}")
 
-    texts = builtin_texts()
+    texts = builtin_texts("embedding")
     start = time.perf_counter()
     run = emulated(root, site, str(bundle), "embed", *texts)
     if run.returncode != 0:

@@ -242,7 +242,7 @@ def accuracy(hf: Path, edge: dict[str, Generator], llama: LlamaCpp, llama_names:
     from transformers import AutoModelForCausalLM
 
     tokenizer = Tokenizer.from_file(str(hf / "tokenizer.json"))
-    texts = builtin_texts()[:count]
+    texts = builtin_texts("embedding")[:count]
     reference = AutoModelForCausalLM.from_pretrained(hf).eval()
     totals: dict[str, list[tuple[float, float]]] = {}
     for i, text in enumerate(texts):

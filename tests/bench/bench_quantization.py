@@ -49,7 +49,7 @@ def optimum_preset(export_dir: Path, preset: str, out: Path) -> Path:
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    texts = builtin_texts()
+    texts = builtin_texts("embedding")
     with tempfile.TemporaryDirectory(prefix="edgepipe-qbench-") as tmp:
         out = Path(tmp)
         avx2_model, export_dir, _ = edgepipe_build("laptop-avx2", out)

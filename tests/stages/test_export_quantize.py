@@ -50,7 +50,7 @@ def test_export_matches_pytorch(exported, tiny_bert_master):
 
 def calibration(out):
     return quantize.CalibrationData(
-        builtin_calibration_texts(), out / "tokenizer" / "tokenizer.json", 64
+        builtin_calibration_texts("embedding"), out / "tokenizer" / "tokenizer.json", 64
     )
 
 
@@ -82,7 +82,7 @@ def test_smoothing_is_exact_in_fp32(exported, tmp_path):
         out / "model.onnx",
         tmp_path / "s.onnx",
         0.65,
-        builtin_calibration_texts(),
+        builtin_calibration_texts("embedding"),
         out / "tokenizer" / "tokenizer.json",
         64,
     )
