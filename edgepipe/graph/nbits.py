@@ -16,6 +16,14 @@ import numpy as np
 from . import gptq
 
 
+# GPTQ's settings, measured on the off-grid SmolLM2-135M (35 calibration texts; mean KL to fp32 on
+# held-out paragraphs): act-order with damping 0.01 -> 0.1 took the all-4-bit model from 0.164
+# (plain order, 0.01) through 0.145 (plain, 0.1) to 0.120. A few thousand calibration tokens
+# leave X^T X of a 1536-wide input badly conditioned; the larger damping keeps GPTQ from fitting
+# the calibration texts' noise.
+DAMP = 0.1
+
+
 def weight_matmuls(graph: Any) -> list[Any]:
     """MatMul nodes whose B is a 2-D float initializer, in graph order."""
     from onnx import TensorProto
@@ -177,6 +185,8 @@ def gptq_codes(
                 key = (node.input[1], bits)
                 if key not in codes:
                     weight = numpy_helper.to_array(inits[node.input[1]])
-                    codes[key] = gptq.gptq(weight, stats[name], bits, block)
+                    codes[key] = gptq.gptq(
+                        weight, stats[name], bits, block, damp=DAMP, act_order=True
+                    )
         del stats
     return codes

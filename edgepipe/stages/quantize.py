@@ -216,7 +216,8 @@ def run(
                     config.weight_only, model, dst, 4, feeds, config.calibration_digest
                 )
             elif config.method == "dynamic-int8" and config.task_kind == "generation":
-                extra = weight_only.quantize(DECODER_INT8, model, dst, bits=8)
+                settings = config.weight_only or DECODER_INT8
+                extra = weight_only.quantize(settings, model, dst, bits=8)
             elif config.method == "dynamic-int8" and config.quantization is not None:
                 with tempfile.TemporaryDirectory(prefix="edgepipe-q-") as tmp:
                     src = prepared(config.quantization, model, Path(tmp), calibration)
