@@ -10,24 +10,46 @@ front to expose it further.
 from __future__ import annotations
 
 import argparse
+import email.message
+import hmac
 import ipaddress
 import json
+import os
+import re
 import signal
 import socket
 import sys
 import threading
+import time
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from . import integrity
+from . import http_json, integrity, openai_api
+from .http_json import RequestError
 from .integrity import EMBEDDING, TEXT_GENERATION
+
+__all__ = ["RequestError", "ServeError", "run", "texts_from", "generate_options"]
 
 EXIT_SERVE = 3
 MAX_BODY_BYTES = 1 << 20
 MAX_TEXTS = 64
-ROUTES = {"/embed": "POST", "/generate": "POST", "/health": "GET", "/manifest": "GET"}
+MAX_CONNECTIONS = 128
+REQUEST_TIMEOUT = 15.0
+MODELS, CHAT, COMPLETIONS = "/v1/models", "/v1/chat/completions", "/v1/completions"
+ROUTES = {
+    "/embed": "POST",
+    "/generate": "POST",
+    "/health": "GET",
+    "/manifest": "GET",
+    MODELS: "GET",
+    "/v1/embeddings": "POST",
+    CHAT: "POST",
+    COMPLETIONS: "POST",
+}
+DECIMAL = re.compile(r"[0-9]{1,15}")
 # The fields of a /generate body and the types each may have (seed may also be null).
 GENERATE_FIELDS: dict[str, tuple[type, ...]] = {
     "prompt": (str,),
@@ -45,15 +67,6 @@ class ServeError(Exception):
     """The server cannot start: one line for the user, exit code EXIT_SERVE."""
 
 
-class RequestError(Exception):
-    """A request the API refuses, with the HTTP status to answer."""
-
-    def __init__(self, status: HTTPStatus, message: str, body_unread: bool = False) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body_unread = body_unread
-
-
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve", help="answer POST /embed or /generate, GET /health, GET /manifest over HTTP"
@@ -63,6 +76,24 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES, help="largest request")
     p.add_argument("--max-texts", type=int, default=MAX_TEXTS, help="most texts per request")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: target's)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=REQUEST_TIMEOUT,
+        help="seconds a client may stall mid-request, idle between requests or take to read an "
+        f"answer (default {REQUEST_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        help=f"open connections served at once; more get 503 (default {MAX_CONNECTIONS})",
+    )
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("EDGEPIPE_API_KEY") or None,
+        help="answer only requests with 'Authorization: Bearer KEY' (default: $EDGEPIPE_API_KEY)",
+    )
 
 
 def loopback(host: str) -> bool:
@@ -120,13 +151,30 @@ def generate_options(payload: object) -> dict[str, Any]:
     return dict(payload)
 
 
+class ClientGone(Exception):
+    """The client stopped reading (closed, reset, or slower than the timeout): drop it."""
+
+
+def _printable(text: str) -> str:
+    """``text`` for one log line: control characters escaped, at most 200 characters."""
+    text = text[:200]
+    return text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+
+
 class Handler(BaseHTTPRequestHandler):
-    """One request: route, check, answer JSON; never a traceback to the client."""
+    """One connection: requests in turn (keep-alive, pipelined), each answered JSON, logged once."""
 
     server: BundleServer
     server_version = "edgepipe-bundle"
-    # Drops a client that stalls mid-request instead of holding a thread forever.
-    timeout = 15
+    protocol_version = "HTTP/1.1"
+    path = ""
+    requestline = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # Drops a client that stalls mid-request, idles between requests or reads the answer too
+        # slowly (sendall's deadline covers the whole answer) instead of holding a thread forever.
+        self.connection.settimeout(self.server.request_timeout)
 
     def do_GET(self) -> None:
         self._route("GET")
@@ -143,60 +191,221 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._route("PATCH")
 
+    def _openai(self) -> bool:
+        return self.path.startswith("/v1/") or self.path == "/v1"
+
     def _route(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
+        self.path = path
         try:
-            allowed = ROUTES.get(path)
+            self._authorize()
+            allowed = ROUTES.get(path) or ("GET" if path.startswith(MODELS + "/") else None)
             if allowed is None:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no such path: {path}")
             if method != allowed:
                 raise RequestError(
                     HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers {allowed}, not {method}"
                 )
-            if path == "/embed":
-                self._send(HTTPStatus.OK, self.server.embed(self._json_body()))
-            elif path == "/generate":
-                self._send(HTTPStatus.OK, self.server.generate(self._json_body()))
-            elif path == "/health":
-                self._send(HTTPStatus.OK, self.server.health())
-            else:
-                self._send(HTTPStatus.OK, self.server.manifest)
+            self._answer(path)
         except RequestError as exc:
-            self._send(exc.status, {"error": str(exc)}, allow=ROUTES.get(path))
-            if exc.body_unread:
-                self._drain()
+            self._refuse(exc, allow=ROUTES.get(path))
+        except ClientGone as exc:
+            self.close_connection = True
+            self._log(f"client gone: {exc}")
         except Exception as exc:  # a bug or a broken model: answer it, keep serving
-            self.log_message("error: %s: %s", type(exc).__name__, exc)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+            self._fail(exc)
+
+    def _answer(self, path: str) -> None:
+        server = self.server
+        if path == "/health":
+            self._send(HTTPStatus.OK, server.health())
+        elif path == "/manifest":
+            self._send(HTTPStatus.OK, server.manifest)
+        elif path == MODELS:
+            self._send(HTTPStatus.OK, {"object": "list", "data": [server.model]})
+        elif path.startswith(MODELS + "/"):
+            if path[len(MODELS) + 1 :] != server.model["id"]:
+                raise RequestError(HTTPStatus.NOT_FOUND, f"no model {path[len(MODELS) + 1 :]!r}")
+            self._send(HTTPStatus.OK, server.model)
+        elif path == "/embed":
+            self._send(HTTPStatus.OK, server.embed(self._json_body()))
+        elif path == "/generate":
+            self._send(HTTPStatus.OK, server.generate(self._json_body()))
+        elif path == "/v1/embeddings":
+            self._send(HTTPStatus.OK, server.openai_embeddings(self._json_body()))
+        else:
+            self._complete(server.completion_request(self._json_body(), path == CHAT))
+
+    def _authorize(self) -> None:
+        key = self.server.api_key
+        if key is None:
+            return
+        given = self.headers.get("Authorization", "")
+        scheme, _, token = given.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            token.strip().encode("utf-8", "surrogateescape"), key.encode("utf-8")
+        ):
+            raise RequestError(
+                HTTPStatus.UNAUTHORIZED,
+                "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                body_unread=self.command == "POST",
+            )
+
+    def _complete(self, request: openai_api.Completion) -> None:
+        """Answer a completion whole, or as server-sent events ending in ``data: [DONE]``."""
+        if not request.stream:
+            result = self.server.run_generation(request)
+            self._send(HTTPStatus.OK, request.response(result))
+            return
+        started = False
+
+        def start() -> None:
+            nonlocal started
+            if not started:
+                self._start_events()
+                self._event(request.chunk("" if request.chat else None, first=True))
+                started = True
+
+        def piece(text: str) -> None:
+            start()
+            self._event(request.chunk(text))
+
+        result = self.server.run_generation(request, on_text=piece)
+        start()
+        self._event(request.chunk(None, openai_api.FINISH_REASONS[result.stop_reason]))
+        if request.include_usage:
+            self._event(request.usage_chunk(result))
+        self._write_chunk(b"data: [DONE]\n\n")
+        self._write_chunk(b"")
+        self._log("", HTTPStatus.OK)
 
     def _json_body(self) -> object:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        body = self._body()
+        try:
+            return http_json.loads(body)
+        except http_json.BodyError as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
+
+    def _body(self) -> bytes:
+        if "Transfer-Encoding" in self.headers:
+            raise RequestError(
+                HTTPStatus.LENGTH_REQUIRED,
+                "Transfer-Encoding bodies (chunked) are not accepted; send a Content-Length",
+                body_unread=True,
+            )
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
             raise RequestError(
                 HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required", body_unread=True
             )
-        limit = self.server.max_body_bytes
-        if int(length) > limit:
+        if len(lengths) != 1 or not DECIMAL.fullmatch(lengths[0].strip()):
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                "Content-Length must be one decimal number",
+                body_unread=True,
+            )
+        length, limit = int(lengths[0]), self.server.max_body_bytes
+        if length > limit:
             raise RequestError(
                 HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
                 f"body of {length} bytes; at most {limit}",
                 body_unread=True,
             )
-        body = self.rfile.read(int(length))
         try:
-            return json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RequestError(HTTPStatus.BAD_REQUEST, f"body is not UTF-8 JSON: {exc}") from None
+            body = self.rfile.read(length)
+        except TimeoutError:
+            self.close_connection = True
+            raise RequestError(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the body's {length} bytes (its Content-Length) did not arrive within "
+                f"{self.server.request_timeout:g} s",
+            ) from None
+        if len(body) < length:
+            self.close_connection = True
+            raise RequestError(
+                HTTPStatus.BAD_REQUEST,
+                f"the body ended after {len(body)} of the {length} bytes its Content-Length says",
+            )
+        return body
 
-    def _send(self, status: HTTPStatus, payload: object, allow: str | None = None) -> None:
+    def _error(self, status: HTTPStatus, message: str, param: str | None = None) -> object:
+        if self._openai():
+            return openai_api.error_document(status, message, param)
+        return {"error": message}
+
+    def _refuse(self, exc: RequestError, allow: str | None = None) -> None:
+        headers = {"Allow": allow} if exc.status == HTTPStatus.METHOD_NOT_ALLOWED and allow else {}
+        if exc.status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
+        if exc.body_unread:
+            self.close_connection = True
+        try:
+            self._send(exc.status, self._error(exc.status, str(exc), exc.param), headers, str(exc))
+        except ClientGone as gone:
+            self._log(f"{exc}; client gone: {gone}", exc.status)
+            return
+        if exc.body_unread:
+            self._drain()
+
+    def _fail(self, exc: Exception) -> None:
+        message = f"{type(exc).__name__}: {exc}"
+        self.close_connection = True
+        try:
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            self._send(status, self._error(status, message), reason=message)
+        except ClientGone:
+            self._log(f"{message}; client gone")
+
+    def _send(
+        self,
+        status: HTTPStatus,
+        payload: object,
+        headers: dict[str, str] | None = None,
+        reason: str = "",
+    ) -> None:
         data = (json.dumps(payload, ensure_ascii=False) + "\n").encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if status == HTTPStatus.METHOD_NOT_ALLOWED and allow:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        self.wfile.write(data)
+        try:
+            self.send_response_only(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            if self.close_connection:
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError as exc:  # TimeoutError included: a client reading slower than the timeout
+            self.close_connection = True
+            raise ClientGone(f"{type(exc).__name__} writing the answer") from None
+        self._log(reason, status)
+
+    def _start_events(self) -> None:
+        self.chunked = self.request_version != "HTTP/1.0"
+        try:
+            self.send_response_only(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            if self.chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+            else:
+                self.close_connection = True
+            self.end_headers()
+        except OSError as exc:
+            self.close_connection = True
+            raise ClientGone(f"{type(exc).__name__} writing the answer") from None
+
+    def _event(self, document: object) -> None:
+        self._write_chunk(f"data: {json.dumps(document, ensure_ascii=False)}\n\n".encode())
+
+    def _write_chunk(self, data: bytes) -> None:
+        try:
+            if self.chunked:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            elif data:
+                self.wfile.write(data)
+        except OSError as exc:
+            self.close_connection = True
+            raise ClientGone(f"{type(exc).__name__} writing the stream") from None
 
     def _drain(self) -> None:
         """Read and drop a bounded part of an unread body, so the client sees the 413, not a reset."""
@@ -211,6 +420,30 @@ class Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """What the standard library refuses before routing (bad request line, headers), as JSON."""
+        status = HTTPStatus(code)
+        if status == HTTPStatus.NOT_IMPLEMENTED:  # an unknown method: as for a known one
+            status, message = HTTPStatus.METHOD_NOT_ALLOWED, f"method {self.command!r} not allowed"
+        self.close_connection = True
+        if not hasattr(self, "headers"):  # what _send needs of a parsed request
+            self.headers = email.message.Message()
+        if self.request_version == "HTTP/0.9":
+            self.request_version = "HTTP/1.0"
+        text = message or status.phrase
+        try:
+            self._send(status, self._error(status, text), reason=text)
+        except ClientGone:
+            self._log(f"{text}; client gone", status)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """Each request is logged once by _log, with the reason of a refusal."""
+
+    def _log(self, reason: str, status: int | None = None) -> None:
+        line = _printable(self.requestline) or "-"
+        shown = f" {int(status)}" if status is not None else ""
+        self.log_message('"%s"%s%s', line, shown, f" {_printable(reason)}" if reason else "")
+
     def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(f"{self.address_string()} {format % args}\n")
 
@@ -219,12 +452,19 @@ class BundleServer(ThreadingHTTPServer):
     """The HTTP server and the one Embedder or Generator its threads share."""
 
     daemon_threads = True
+    request_queue_size = 128
 
     def __init__(self, root: Path, args: argparse.Namespace) -> None:
         self.manifest = integrity.read_manifest(root)
         self.max_body_bytes = args.max_body_bytes
         self.max_texts = args.max_texts
+        self.request_timeout = float(args.timeout)
+        self.max_connections = args.max_connections
+        self.api_key = args.api_key
+        self.connections = 0
+        self.connections_lock = threading.Lock()
         self.task = integrity.bundle_task(root)
+        self.model = openai_api.model_document(self.manifest, int(time.time()))
         self.embedder: Any = None
         self.generator: Any = None
         # One generation at a time: each already uses every intra-op thread, and interleaving two
@@ -245,6 +485,36 @@ class BundleServer(ThreadingHTTPServer):
             self.address_family = socket.AF_INET6
         super().__init__((args.host, args.port), Handler)
 
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a thread for the connection, or answer 503 at once past --max-connections."""
+        with self.connections_lock:
+            full = self.connections >= self.max_connections
+            if not full:
+                self.connections += 1
+        if not full:
+            super().process_request(request, client_address)
+            return
+        message = f"{self.max_connections} connections open; at most {self.max_connections}"
+        data = (json.dumps({"error": message}) + "\n").encode()
+        head = (
+            f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+        )
+        try:
+            request.settimeout(1.0)
+            request.sendall(head.encode() + data)
+        except OSError:
+            pass
+        self.shutdown_request(request)
+        sys.stderr.write(f"{client_address[0]} 503 refused: {message}\n")
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self.connections_lock:
+                self.connections -= 1
+
     def _wrong_task(self, path: str, right: str) -> RequestError:
         return RequestError(
             HTTPStatus.NOT_FOUND,
@@ -260,6 +530,30 @@ class BundleServer(ThreadingHTTPServer):
             "embeddings": [[round(float(x), 7) for x in v] for v in vectors],
             "truncated": [self.embedder.token_count(t)[1] for t in texts],
         }
+
+    def openai_embeddings(self, payload: object) -> dict[str, Any]:
+        if self.embedder is None:
+            raise self._wrong_task("/v1/embeddings", "/v1/chat/completions or /v1/completions")
+        texts, encoding = openai_api.embedding_inputs(payload, self.max_texts)
+        vectors = self.embedder.embed(texts)
+        tokens = sum(self.embedder.token_count(t)[0] for t in texts)
+        return openai_api.embeddings_document(vectors, encoding, tokens, self.model["id"])
+
+    def completion_request(self, payload: object, chat: bool) -> openai_api.Completion:
+        if self.generator is None:
+            raise self._wrong_task(CHAT if chat else COMPLETIONS, "/v1/embeddings")
+        return openai_api.completion_request(payload, chat, self.model["id"], self.generator)
+
+    def run_generation(
+        self, request: openai_api.Completion, on_text: Callable[[str], None] | None = None
+    ) -> Any:
+        from .generator import GenerationError
+
+        try:
+            with self.generate_lock:
+                return self.generator.generate(request.prompt, **request.options, on_text=on_text)
+        except GenerationError as exc:
+            raise RequestError(HTTPStatus.BAD_REQUEST, str(exc), param="messages") from None
 
     def generate(self, payload: object) -> dict[str, Any]:
         if self.generator is None:
@@ -277,13 +571,17 @@ class BundleServer(ThreadingHTTPServer):
 
     def health(self) -> dict[str, Any]:
         runtime = self.generator or self.embedder
-        return {
+        health = {
             "status": "ok",
             "name": self.manifest.get("name"),
             "task": self.task,
             "model_sha256": self.manifest.get("model", {}).get("sha256"),
             "max_length": runtime.config.max_length,
+            "connections": self.connections,
         }
+        if self.generator is not None:
+            health["chat"] = self.generator.chat_off() or "on"
+        return health
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         exc = sys.exc_info()[1]
@@ -298,8 +596,12 @@ def run(root: Path, args: argparse.Namespace) -> int:
                 f"--host {args.host} is not a loopback address; the bundle serves only "
                 "127.0.0.1/::1 (put a reverse proxy in front to expose it)"
             )
-        if args.max_body_bytes < 1 or args.max_texts < 1:
-            raise ServeError("--max-body-bytes and --max-texts must be at least 1")
+        if args.max_body_bytes < 1 or args.max_texts < 1 or args.max_connections < 1:
+            raise ServeError(
+                "--max-body-bytes, --max-texts and --max-connections must be at least 1"
+            )
+        if not 0 < args.timeout < float("inf"):
+            raise ServeError(f"--timeout must be a positive number of seconds (got {args.timeout})")
         try:
             server = BundleServer(root, args)
         except OSError as exc:

@@ -33,6 +33,9 @@ RUNTIME_MODULES = (
     "measure.py",
     "cli.py",
     "serve.py",
+    "http_json.py",
+    "openai_api.py",
+    "chat.py",
 )
 
 

@@ -137,7 +137,10 @@ def test_stops_cleanly_on_sigterm(tiny_bundle):
     [
         (["--host", "0.0.0.0"], "error: --host 0.0.0.0 is not a loopback address"),
         (["--host", "192.168.1.10"], "error: --host 192.168.1.10 is not a loopback address"),
-        (["--max-texts", "0"], "error: --max-body-bytes and --max-texts must be at least 1"),
+        (
+            ["--max-texts", "0"],
+            "error: --max-body-bytes, --max-texts and --max-connections must be at least 1",
+        ),
     ],
 )
 def test_refuses_to_start_with_one_line(tiny_bundle, args, message):
