@@ -46,9 +46,15 @@ class Server:
         """The server process's threads now (Linux)."""
         return len(os.listdir(f"/proc/{self.proc.pid}/task"))
 
-    def requests_logged(self, since: int) -> list[str]:
-        """Log lines after the first ``since``, without the /health checks'."""
-        return [line for line in self.lines[since:] if '"GET /health ' not in line]
+    def requests_logged(self, since: int, expect: int = 1) -> list[str]:
+        """Log lines after the first ``since``, without the /health checks', once ``expect`` are
+        there (a line is written after its answer is sent) or 5 s have passed."""
+        deadline = time.monotonic() + 5
+        while True:
+            lines = [line for line in self.lines[since:] if '"GET /health ' not in line]
+            if len(lines) >= expect or time.monotonic() > deadline:
+                return lines
+            time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
