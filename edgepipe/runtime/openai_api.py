@@ -223,7 +223,12 @@ def _options(body: dict[str, Any], default_tokens: int) -> dict[str, Any]:
     try:
         check_options(**options)
     except OptionError as exc:
-        raise _bad(name if "max_new_tokens" in str(exc) else "body", str(exc)) from None
+        message = str(exc)
+        param = next((p for p in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+                      if message.startswith(p)), "body")  # fmt: skip
+        raise _bad(
+            name if param == "max_new_tokens" else param, message.replace("max_new_tokens", name)
+        ) from None
     return options
 
 

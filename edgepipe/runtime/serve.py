@@ -169,6 +169,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     path = ""
     requestline = ""
+    streaming = False  # the answer is a stream of events, its status already sent
 
     def setup(self) -> None:
         super().setup()
@@ -196,7 +197,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
-        self.path = path
+        self.path, self.streaming = path, False
         try:
             self._authorize()
             allowed = ROUTES.get(path) or ("GET" if path.startswith(MODELS + "/") else None)
@@ -350,6 +351,9 @@ class Handler(BaseHTTPRequestHandler):
     def _fail(self, exc: Exception) -> None:
         message = f"{type(exc).__name__}: {exc}"
         self.close_connection = True
+        if self.streaming:  # the 200 is sent: end the stream by closing the connection
+            self._log(f"stream broken off: {message}", HTTPStatus.OK)
+            return
         try:
             status = HTTPStatus.INTERNAL_SERVER_ERROR
             self._send(status, self._error(status, message), reason=message)
@@ -380,6 +384,7 @@ class Handler(BaseHTTPRequestHandler):
         self._log(reason, status)
 
     def _start_events(self) -> None:
+        self.streaming = True
         self.chunked = self.request_version != "HTTP/1.0"
         try:
             self.send_response_only(HTTPStatus.OK)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from serving import request
 
 from edgepipe.runtime.embedder import Embedder
 
@@ -44,16 +45,6 @@ def _read_line(proc, timeout):
             raise AssertionError(f"server did not start: {data!r} {proc.stderr.read()!r}")
         data += proc.stderr.read1(4096)
     return data.decode().splitlines()[0]
-
-
-def request(port, method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def post_json(port, payload):
