@@ -13,11 +13,12 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .http_json import RequestError
+
+if TYPE_CHECKING:  # numpy is imported where embeddings are: `verify` runs without it
+    import numpy as np
 
 # The statuses OpenAI's own API answers with these error codes.
 ERROR_CODES = {
@@ -127,6 +128,8 @@ def embedding_inputs(payload: object, max_texts: int) -> tuple[list[str], str]:
 def embeddings_document(
     vectors: np.ndarray, encoding: str, prompt_tokens: int, model: str
 ) -> dict[str, Any]:
+    import numpy as np
+
     data = []
     for index, vector in enumerate(vectors):
         if encoding == "base64":  # little-endian float32, as OpenAI's clients decode it
