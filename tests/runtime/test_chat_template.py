@@ -144,3 +144,33 @@ def test_runtime_json_of_older_bundles_still_reads():
     assert config.chat_prefix == old["chat_prefix"]
     again = GenerationConfig.from_json(config.to_json())
     assert again == config
+
+
+def test_the_build_keeps_one_message_chat_and_says_why_multi_turn_is_off(
+    decoder_bundle, tmp_path, caplog
+):
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from edgepipe.tasks.generation import runtime_config
+
+    bundle = decoder_bundle("qwen2")
+    model_dir = tmp_path / "qwen2"
+    shutil.copytree(bundle.model_dir, model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    # Turns joined by a separator: one message renders, but no per-role text reproduces the join.
+    tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
+        "{% if not loop.last %} | {% endif %}{% endfor %}"
+    )
+    tokenizer.save_pretrained(model_dir)
+    with caplog.at_level("WARNING"):
+        config = runtime_config(
+            model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"]
+        )
+    assert config.chat_template is None and config.chat_prefix is not None
+    assert config.chat_off.startswith("chat template not reproducible without Jinja")
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{model_dir}: /v1/chat/completions is off: {config.chat_off}"]
+    assert GenerationConfig.from_json(config.to_json()) == config

@@ -202,6 +202,7 @@ def test_bodies_without_one_honest_length(embed_server, headers, status, reason)
         (b"GET /manifest HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431),
         (b"GET /manifest HTTP/1.1\r\n" + b"X: y\r\n" * 101 + b"\r\n", 431),
         (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505),  # HTTP/2's preface: the version is refused
     ],
 )
 def test_malformed_requests_are_refused_in_json(embed_server, data, status):
@@ -342,3 +343,23 @@ def test_a_burst_of_texts_at_the_token_limit(
         + [("chat", 400, "context_length_exceeded")] * 6,
         key=str,
     )
+
+
+def test_a_client_that_leaves_a_stream_stops_its_generation(chat_server):
+    since = len(chat_server.lines)
+    body = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 250, "stream": True,
+         "temperature": 1.5, "seed": 1}
+    ).encode()  # fmt: skip
+    with socket.create_connection(("127.0.0.1", chat_server.port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.sendall(post("/v1/chat/completions", body))
+        assert sock.recv(64).startswith(b"HTTP/1.1 200 ")
+    # Closed with a reset: the server's next write fails, the generation stops, the lock is free.
+    deadline = time.monotonic() + 5
+    while not (gone := [line for line in chat_server.lines[since:] if "client gone" in line]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert len(gone) == 1 and "writing the stream" in gone[0]
+    status, _, reply = request(chat_server.port, "POST", "/v1/completions", b'{"prompt": "hi"}')
+    assert status == 200 and reply["choices"][0]["text"] is not None
