@@ -34,6 +34,7 @@ RUNTIME_MODULES = (
     "cli.py",
     "serve.py",
     "http_json.py",
+    "http_handler.py",
     "openai_api.py",
     "chat.py",
 )
