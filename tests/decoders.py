@@ -157,3 +157,16 @@ def export_decoder(model_dir: Path, out: Path) -> Path:
             do_validation=False,
         )
     return out / "model.onnx"
+
+
+def with_chat_template(model_dir: Path, dest: Path, template: str) -> Path:
+    """A copy of ``model_dir`` at ``dest`` whose tokenizer carries ``template``."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model_dir, dest)
+    tokenizer = AutoTokenizer.from_pretrained(dest)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(dest)
+    return dest

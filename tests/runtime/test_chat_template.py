@@ -7,7 +7,7 @@ import pytest
 from edgepipe.runtime.chat import SYSTEM_FOLD, SYSTEM_NONE, SYSTEM_TURN, ChatError, ChatTemplate
 from edgepipe.runtime.generator import GenerationConfig
 from edgepipe.tasks.generation import multi_turn_template
-from tests.decoders import TEMPLATES, train_bpe
+from tests.decoders import TEMPLATES, train_bpe, with_chat_template
 
 # Not the build's own check conversations: other texts, lengths and turn counts.
 CONVERSATIONS = [
@@ -149,22 +149,15 @@ def test_runtime_json_of_older_bundles_still_reads():
 def test_the_build_keeps_one_message_chat_and_says_why_multi_turn_is_off(
     decoder_bundle, tmp_path, caplog
 ):
-    import shutil
-
-    from transformers import AutoTokenizer
-
     from edgepipe.tasks.generation import runtime_config
 
     bundle = decoder_bundle("qwen2")
-    model_dir = tmp_path / "qwen2"
-    shutil.copytree(bundle.model_dir, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     # Turns joined by a separator: one message renders, but no per-role text reproduces the join.
-    tokenizer.chat_template = (
+    joined = (
         "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
         "{% if not loop.last %} | {% endif %}{% endfor %}"
     )
-    tokenizer.save_pretrained(model_dir)
+    model_dir = with_chat_template(bundle.model_dir, tmp_path / "qwen2", joined)
     with caplog.at_level("WARNING"):
         config = runtime_config(
             model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"]
