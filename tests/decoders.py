@@ -9,12 +9,38 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# A ChatML-style template, as Qwen2 ships; Llama and GPT-2 test models have none.
+# A ChatML-style template, as Qwen2 ships.
 CHATML = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+# Llama 3's template as Meta ships it (each message trimmed, BOS first, system as its own turn).
+LLAMA3 = (
+    "{% for message in messages %}{% set content = '<|start_header_id|>' + message['role'] + "
+    "'<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# Gemma 3's template: no system role (a system message is folded into the first user turn),
+# roles must alternate, the assistant is "model", user and assistant content trimmed.
+GEMMA = (
+    "{{ bos_token }}{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}{%- else -%}{%- set first_user_prefix = '' -%}"
+    "{%- set loop_messages = messages -%}{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}{{ '<end_of_turn>\n' }}{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+# The chat template each test decoder's tokenizer carries; Llama and GPT-2 have none.
+TEMPLATES = {"qwen2": CHATML, "mistral": LLAMA3, "phi3": GEMMA}
 KINDS = ("llama", "qwen2", "gpt2")
 # Built too by the pipeline tests: the other model types edgepipe supports.
 MORE_KINDS = ("mistral", "phi3")
@@ -28,7 +54,7 @@ def train_bpe(kind: str, vocab_size: int = 384):
 
     from edgepipe.tasks.texts import builtin_texts
 
-    kind = "llama" if kind in MORE_KINDS else kind  # Mistral and Phi-3 use Llama's specials
+    original, kind = kind, "llama" if kind in MORE_KINDS else kind  # Llama's specials for both
     specials = {
         "llama": ["<unk>", "<s>", "</s>"],
         "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
@@ -61,8 +87,7 @@ def train_bpe(kind: str, vocab_size: int = 384):
         model_input_names=["input_ids", "attention_mask"],
         **extra,
     )
-    if kind == "qwen2":
-        fast.chat_template = CHATML
+    fast.chat_template = TEMPLATES.get(original)
     return fast
 
 
@@ -132,3 +157,16 @@ def export_decoder(model_dir: Path, out: Path) -> Path:
             do_validation=False,
         )
     return out / "model.onnx"
+
+
+def with_chat_template(model_dir: Path, dest: Path, template: str) -> Path:
+    """A copy of ``model_dir`` at ``dest`` whose tokenizer carries ``template``."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(model_dir, dest)
+    tokenizer = AutoTokenizer.from_pretrained(dest)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(dest)
+    return dest

@@ -136,7 +136,7 @@ def test_int4_graph_shares_one_quantized_table(int4_builds, kind):
 def test_tied_embeddings_are_stored_once(int4_builds, decoders, tmp_path):
     from edgepipe.runtime.generator import Generator
     from edgepipe.stages import export
-    from edgepipe.tasks.generation import runtime_config
+    from edgepipe.tasks.decoder_runtime import runtime_config
 
     summary, work = int4_builds["llama"]
     recorded = manifest(summary)["stages"]["export"]["tied"]

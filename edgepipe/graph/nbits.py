@@ -15,7 +15,6 @@ import numpy as np
 
 from . import gptq
 
-
 # GPTQ's settings, measured on the off-grid SmolLM2-135M (35 calibration texts; mean KL to fp32 on
 # held-out paragraphs): act-order with damping 0.01 -> 0.1 took the all-4-bit model from 0.164
 # (plain order, 0.01) through 0.145 (plain, 0.1) to 0.120. A few thousand calibration tokens

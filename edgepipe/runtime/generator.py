@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from .chat import ChatError, ChatTemplate
 from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
 
@@ -51,6 +52,8 @@ class GenerationConfig:
     max_length: int  # max_position_embeddings: prompt and generated tokens together
     chat_prefix: str | None = None  # the chat template rendered around one user message
     chat_suffix: str | None = None
+    chat_template: ChatTemplate | None = None  # multi-turn conversations (None: see chat_off)
+    chat_off: str | None = None  # why chat_template is None, in one line
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -68,8 +71,10 @@ class GenerationConfig:
             if key in values:
                 values[key] = tuple(values[key])
         try:
+            if isinstance(values.get("chat_template"), dict):
+                values["chat_template"] = ChatTemplate.from_json(values["chat_template"])
             return cls(**values)
-        except TypeError as exc:
+        except (TypeError, ChatError) as exc:
             raise GenerationError(f"runtime.json is not a text-generation config: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +87,8 @@ class GenerationConfig:
             "max_length": self.max_length,
             "chat_prefix": self.chat_prefix,
             "chat_suffix": self.chat_suffix,
+            "chat_template": self.chat_template.to_json() if self.chat_template else None,
+            "chat_off": self.chat_off,
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "providers": list(self.providers),
@@ -315,6 +322,32 @@ class Generator:
         # one), as transformers' apply_chat_template(tokenize=True) encodes it.
         text = self.config.chat_prefix + prompt + self.config.chat_suffix
         return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+
+    def chat_off(self) -> str | None:
+        """Why this bundle cannot render multi-turn conversations; None when it can."""
+        if self.config.chat_template is not None:
+            return None
+        if self.config.chat_prefix is None:
+            return self.config.chat_off or "this model has no chat template"
+        return self.config.chat_off  # None: a bundle built before multi-turn chat, one user turn
+
+    def encode_messages(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """The ids of ``(role, content)`` messages in the model's chat template, a reply to follow."""
+        off = self.chat_off()
+        if off is not None:
+            raise OptionError(f"chat is off for this bundle: {off}")
+        template = self.config.chat_template
+        if template is not None:
+            try:
+                text = template.render(messages)
+            except ChatError as exc:
+                raise OptionError(str(exc)) from None
+            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        if len(messages) != 1 or messages[0][0] != "user":
+            raise OptionError(
+                "this bundle renders one user message only (built before multi-turn chat)"
+            )
+        return self.encode(messages[0][1], chat=True)
 
     def _forward(
         self, ids: np.ndarray, start: int, past: dict[str, np.ndarray]

@@ -33,6 +33,10 @@ RUNTIME_MODULES = (
     "measure.py",
     "cli.py",
     "serve.py",
+    "http_json.py",
+    "http_handler.py",
+    "openai_api.py",
+    "chat.py",
 )
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from edgepipe.runtime import bench
 from edgepipe.runtime.generator import Generator
-from edgepipe.tasks import generation
+from edgepipe.tasks import decoder_runtime
 from edgepipe.tasks.texts import builtin_texts
 
 HERE = Path(__file__).resolve().parent
@@ -210,7 +210,7 @@ class IOBoundDecoder:
 
 
 def edgepipe_generator(model: Path, hf: Path, threads: int, spin: bool) -> Generator:
-    config = generation.runtime_config(hf, model, threads, 1, ("CPUExecutionProvider",))
+    config = decoder_runtime.runtime_config(hf, model, threads, 1, ("CPUExecutionProvider",))
     # No EOS: every run makes exactly N tokens, as llama.cpp's loop does.
     config = dataclasses.replace(config, eos_token_ids=())
     return Generator(model, hf / "tokenizer.json", config, threads=threads, spin=spin)

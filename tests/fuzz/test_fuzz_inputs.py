@@ -146,3 +146,59 @@ def test_any_json_body_is_texts_or_a_400(payload):
         assert 400 <= int(exc.status) < 500
     else:
         assert texts and all(isinstance(t, str) for t in texts)
+
+
+# Structured JSON for `serve`'s body parser: documents wrapped in nesting up to 100,000 levels of
+# arrays and objects, around numbers, constants, duplicate keys and surrogate escapes that the
+# standard decoder takes or crashes on; sometimes cut short.
+ATOMS = st.one_of(
+    documents.map(json.dumps),
+    st.integers(1, 6000).map(lambda n: "9" * n),
+    st.sampled_from(
+        ["1e999", "-1.5e400", "1e-99999", "NaN", "-Infinity", '"\\ud800"', '"\\udc00\\ud800x"',
+         '"\\ud83d\\ude00"', '{"a": 1, "a": 2}', '{"\\ud800": 1}', '"\\u0000"', "[]", "{}"]
+    ),
+)  # fmt: skip
+
+
+@st.composite
+def nested_json(draw) -> bytes:
+    depth = draw(st.integers(0, 200) | st.sampled_from([63, 64, 65, 10_000, 100_000]))
+    kinds = draw(st.lists(st.sampled_from(["[", '{"k": ']), min_size=1, max_size=3))
+    opening = "".join(kinds[i % len(kinds)] for i in range(depth))
+    closing = "".join("]" if kinds[i % len(kinds)] == "[" else "}" for i in reversed(range(depth)))
+    text = (opening + draw(ATOMS) + closing).encode("utf-8", "surrogatepass")
+    if draw(st.booleans()):
+        text = text[: draw(st.integers(0, len(text)))]
+    return text
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    return 0
+
+
+@fuzz
+@given(nested_json())
+def test_any_structured_json_body_is_a_document_or_a_400(body):
+    from edgepipe.runtime import http_json, openai_api
+
+    try:
+        value = http_json.loads(body)
+    except http_json.BodyError as exc:
+        assert "\n" not in str(exc)
+        return
+    assert _depth(value) <= http_json.MAX_DEPTH
+    assert value == json.loads(body)  # what it accepts, it reads as the standard decoder does
+    for check in (
+        lambda: texts_from(value, max_texts=64),
+        lambda: openai_api.embedding_inputs(value, 64),
+        lambda: openai_api.messages_from(value if isinstance(value, dict) else {}),
+    ):
+        try:
+            check()
+        except RequestError as exc:
+            assert 400 <= int(exc.status) < 500

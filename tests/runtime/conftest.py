@@ -31,7 +31,7 @@ class DecoderBundle:
 
 def assemble_bundle(model_dir: Path, onnx_model: Path, root: Path, name: str) -> Path:
     """The layout a text-generation bundle has: model/, tokenizer/, runtime.json, the runtime."""
-    from edgepipe.tasks.generation import runtime_config
+    from edgepipe.tasks.decoder_runtime import runtime_config
 
     (root / "model").mkdir(parents=True)
     shutil.copy(onnx_model, root / "model" / "model.onnx")

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edgepipe.errors import ModelError
-from edgepipe.tasks.generation import chat_template, eos_token_ids, kv_shape, runtime_config
+from edgepipe.tasks.decoder_runtime import chat_template, eos_token_ids, kv_shape, runtime_config
 from tests.decoders import KINDS
 
 

@@ -230,20 +230,18 @@ def test_chat_ids_equal_apply_chat_template(decoder_bundle):
 
 
 def test_chat_template_that_writes_bos_is_not_given_a_second(decoder_bundle, tmp_path):
-    import shutil
-
     from transformers import AutoTokenizer
 
-    from edgepipe.tasks.generation import chat_template
+    from edgepipe.tasks.decoder_runtime import chat_template
+    from tests.decoders import with_chat_template
 
     bundle = decoder_bundle("llama")
-    model_dir = tmp_path / "llama"
-    shutil.copytree(bundle.model_dir, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = (
-        "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}"
+    model_dir = with_chat_template(
+        bundle.model_dir,
+        tmp_path / "llama",
+        "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}",
     )
-    tokenizer.save_pretrained(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prefix, suffix = chat_template(model_dir)
     assert prefix.startswith("<s>")
     g = generator(bundle, chat_prefix=prefix, chat_suffix=suffix)

@@ -10,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from serving import request
 
 from edgepipe.runtime.embedder import Embedder
 
@@ -44,16 +45,6 @@ def _read_line(proc, timeout):
             raise AssertionError(f"server did not start: {data!r} {proc.stderr.read()!r}")
         data += proc.stderr.read1(4096)
     return data.decode().splitlines()[0]
-
-
-def request(port, method, path, body=None, headers=None):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, dict(response.getheaders()), json.loads(response.read())
-    finally:
-        conn.close()
 
 
 def post_json(port, payload):
@@ -137,7 +128,10 @@ def test_stops_cleanly_on_sigterm(tiny_bundle):
     [
         (["--host", "0.0.0.0"], "error: --host 0.0.0.0 is not a loopback address"),
         (["--host", "192.168.1.10"], "error: --host 192.168.1.10 is not a loopback address"),
-        (["--max-texts", "0"], "error: --max-body-bytes and --max-texts must be at least 1"),
+        (
+            ["--max-texts", "0"],
+            "error: --max-body-bytes, --max-texts and --max-connections must be at least 1",
+        ),
     ],
 )
 def test_refuses_to_start_with_one_line(tiny_bundle, args, message):

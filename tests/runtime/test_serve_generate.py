@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from test_serve import _read_line, request
+from serving import request
+from test_serve import _read_line
 
 from edgepipe.runtime.generator import Generator
 

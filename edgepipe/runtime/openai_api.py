@@ -1,0 +1,292 @@
+"""The OpenAI-compatible endpoints of ``serve``: request checks and response documents.
+
+Only what a bundle can honour is accepted: one choice (``n`` = 1), no tools, no logprobs, no
+penalties; a field that asks for more is a 400 naming it, and fields this API does not know are
+ignored, as other OpenAI-compatible servers do. The HTTP side (``serve.py``) sends what these
+functions return.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+from .http_json import RequestError
+
+if TYPE_CHECKING:  # numpy is imported where embeddings are: `verify` runs without it
+    import numpy as np
+
+# The statuses OpenAI's own API answers with these error codes.
+ERROR_CODES = {
+    HTTPStatus.UNAUTHORIZED: "invalid_api_key",
+    HTTPStatus.NOT_FOUND: "not_found",
+    HTTPStatus.METHOD_NOT_ALLOWED: "method_not_allowed",
+    HTTPStatus.REQUEST_TIMEOUT: "request_timeout",
+    HTTPStatus.LENGTH_REQUIRED: "length_required",
+    HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request_too_large",
+    HTTPStatus.SERVICE_UNAVAILABLE: "overloaded",
+}
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+# Fields that ask for something a bundle does not do, and the one value each may take here.
+NEUTRAL = {
+    "n": 1,
+    "best_of": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "echo": False,
+    "tools": [],
+    "functions": [],
+    "suffix": None,
+}
+
+
+def error_document(status: HTTPStatus, message: str, param: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape: {"error": {"message", "type", "param", "code"}}."""
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    code = ERROR_CODES.get(status)
+    if code is None and status == HTTPStatus.BAD_REQUEST and "tokens" in message:
+        code = "context_length_exceeded" if "reads at most" in message else None
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def _bad(param: str, message: str) -> RequestError:
+    return RequestError(HTTPStatus.BAD_REQUEST, message, param=param)
+
+
+def _body(payload: object) -> dict[str, Any]:
+    if not isinstance(payload, dict):
+        raise _bad("body", "body must be a JSON object")
+    model = payload.get("model")
+    if model is not None and not isinstance(model, str):
+        raise _bad("model", '"model" must be a string')
+    for name, neutral in NEUTRAL.items():
+        value = payload.get(name)
+        if value is not None and value != neutral:
+            raise _bad(name, f'"{name}" other than {neutral!r} is not supported by this server')
+    return payload
+
+
+def _text(value: object, param: str) -> str:
+    if not isinstance(value, str):
+        raise _bad(param, f'"{param}" must be a string, not {type(value).__name__}')
+    if "\x00" in value:
+        raise _bad(param, f'"{param}" contains a NUL character')
+    return value
+
+
+def _number(payload: dict[str, Any], name: str, kind: type, default: Any) -> Any:
+    value = payload.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, kind if kind is int else (int, float)):
+        raise _bad(name, f'"{name}" must be {"an integer" if kind is int else "a number"}')
+    return value
+
+
+def model_document(manifest: dict[str, Any], created: int) -> dict[str, Any]:
+    """The bundle as one model: its name, with the target and profile it was built for."""
+    target, profile = manifest.get("target") or {}, manifest.get("profile") or {}
+    return {
+        "id": manifest.get("name") or "bundle",
+        "object": "model",
+        "created": created,
+        "owned_by": "edgepipe",
+        "task": manifest.get("task"),
+        "target": target.get("name") if isinstance(target, dict) else target,
+        "profile": profile.get("name") if isinstance(profile, dict) else profile,
+    }
+
+
+def embedding_inputs(payload: object, max_texts: int) -> tuple[list[str], str]:
+    """The texts and encoding format of a /v1/embeddings body."""
+    body = _body(payload)
+    raw = body.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts:
+        raise _bad("input", '"input" must be a string or a non-empty list of strings')
+    if len(texts) > max_texts:
+        raise RequestError(
+            HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+            f"{len(texts)} inputs in one request; at most {max_texts}",
+            param="input",
+        )
+    texts = [_text(t, "input") for t in texts]
+    encoding = body.get("encoding_format") or "float"
+    if encoding not in ("float", "base64"):
+        raise _bad("encoding_format", '"encoding_format" must be "float" or "base64"')
+    if body.get("dimensions") is not None:
+        raise _bad("dimensions", '"dimensions" is not supported: the model has one size')
+    return texts, encoding
+
+
+def embeddings_document(
+    vectors: np.ndarray, encoding: str, prompt_tokens: int, model: str
+) -> dict[str, Any]:
+    import numpy as np
+
+    data = []
+    for index, vector in enumerate(vectors):
+        if encoding == "base64":  # little-endian float32, as OpenAI's clients decode it
+            value: Any = base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+        else:  # rounded as `python <bundle> embed` prints it
+            value = [round(float(x), 7) for x in vector]
+        data.append({"object": "embedding", "index": index, "embedding": value})
+    usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return {"object": "list", "data": data, "model": model, "usage": usage}
+
+
+@dataclass
+class Completion:
+    """A checked /v1/chat/completions or /v1/completions request."""
+
+    chat: bool
+    prompt: str | list[int]  # text for /v1/completions, the template's ids for chat
+    options: dict[str, Any]
+    stream: bool = False
+    include_usage: bool = False
+    model: str = ""
+    id: str = field(default_factory=lambda: secrets.token_hex(12))
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def object(self) -> str:
+        return "chat.completion" if self.chat else "text_completion"
+
+    def _head(self, suffix: str = "") -> dict[str, Any]:
+        prefix = "chatcmpl-" if self.chat else "cmpl-"
+        return {
+            "id": prefix + self.id,
+            "object": self.object + suffix,
+            "created": self.created,
+            "model": self.model,
+        }
+
+    def response(self, result: Any) -> dict[str, Any]:
+        """The whole answer to a request without ``stream``."""
+        reason = FINISH_REASONS[result.stop_reason]
+        choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
+        if self.chat:
+            choice["message"] = {"role": "assistant", "content": result.text}
+        else:
+            choice["text"] = result.text
+        return {**self._head(), "choices": [choice], "usage": usage(result)}
+
+    def chunk(self, text: str | None, finish: str | None = None, first: bool = False) -> dict:
+        """One server-sent event of a streamed answer."""
+        choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
+        if self.chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text is not None:
+                delta["content"] = text
+            choice["delta"] = delta
+        else:
+            choice["text"] = text or ""
+        return {**self._head(".chunk" if self.chat else ""), "choices": [choice]}
+
+    def usage_chunk(self, result: Any) -> dict[str, Any]:
+        return {**self._head(".chunk" if self.chat else ""), "choices": [], "usage": usage(result)}
+
+
+def usage(result: Any) -> dict[str, int]:
+    prompt, completion = result.timings["prompt_tokens"], len(result.token_ids)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _options(body: dict[str, Any], default_tokens: int) -> dict[str, Any]:
+    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    tokens = _number({name: tokens}, name, int, default_tokens)
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is None:
+        stop = []
+    if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
+        raise _bad("stop", '"stop" must be a string or a list of at most 4 strings')
+    options = {
+        "max_new_tokens": tokens,
+        "temperature": _number(body, "temperature", float, 1.0),
+        "top_p": _number(body, "top_p", float, 1.0),
+        "top_k": _number(body, "top_k", int, 0),
+        "seed": _number(body, "seed", int, None),
+        "stop": [s for s in stop if s],
+    }
+    from .generator import OptionError, check_options
+
+    try:
+        check_options(**options)
+    except OptionError as exc:
+        message = str(exc)
+        param = next((p for p in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+                      if message.startswith(p)), "body")  # fmt: skip
+        raise _bad(
+            name if param == "max_new_tokens" else param, message.replace("max_new_tokens", name)
+        ) from None
+    return options
+
+
+def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    stream = body.get("stream") or False
+    if not isinstance(stream, bool):
+        raise _bad("stream", '"stream" must be true or false')
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict) or not isinstance(options.get("include_usage", False), bool):
+        raise _bad("stream_options", '"stream_options" must be {"include_usage": true|false}')
+    return stream, bool(options.get("include_usage"))
+
+
+def messages_from(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    """(role, text) of each message; text parts of a list content are joined."""
+    messages = payload.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("messages", '"messages" must be a non-empty list')
+    result = []
+    for number, message in enumerate(messages):
+        param = f"messages[{number}]"
+        if not isinstance(message, dict) or message.get("role") not in ROLE_NAMES:
+            raise _bad(param, f"{param} must be an object with a role of {', '.join(ROLE_NAMES)}")
+        content = message.get("content")
+        if isinstance(content, list):
+            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+                raise _bad(param, f"{param}: only text content parts are supported")
+            content = "".join(_text(p.get("text"), f"{param}.content") for p in content)
+        result.append((ROLE_NAMES[message["role"]], _text(content, f"{param}.content")))
+    return result
+
+
+def completion_request(payload: object, chat: bool, model: str, generator: Any) -> Completion:
+    """A checked request; chat messages already in the model's template, as ids."""
+    body = _body(payload)
+    stream, include_usage = _stream(body)
+    if chat:
+        from .generator import OptionError
+
+        try:
+            prompt: str | list[int] = generator.encode_messages(messages_from(body))
+        except OptionError as exc:
+            raise _bad("messages", str(exc)) from None
+        default_tokens = generator.config.max_length  # OpenAI's: until the context is full
+    else:
+        raw = body.get("prompt")
+        if isinstance(raw, list) and len(raw) == 1:
+            raw = raw[0]
+        prompt = _text(raw, "prompt")
+        default_tokens = 16  # OpenAI's default for /v1/completions
+    return Completion(
+        chat=chat,
+        prompt=prompt,
+        options=_options(body, default_tokens),
+        stream=stream,
+        include_usage=include_usage,
+        model=model,
+    )
