@@ -182,6 +182,12 @@ class WeightOnly(Strict):
         description="Bits of the token embedding table (GatherBlockQuantized); 0 keeps it float. "
         "A tied lm_head shares the table, so it gets these bits too.",
     )
+    embedding_block_size: int | None = Field(
+        default=None,
+        ge=16,
+        description="Weights per scale of the embedding table (a power of 2 dividing the hidden "
+        "size); default: block_size.",
+    )
     keep_8bit: KeepFloat | None = Field(
         default=None,
         description="Mixed precision: the most damaging weight MatMuls (ranked by a sensitivity "
@@ -191,10 +197,10 @@ class WeightOnly(Strict):
         default_factory=list, description="Weight MatMuls quantized to 8 bits instead of 4."
     )
 
-    @field_validator("block_size")
+    @field_validator("block_size", "embedding_block_size")
     @classmethod
-    def _power_of_two(cls, value: int) -> int:
-        if value & (value - 1):
+    def _power_of_two(cls, value: int | None) -> int | None:
+        if value is not None and value & (value - 1):
             raise ValueError(f"block_size must be a power of 2, not {value}")
         return value
 

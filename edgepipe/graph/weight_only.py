@@ -264,8 +264,9 @@ def _finish(settings: WeightOnly, model: Any, dst: Path, counts: dict[str, Any])
 
     tables = {"tables": 0, "tied": 0}
     if settings.embedding_bits:
+        block = settings.embedding_block_size or settings.block_size
         tables = quantize_tables(
-            model.graph, settings.embedding_bits, settings.block_size, settings.accuracy_level
+            model.graph, settings.embedding_bits, block, settings.accuracy_level
         )
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))

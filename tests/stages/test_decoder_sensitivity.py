@@ -1,0 +1,94 @@
+"""Decoder sensitivity and 8-bit mixed precision on a tiny random Llama: the ranking covers every
+weight MatMul, priced per byte, and a missed bar makes the build bisect over 8-bit MatMuls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from edgepipe.cli import main
+from edgepipe.config import WeightOnly
+from edgepipe.graph import nbits
+from edgepipe.stages import decoder_sensitivity
+from edgepipe.stages.quantize import CalibrationData
+from edgepipe.tasks.texts import builtin_calibration_texts
+from tests.decoders import export_decoder, make_tiny_decoder
+
+# A bar no int4 copy of a random model meets (KL 1e-9), so the build tries 8-bit MatMuls.
+MIXED = """\
+name: tiny-int4-mixed
+description: GPTQ int4 that keeps MatMuls 8-bit when it misses its bar
+method: int4
+task_kinds: [generation]
+weight_only:
+  block_size: 16
+  symmetric: false
+  algorithm: gptq
+  embedding_bits: 8
+  keep_8bit: {max_nodes: 3, probe_texts: 2}
+accuracy: {metric: next_token_agreement, min: 0.05, max_kl: 0.000000001}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> Path:
+    return make_tiny_decoder("llama", tmp_path_factory.mktemp("sens") / "tiny-llama")
+
+
+def test_ranking_prices_every_matmul_per_byte(tiny_llama, tmp_path):
+    fp32 = export_decoder(tiny_llama, tmp_path / "export")
+    calibration = CalibrationData(
+        builtin_calibration_texts("generation")[:4], tiny_llama / "tokenizer.json", 64
+    )
+    config = decoder_sensitivity.DecoderSensitivityConfig(
+        weight_only=WeightOnly(block_size=16, symmetric=False, algorithm="gptq"),
+        calibration_digest="test",
+        probe_texts=2,
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    record = decoder_sensitivity.run(config, fp32, calibration, out)
+    ranking = json.loads((out / "ranking.json").read_text())
+    graph = onnx.load(str(fp32)).graph
+    assert {r["node"] for r in ranking} == {n.name for n in nbits.weight_matmuls(graph)}
+    assert record["nodes"] == len(ranking) > 0
+    assert all(r["mean_kl"] >= 0 and r["extra_bytes"] > 0 for r in ranking)
+    # 4 -> 8 bits in blocks of 16: codes, a float scale and a zero point per block.
+    inits = {t.name: t for t in graph.initializer}
+    for r in ranking:
+        node = next(n for n in nbits.weight_matmuls(graph) if n.name == r["node"])
+        k, n = inits[node.input[1]].dims
+        assert r["extra_bytes"] == int(k * n * (4 + 4 / 16) / 8)
+    per_mb = [r["kl_per_mb"] for r in ranking]
+    assert per_mb == sorted(per_mb, reverse=True)
+    assert max(r["mean_kl"] for r in ranking) > 0  # 4-bit codes do change the logits
+
+
+def test_missed_bar_bisects_over_8bit_matmuls(tiny_llama, tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    (profiles / "tiny-int4-mixed.yaml").write_text(MIXED)
+    work = tmp_path / "work"
+    result = CliRunner().invoke(main, [
+        "build", "--model", str(tiny_llama), "--target", "rpi5", "--profile", "tiny-int4-mixed",
+        "--profiles-dir", str(profiles), "--out", str(tmp_path / "o"), "--work-dir", str(work),
+        "--no-bench",
+    ])  # fmt: skip
+    assert result.exit_code == 5, result.output
+    assert "no recipe met its bar" in result.stderr
+    ranking = json.loads((work / "sensitivity" / "tiny-int4-mixed" / "ranking.json").read_text())
+    # k = 2 (the middle of 1..3) missed, then k = 3: each keeps the first k of the ranking 8-bit.
+    for k in (2, 3):
+        model = onnx.load(str(work / "quantize" / f"tiny-int4-mixed+8bit{k}" / "model.onnx"))
+        bits = {
+            n.name.rsplit("_Q", 1)[0]: next(a.i for a in n.attribute if a.name == "bits")
+            for n in model.graph.node
+            if n.op_type == "MatMulNBits" and "/model/layers." in n.name
+        }
+        assert {name for name, b in bits.items() if b == 8} == {r["node"] for r in ranking[:k]}
+        assert sum(1 for b in bits.values() if b == 4) == len(bits) - k
+    assert not (tmp_path / "o" / "tiny-llama-rpi5").exists()
