@@ -171,6 +171,11 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     metavar="VERSION",
     help="Pin this onnxruntime (within the target's range) instead of the build's own.",
 )
+@click.option(
+    "--sign-key",
+    type=click.Path(path_type=Path),
+    help="Sign the bundle with this PEM EC private key (see `edgepipe keygen`).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
 @dirs_option("profiles")
@@ -192,6 +197,7 @@ def build(
     cache: bool,
     with_wheels: bool,
     runtime_version: str | None,
+    sign_key: Path | None,
     as_json: bool,
     targets_dirs: tuple[Path, ...],
     profiles_dirs: tuple[Path, ...],
@@ -231,6 +237,7 @@ def build(
         cache=StageCache(default_dir()) if cache else None,
         with_wheels=with_wheels,
         runtime_version=runtime_version,
+        sign_key=sign_key,
     )
     started: dict[str, float] = {}
 
@@ -279,6 +286,7 @@ def build(
         "attempts": result.attempts,
         "requirements": manifest["requirements"],
         "wheels": len(manifest.get("wheels", {}).get("files", [])),
+        "signed": sign_key is not None,
         "cached_stages": result.cached,
         "seconds": result.seconds,
     }
@@ -295,17 +303,36 @@ def build(
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--public-key",
+    type=click.Path(path_type=Path),
+    help="Check the bundle's signature (model.sig) with this PEM EC public key first.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def verify(path: Path, as_json: bool) -> None:
-    """Check a bundle directory or .tar.gz against its manifest."""
+def verify(path: Path, public_key: Path | None, as_json: bool) -> None:
+    """Check a bundle directory or .tar.gz against its signature (with --public-key) and manifest."""
     from .verify import verify as run_verify
 
-    count = run_verify(path)
+    count, signed = run_verify(path, public_key)
     if as_json:
-        click.echo(json.dumps({"path": str(path), "ok": True, "files": count}))
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(path),
+                    "ok": True,
+                    "files": count,
+                    "signed": signed,
+                    "signature_checked": public_key is not None,
+                }
+            )
+        )
+        return
+    if public_key is not None:
+        said = f"; signature made with the private key of {public_key}"
     else:
-        err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json")
+        said = "; signed (model.sig; pass --public-key to check it)" if signed else "; not signed"
+    err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json{said}")
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -399,6 +426,7 @@ def bench(
     from .cache import StageCache, default_dir
     from .pipeline import record_bench
     from .runtime.measure import BenchSettings, incomplete_message
+    from .runtime.signature import is_signed
     from .stages.bundle import DOCUMENTS
 
     if baseline_model and not baseline:
@@ -431,9 +459,15 @@ def bench(
     if message:
         err.print(f"[yellow]warning:[/yellow] {message}")
     if write:
+        signed = is_signed(bundle_dir)
         archived = record_bench(bundle_dir, result)
         written = ", ".join(DOCUMENTS) + (f", {bundle_dir.name}.tar.gz" if archived else "")
         err.print(f"recorded in {bundle_dir}: {written}")
+        if signed:
+            err.print(
+                "[yellow]warning:[/yellow] the signature signed the old manifest and was removed: "
+                f"edgepipe sign {bundle_dir} --key private.pem"
+            )
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
@@ -503,3 +537,50 @@ def matrix(
         for t in chosen
     ]
     click.echo(json.dumps({"include": rows} if fmt == "github" else rows))
+
+
+# Trust: signing keys, signatures and the bill of materials (issue 16).
+
+
+@main.command()
+@click.option(
+    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Directory for the pair."
+)
+@handle_errors
+def keygen(out: Path) -> None:
+    """Make a P-256 signing key pair: DIR/private.pem (mode 0600) and DIR/public.pem."""
+    from .keys import keygen as make_pair
+
+    private, public = make_pair(out)
+    err.print(f"private key: {private} (keep it secret: a CI secret, never in a bundle)")
+    err.print(f"public key:  {public} (ship it to the devices: verify --public-key)")
+
+
+@main.command()
+@click.argument(
+    "bundle_dir", metavar="BUNDLE", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@click.option(
+    "--key",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="PEM EC private key (P-256/384/521); an encrypted one reads EDGEPIPE_SIGNING_KEY_PASSWORD.",
+)
+@handle_errors
+def sign(bundle_dir: Path, key: Path) -> None:
+    """Sign BUNDLE (model.sig, with model-signing) and rewrite its archive."""
+    from .signing import sign_bundle
+
+    archived = sign_bundle(bundle_dir, key)
+    written = "model.sig" + (f", {bundle_dir.name}.tar.gz" if archived else "")
+    err.print(f"signed {bundle_dir}: {written}")
+
+
+@main.command("sbom")
+@click.argument("path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@handle_errors
+def sbom_command(path: Path) -> None:
+    """Print the CycloneDX 1.6 SBOM (sbom.cdx.json) of a bundle directory or .tar.gz."""
+    from .sbom import show
+
+    click.echo(show(path), nl=False)

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import __version__, sources
+from . import __version__, keys, sbom, signing, sources
 from .cache import StageCache, cache_key
 from .config import Profile, Target, check_fits
 from .errors import ConfigError, GuardError, ResourceError, VerifyError
@@ -29,7 +29,7 @@ from .recipes import Attempt, Recipes
 from .runtime.bench import host_info
 from .runtime.embedder import EmbeddingConfig
 from .runtime.generator import GenerationConfig
-from .runtime.integrity import read_manifest, sha256_file, verify_dir
+from .runtime.integrity import SIGNATURE, read_manifest, sha256_file, verify_dir
 from .stages import bench, bundle, export, quantize, reference, wheels
 from .tasks import embedding
 
@@ -62,6 +62,8 @@ class BuildSpec:
     trust_remote_code: bool = False
     with_wheels: bool = False
     runtime_version: str | None = None
+    # A PEM EC private key: the bundle is signed with it (model.sig) before it is archived.
+    sign_key: Path | None = None
 
 
 @dataclass
@@ -152,6 +154,8 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
             f"target '{spec.target.name}' runs NVIDIA's onnxruntime-gpu, which is not on PyPI; "
             "build without --with-wheels and install NVIDIA's wheel on the device"
         )
+    if spec.sign_key is not None:
+        keys.check_private_key(spec.sign_key)  # a bad key should fail now, not after the build
     evaluated = versions()
     specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
     texts = _texts(spec)
@@ -463,30 +467,31 @@ def write_bundle(
     records = _chosen_records(stage, chosen)
     chosen_profile = next(p for p in profiles if p.name == chosen.profile)
     table = attempts_table(attempts)
-    manifest = bundle.finish(
-        dest,
-        {
-            "schema": "edgepipe.bundle/1",
-            "name": name,
-            "task": source.task,
-            "model": {
-                "path": "model/model.onnx",
-                "sha256": records["quantize"]["outputs"]["model.onnx"],
-                "size_bytes": chosen.size_bytes,
-                "kept_float": chosen.kept_float,
-                "source": source.describe(),
-            },
-            "target": target.model_dump(mode="json"),
-            "profile": chosen_profile.model_dump(mode="json"),
-            "versions": versions(),
-            "requirements": specs,
-            **({"wheels": _wheels_entry(downloaded, target)} if downloaded else {}),
-            "accuracy": {**chosen.accuracy, "fp32_onnx": fp32_onnx},
-            "bench": chosen.bench,
-            "attempts": table,
-            "stages": records,
+    document = {
+        "schema": "edgepipe.bundle/1",
+        "name": name,
+        "task": source.task,
+        "model": {
+            "path": "model/model.onnx",
+            "sha256": records["quantize"]["outputs"]["model.onnx"],
+            "size_bytes": chosen.size_bytes,
+            "kept_float": chosen.kept_float,
+            "source": source.describe(),
         },
-    )
+        "target": target.model_dump(mode="json"),
+        "profile": chosen_profile.model_dump(mode="json"),
+        "versions": versions(),
+        "requirements": specs,
+        **({"wheels": _wheels_entry(downloaded, target)} if downloaded else {}),
+        "accuracy": {**chosen.accuracy, "fp32_onnx": fp32_onnx},
+        "bench": chosen.bench,
+        "attempts": table,
+        "stages": records,
+    }
+    sbom.write(dest, document, source.path)  # before finish(): the manifest covers the SBOM
+    manifest = bundle.finish(dest, document)
+    if spec.sign_key is not None:  # after finish(): the signature covers the manifest
+        signing.sign_dir(dest, spec.sign_key)
     bundle.write_archive(dest, staging / f"{name}.tar.gz")
     stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
     report("bundle", f"{name} ({len(manifest['files'])} files)")
@@ -520,11 +525,14 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def record_bench(root: Path, result: dict[str, Any]) -> bool:
-    """Write ``result`` into the bundle's manifest and documents, swapped in atomically.
+def rewrite_bundle(
+    root: Path, edit: Callable[[Path, dict[str, Any]], None], drop: tuple[str, ...], doing: str
+) -> bool:
+    """Let ``edit(copy, manifest)`` change a copy of the bundle, then swap it in atomically.
 
-    The archive beside the bundle is rewritten too, if there is one; returns whether there was.
-    A bundle that no longer matches its manifest is refused, never re-hashed into looking whole.
+    The copy hard-links the files (top-level ``drop`` left out); the archive beside the bundle is
+    rewritten too, if there is one; returns whether there was. A bundle that no longer matches its
+    manifest is refused (``doing``: what was asked), never re-hashed or signed into looking whole.
     """
     root = root.resolve()
     out, name = root.parent, root.name
@@ -533,11 +541,8 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
         problems = verify_dir(root)
         if problems:
             raise VerifyError(
-                f"{root}: does not match its manifest ({problems[0]}); rebuild it before "
-                "recording a benchmark in it"
+                f"{root}: does not match its manifest ({problems[0]}); rebuild it before {doing}"
             )
-        if manifest["model"]["sha256"] != result["models"]["model"]["sha256"]:
-            raise ResourceError(f"{root}: the bundle's model changed while it was benchmarked")
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp", dir=out))
         try:
             new = staging / name
@@ -546,13 +551,10 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
                 new,
                 copy_function=_link_or_copy,
                 ignore=lambda d, names: [
-                    n
-                    for n in names
-                    if n == "__pycache__" or (Path(d) == root and n in bundle.DOCUMENTS)
+                    n for n in names if n == "__pycache__" or (Path(d) == root and n in drop)
                 ],
             )
-            manifest = {k: v for k, v in manifest.items() if k != "files"}
-            bundle.finish(new, {**manifest, "bench": result})
+            edit(new, manifest)
             archived = (out / f"{name}.tar.gz").is_file()
             if archived:
                 bundle.write_archive(new, staging / f"{name}.tar.gz")
@@ -560,3 +562,18 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return archived
+
+
+def record_bench(root: Path, result: dict[str, Any]) -> bool:
+    """Write ``result`` into the bundle's manifest and documents (``rewrite_bundle``).
+
+    A signature is left out: it signed the old manifest (`edgepipe sign` the bundle again).
+    """
+
+    def edit(new: Path, manifest: dict[str, Any]) -> None:
+        if manifest["model"]["sha256"] != result["models"]["model"]["sha256"]:
+            raise ResourceError(f"{root}: the bundle's model changed while it was benchmarked")
+        manifest = {k: v for k, v in manifest.items() if k != "files"}
+        bundle.finish(new, {**manifest, "bench": result})
+
+    return rewrite_bundle(root, edit, (*bundle.DOCUMENTS, SIGNATURE), "recording a benchmark in it")

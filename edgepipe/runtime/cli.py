@@ -235,13 +235,27 @@ def _info(root: Path, args: argparse.Namespace) -> int:
 
 
 def _verify(root: Path, args: argparse.Namespace) -> int:
+    if args.public_key is not None:
+        from .signature import KeyFileError, SignatureError, verify_signature
+
+        try:
+            verify_signature(root, Path(args.public_key))
+        except KeyFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_SETUP
+        except SignatureError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_VERIFY
     problems = integrity.verify_dir(root)
     if problems:
         print(f"error: bundle does not match its manifest: {problems[0]}", file=sys.stderr)
         for extra in problems[1:]:
             print(f"  also: {extra}", file=sys.stderr)
         return EXIT_VERIFY
-    print(f"ok: {len(integrity.read_manifest(root)['files'])} files match manifest.json")
+    signed = "signature checked" if args.public_key else "not signed"
+    if not args.public_key and (root / integrity.SIGNATURE).is_file():
+        signed = "signed (pass --public-key to check it)"
+    print(f"ok: {len(integrity.read_manifest(root)['files'])} files match manifest.json; {signed}")
     return 0
 
 
@@ -281,7 +295,12 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-seconds", type=float, help="stop early past this time limit")
     bench.add_argument("--baseline-model", help="an fp32 ONNX file to time beside it")
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
-    sub.add_parser("verify", help="check every file against manifest.json")
+    check = sub.add_parser("verify", help="check every file against manifest.json")
+    check.add_argument(
+        "--public-key",
+        metavar="PEM",
+        help="first check the signature (model.sig) with this EC public key (needs model-signing)",
+    )
     serve.add_parser(sub)
     return p
 

@@ -33,6 +33,7 @@ RUNTIME_MODULES = (
     "measure.py",
     "cli.py",
     "serve.py",
+    "signature.py",
 )
 
 

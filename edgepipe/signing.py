@@ -1,0 +1,89 @@
+"""Signing a bundle with model-signing's EC key method, and checking a signature on the host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from . import keys
+from .errors import ConfigError, VerifyError
+from .runtime.integrity import SIGNATURE
+from .runtime.signature import KeyFileError, SignatureError, verify_signature
+
+
+def _reproducible_signer(private_key: Path) -> Any:
+    """model-signing's EC key signer, changed in two ways so that the same key and files give the
+    same signature bytes (and so the same archive), verifiable by any model-signing verifier:
+
+    - the in-toto statement is serialized with sorted keys: model-signing 1.1 leaves the order of
+      the protobuf Struct's keys to the protobuf runtime, which changes it from process to process;
+    - ECDSA's nonce is derived from the key and the message (RFC 6979, cryptography's
+      ``deterministic_signing``) instead of OpenSSL's random one.
+    """
+    import base64
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from google.protobuf import json_format
+    from model_signing._signing import sign_ec_key, sign_sigstore_pb, signing
+    from sigstore_models import intoto
+    from sigstore_models.bundle import v1 as bundle_pb
+
+    class Signer(sign_ec_key.Signer):
+        def sign(self, payload: signing.Payload) -> sign_sigstore_pb.Signature:
+            raw = json_format.MessageToJson(payload.statement.pb, sort_keys=True).encode()
+            key: Any = self._private_key  # an EllipticCurvePrivateKey: the base class checked
+            algorithm = sign_ec_key.get_ec_key_hash(key.public_key())
+            sig = key.sign(
+                sign_sigstore_pb.pae(raw), ec.ECDSA(algorithm, deterministic_signing=True)
+            )
+            envelope = intoto.Envelope(
+                payload=base64.b64encode(raw),
+                payload_type=signing._IN_TOTO_JSON_PAYLOAD_TYPE,
+                signatures=[intoto.Signature(sig=base64.b64encode(sig), keyid="")],
+            )
+            return sign_sigstore_pb.Signature(
+                bundle_pb.Bundle(
+                    media_type=sign_sigstore_pb._BUNDLE_MEDIA_TYPE,  # type: ignore[arg-type]
+                    verification_material=self._get_verification_material(),
+                    dsse_envelope=envelope,
+                )
+            )
+
+    return Signer(private_key, keys.password())
+
+
+def sign_dir(root: Path, private_key: Path) -> Path:
+    """Write ``root/model.sig`` over every other file in ``root``; return its path."""
+    from model_signing import hashing
+    from model_signing._signing import signing
+
+    keys.check_private_key(private_key)
+    signer = _reproducible_signer(private_key)
+    # One ignored path: the statement lists them from a set, whose order changes run to run.
+    hashed = hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False)
+    (root / SIGNATURE).unlink(missing_ok=True)
+    signer.sign(signing.Payload(hashed.hash(root))).write(root / SIGNATURE)
+    return root / SIGNATURE
+
+
+def sign_bundle(root: Path, private_key: Path) -> bool:
+    """Sign a published bundle in place (atomically) and rewrite its archive if it has one;
+    returns whether it had. A bundle that does not match its manifest is refused."""
+    from .pipeline import rewrite_bundle
+
+    keys.check_private_key(private_key)
+
+    def edit(new: Path, manifest: dict[str, Any]) -> None:
+        sign_dir(new, private_key)
+
+    return rewrite_bundle(root, edit, (SIGNATURE,), "signing it")
+
+
+def check(root: Path, public_key: Path, shown: Path) -> None:
+    """VerifyError unless ``root``'s signature was made with ``public_key``'s pair over its files."""
+    try:
+        verify_signature(root, public_key, shown)
+    except KeyFileError as exc:
+        raise ConfigError(str(exc)) from None
+    except SignatureError as exc:
+        raise VerifyError(str(exc)) from None
