@@ -50,6 +50,35 @@ def _recipe(profile: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in profile.items() if k not in ("description", "accuracy", "fallbacks")}
 
 
+def _library(
+    ref: str,
+    name: str,
+    version: str | None,
+    properties: dict[str, str],
+    sha256: str | None = None,
+    file_name: str | None = None,
+) -> Any:
+    """A PyPI package as a CycloneDX library component."""
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.component import Component, ComponentType
+    from packageurl import PackageURL
+
+    return Component(
+        type=ComponentType.LIBRARY,
+        bom_ref=ref,
+        name=name,
+        version=version,
+        hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha256)] if sha256 else None,
+        purl=PackageURL(
+            "pypi",
+            name=name.lower(),
+            version=version,
+            qualifiers={"file_name": file_name} if file_name else None,
+        ),
+        properties=[Property(name=k, value=v) for k, v in properties.items()],
+    )
+
+
 def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
     """The SBOM of the bundle being written in ``dest`` (model, wheels) from its manifest."""
     from cyclonedx.contrib.license.factories import LicenseFactory
@@ -86,36 +115,23 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
     )
     if described["kind"] == "package":
         model.purl = PackageURL("pypi", name=described["ref"].lower())
-    requirements = []
-    for name, spec in manifest["requirements"].items():
-        version = spec[2:] if spec.startswith("==") else None
-        requirements.append(
-            Component(
-                type=ComponentType.LIBRARY,
-                bom_ref=f"requirement:{name}",
-                name=name,
-                version=version,
-                purl=PackageURL("pypi", name=name, version=version),
-                properties=[Property(name="edgepipe:requirement", value=f"{name}{spec}")],
-            )
+    requirements = [
+        _library(
+            f"requirement:{name}", name, spec[2:] if spec.startswith("==") else None,
+            {"edgepipe:requirement": f"{name}{spec}"},
         )
+        for name, spec in manifest["requirements"].items()
+    ]  # fmt: skip
     wheels = []
     for wheel in sorted((dest / "wheels").glob("*.whl")) if (dest / "wheels").is_dir() else []:
         parsed = _WHEEL.match(wheel.name)
         name, version = (parsed["name"], parsed["version"]) if parsed else (wheel.stem, None)
         wheels.append(
-            Component(
-                type=ComponentType.LIBRARY,
-                bom_ref=f"wheel:{wheel.name}",
-                name=name,
-                version=version,
-                hashes=[HashType(alg=HashAlgorithm.SHA_256, content=sha256_file(wheel))],
-                purl=PackageURL(
-                    "pypi", name=name.lower(), version=version, qualifiers={"file_name": wheel.name}
-                ),
-                properties=[Property(name="edgepipe:file", value=f"wheels/{wheel.name}")],
+            _library(
+                f"wheel:{wheel.name}", name, version, {"edgepipe:file": f"wheels/{wheel.name}"},
+                sha256=sha256_file(wheel), file_name=wheel.name,
             )
-        )
+        )  # fmt: skip
     bundle = Component(
         type=ComponentType.APPLICATION,
         bom_ref="bundle",
