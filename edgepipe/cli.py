@@ -176,6 +176,17 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     type=click.Path(path_type=Path),
     help="Sign the bundle with this PEM EC private key (see `edgepipe keygen`).",
 )
+@click.option(
+    "--sign-certificate",
+    type=click.Path(path_type=Path),
+    help="With --sign-key: sign with this certificate of the key (PEM).",
+)
+@click.option(
+    "--sign-certificate-chain",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="The certificates above --sign-certificate (PEM; repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
 @dirs_option("profiles")
@@ -198,6 +209,8 @@ def build(
     with_wheels: bool,
     runtime_version: str | None,
     sign_key: Path | None,
+    sign_certificate: Path | None,
+    sign_certificate_chain: tuple[Path, ...],
     as_json: bool,
     targets_dirs: tuple[Path, ...],
     profiles_dirs: tuple[Path, ...],
@@ -237,7 +250,7 @@ def build(
         cache=StageCache(default_dir()) if cache else None,
         with_wheels=with_wheels,
         runtime_version=runtime_version,
-        sign_key=sign_key,
+        sign_with=signing_key(sign_key, sign_certificate, sign_certificate_chain, "--sign-"),
     )
     started: dict[str, float] = {}
 
@@ -308,13 +321,24 @@ def build(
     type=click.Path(path_type=Path),
     help="Check the bundle's signature (model.sig) with this PEM EC public key first.",
 )
+@click.option(
+    "--certificate-chain",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="Or check a certificate-signed bundle against these trusted certificates (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def verify(path: Path, public_key: Path | None, as_json: bool) -> None:
-    """Check a bundle directory or .tar.gz against its signature (with --public-key) and manifest."""
+def verify(
+    path: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], as_json: bool
+) -> None:
+    """Check a bundle directory or .tar.gz against its signature (with a key) and manifest."""
     from .verify import verify as run_verify
 
-    count, signed = run_verify(path, public_key)
+    if public_key and certificate_chain:
+        raise click.UsageError("--public-key or --certificate-chain, not both")
+    count, signed = run_verify(path, public_key, certificate_chain)
+    checked = public_key is not None or bool(certificate_chain)
     if as_json:
         click.echo(
             json.dumps(
@@ -323,13 +347,14 @@ def verify(path: Path, public_key: Path | None, as_json: bool) -> None:
                     "ok": True,
                     "files": count,
                     "signed": signed,
-                    "signature_checked": public_key is not None,
+                    "signature_checked": checked,
                 }
             )
         )
         return
-    if public_key is not None:
-        said = f"; signature made with the private key of {public_key}"
+    if checked:
+        trusted = public_key or ", ".join(map(str, certificate_chain))
+        said = f"; signature checked with {trusted}"
     else:
         said = "; signed (model.sig; pass --public-key to check it)" if signed else "; not signed"
     err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json{said}")
@@ -542,6 +567,19 @@ def matrix(
 # Trust: signing keys, signatures and the bill of materials (issue 16).
 
 
+def signing_key(
+    key: Path | None, certificate: Path | None, chain: tuple[Path, ...], prefix: str
+) -> Any:
+    """The options' SigningKey, or None without a key."""
+    from .signing import SigningKey
+
+    if key is None:
+        if certificate or chain:
+            raise click.UsageError(f"{prefix}certificate(-chain) needs {prefix}key")
+        return None
+    return SigningKey(key, certificate, chain)
+
+
 @main.command()
 @click.option(
     "--out", "-o", required=True, type=click.Path(path_type=Path), help="Directory for the pair."
@@ -566,12 +604,23 @@ def keygen(out: Path) -> None:
     type=click.Path(path_type=Path),
     help="PEM EC private key (P-256/384/521); an encrypted one reads EDGEPIPE_SIGNING_KEY_PASSWORD.",
 )
+@click.option(
+    "--certificate", type=click.Path(path_type=Path), help="Sign with this certificate of the key."
+)
+@click.option(
+    "--certificate-chain",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="The certificates above --certificate (PEM; repeatable).",
+)
 @handle_errors
-def sign(bundle_dir: Path, key: Path) -> None:
+def sign(
+    bundle_dir: Path, key: Path, certificate: Path | None, certificate_chain: tuple[Path, ...]
+) -> None:
     """Sign BUNDLE (model.sig, with model-signing) and rewrite its archive."""
     from .signing import sign_bundle
 
-    archived = sign_bundle(bundle_dir, key)
+    archived = sign_bundle(bundle_dir, signing_key(key, certificate, certificate_chain, "--"))
     written = "model.sig" + (f", {bundle_dir.name}.tar.gz" if archived else "")
     err.print(f"signed {bundle_dir}: {written}")
 

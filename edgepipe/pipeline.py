@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from . import __version__, keys, sbom, signing, sources
+from . import __version__, sbom, signing, sources
 from .cache import StageCache, cache_key
 from .config import Profile, Target, check_fits
 from .errors import ConfigError, GuardError, ResourceError, VerifyError
@@ -62,8 +62,8 @@ class BuildSpec:
     trust_remote_code: bool = False
     with_wheels: bool = False
     runtime_version: str | None = None
-    # A PEM EC private key: the bundle is signed with it (model.sig) before it is archived.
-    sign_key: Path | None = None
+    # The bundle is signed with it (model.sig) before it is archived.
+    sign_with: signing.SigningKey | None = None
 
 
 @dataclass
@@ -154,8 +154,8 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
             f"target '{spec.target.name}' runs NVIDIA's onnxruntime-gpu, which is not on PyPI; "
             "build without --with-wheels and install NVIDIA's wheel on the device"
         )
-    if spec.sign_key is not None:
-        keys.check_private_key(spec.sign_key)  # a bad key should fail now, not after the build
+    if spec.sign_with is not None:
+        spec.sign_with.check()  # a bad key should fail now, not after the build
     evaluated = versions()
     specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
     texts = _texts(spec)
@@ -490,8 +490,8 @@ def write_bundle(
     }
     sbom.write(dest, document, source.path)  # before finish(): the manifest covers the SBOM
     manifest = bundle.finish(dest, document)
-    if spec.sign_key is not None:  # after finish(): the signature covers the manifest
-        signing.sign_dir(dest, spec.sign_key)
+    if spec.sign_with is not None:  # after finish(): the signature covers the manifest
+        signing.sign_dir(dest, spec.sign_with)
     bundle.write_archive(dest, staging / f"{name}.tar.gz")
     stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
     report("bundle", f"{name} ({len(manifest['files'])} files)")

@@ -1,7 +1,10 @@
-"""Signing a bundle with model-signing's EC key method, and checking a signature on the host."""
+"""Signing a bundle with model-signing's EC key or certificate method, and checking a signature
+on the host."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +14,26 @@ from .runtime.integrity import SIGNATURE
 from .runtime.signature import KeyFileError, SignatureError, verify_signature
 
 
-def _reproducible_signer(private_key: Path) -> Any:
-    """model-signing's EC key signer, changed in two ways so that the same key and files give the
+@dataclass(frozen=True)
+class SigningKey:
+    """A PEM EC private key, with the certificate that vouches for it (and its chain) or none."""
+
+    private_key: Path
+    certificate: Path | None = None
+    chain: tuple[Path, ...] = ()
+
+    def check(self) -> None:
+        """ConfigError unless the key (and the certificates) can sign: before a build, not after."""
+        keys.check_private_key(self.private_key)
+        if self.certificate is None:
+            if self.chain:
+                raise ConfigError("--certificate-chain goes with --certificate")
+            return
+        _signer(self)
+
+
+def _signer(key: SigningKey) -> Any:
+    """model-signing's EC key (or certificate) signer, changed in two ways so that the same key and files give the
     same signature bytes (and so the same archive), verifiable by any model-signing verifier:
 
     - the in-toto statement is serialized with sorted keys: model-signing 1.1 leaves the order of
@@ -24,16 +45,18 @@ def _reproducible_signer(private_key: Path) -> Any:
 
     from cryptography.hazmat.primitives.asymmetric import ec
     from google.protobuf import json_format
-    from model_signing._signing import sign_ec_key, sign_sigstore_pb, signing
+    from model_signing._signing import sign_certificate, sign_ec_key, sign_sigstore_pb, signing
     from sigstore_models import intoto
     from sigstore_models.bundle import v1 as bundle_pb
 
-    class Signer(sign_ec_key.Signer):
+    base = sign_ec_key.Signer if key.certificate is None else sign_certificate.Signer
+
+    class Signer(base):  # type: ignore[valid-type,misc]
         def sign(self, payload: signing.Payload) -> sign_sigstore_pb.Signature:
             raw = json_format.MessageToJson(payload.statement.pb, sort_keys=True).encode()
-            key: Any = self._private_key  # an EllipticCurvePrivateKey: the base class checked
-            algorithm = sign_ec_key.get_ec_key_hash(key.public_key())
-            sig = key.sign(
+            private: Any = self._private_key  # an EllipticCurvePrivateKey: the base class checked
+            algorithm = sign_ec_key.get_ec_key_hash(private.public_key())
+            sig = private.sign(
                 sign_sigstore_pb.pae(raw), ec.ECDSA(algorithm, deterministic_signing=True)
             )
             envelope = intoto.Envelope(
@@ -49,16 +72,25 @@ def _reproducible_signer(private_key: Path) -> Any:
                 )
             )
 
-    return Signer(private_key, keys.password())
+    if key.certificate is None:
+        return Signer(key.private_key, keys.password())
+    if keys.password():
+        raise ConfigError("model-signing signs with a certificate only by an unencrypted key")
+    try:
+        return Signer(key.private_key, key.certificate, key.chain)
+    except OSError as exc:
+        raise ConfigError(f"{exc.filename}: cannot read it ({exc.strerror})") from None
+    except ValueError as exc:
+        raise ConfigError(f"{key.certificate}: cannot sign with it: {exc}") from None
 
 
-def sign_dir(root: Path, private_key: Path) -> Path:
+def sign_dir(root: Path, key: SigningKey) -> Path:
     """Write ``root/model.sig`` over every other file in ``root``; return its path."""
     from model_signing import hashing
     from model_signing._signing import signing
 
-    keys.check_private_key(private_key)
-    signer = _reproducible_signer(private_key)
+    key.check()
+    signer = _signer(key)
     # One ignored path: the statement lists them from a set, whose order changes run to run.
     hashed = hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False)
     (root / SIGNATURE).unlink(missing_ok=True)
@@ -66,23 +98,26 @@ def sign_dir(root: Path, private_key: Path) -> Path:
     return root / SIGNATURE
 
 
-def sign_bundle(root: Path, private_key: Path) -> bool:
+def sign_bundle(root: Path, key: SigningKey) -> bool:
     """Sign a published bundle in place (atomically) and rewrite its archive if it has one;
     returns whether it had. A bundle that does not match its manifest is refused."""
     from .pipeline import rewrite_bundle
 
-    keys.check_private_key(private_key)
+    key.check()
 
     def edit(new: Path, manifest: dict[str, Any]) -> None:
-        sign_dir(new, private_key)
+        sign_dir(new, key)
 
     return rewrite_bundle(root, edit, (SIGNATURE,), "signing it")
 
 
-def check(root: Path, public_key: Path, shown: Path) -> None:
-    """VerifyError unless ``root``'s signature was made with ``public_key``'s pair over its files."""
+def check(
+    root: Path, public_key: Path | None, certificate_chain: Sequence[Path], shown: Path
+) -> None:
+    """VerifyError unless ``root``'s signature was made with ``public_key``'s pair, or a
+    certificate ``certificate_chain`` trusts, over its files (ConfigError: an unusable key)."""
     try:
-        verify_signature(root, public_key, shown)
+        verify_signature(root, public_key, certificate_chain, shown)
     except KeyFileError as exc:
         raise ConfigError(str(exc)) from None
     except SignatureError as exc:

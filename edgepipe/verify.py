@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from . import signing
@@ -93,18 +94,24 @@ def _verify_dir(root: Path, shown: Path) -> int:
     return len(manifest["files"])
 
 
-def _verify_signed(root: Path, shown: Path, public_key: Path | None) -> tuple[int, bool]:
-    if public_key is not None:
-        signing.check(root, public_key, shown)
+def _verify_signed(
+    root: Path, shown: Path, public_key: Path | None, chain: Sequence[Path]
+) -> tuple[int, bool]:
+    if public_key is not None or chain:
+        signing.check(root, public_key, chain, shown)
     return _verify_dir(root, shown), is_signed(root)
 
 
-def verify(path: Path, public_key: Path | None = None) -> tuple[int, bool]:
-    """Number of files checked and whether the bundle is signed; with ``public_key``, the
-    signature is checked first. VerifyError naming the first problem otherwise."""
+def verify(
+    path: Path, public_key: Path | None = None, certificate_chain: Sequence[Path] = ()
+) -> tuple[int, bool]:
+    """Number of files checked and whether the bundle is signed; with ``public_key`` (or the
+    certificates to trust), the signature is checked first. VerifyError naming the first problem
+    otherwise."""
     if path.is_dir():
-        return _verify_signed(path, path, public_key)
+        return _verify_signed(path, path, public_key, certificate_chain)
     if not path.is_file():
         raise VerifyError(f"{path}: no such bundle directory or archive")
     with tempfile.TemporaryDirectory(prefix="edgepipe-verify-") as tmp:
-        return _verify_signed(extract_archive(path, Path(tmp)), path, public_key)
+        root = extract_archive(path, Path(tmp))
+        return _verify_signed(root, path, public_key, certificate_chain)

@@ -283,3 +283,67 @@ def test_signed_archive_is_reproducible(signed_generation, llama, pair, tmp_path
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert archive.read_bytes() == before
+
+
+def make_ca(dest: Path, name: str) -> tuple[Path, Path, Path]:
+    """A CA and a signing certificate it issued for a new P-256 key: (ca.pem, cert.pem, key.pem)."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def subject(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder().subject_name(subject(name)).issuer_name(subject(name))
+        .public_key(ca_key.public_key()).serial_number(1).not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=3650))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
+    leaf = (
+        x509.CertificateBuilder().subject_name(subject(f"{name} CI")).issuer_name(ca.subject)
+        .public_key(key.public_key()).serial_number(2).not_valid_before(start)
+        .not_valid_after(start + datetime.timedelta(days=365))
+        .add_extension(usage, critical=True).sign(ca_key, hashes.SHA256())
+    )  # fmt: skip
+    dest.mkdir(parents=True)
+    pem = serialization.Encoding.PEM
+    (dest / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (dest / "cert.pem").write_bytes(leaf.public_bytes(pem))
+    (dest / "key.pem").write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return dest / "ca.pem", dest / "cert.pem", dest / "key.pem"
+
+
+def test_certificate_signing(signed_embedding, pair, tmp_path):
+    bundle = Path(shutil.copytree(signed_embedding, tmp_path / signed_embedding.name))
+    ca, cert, key = make_ca(tmp_path / "ours", "Our CA")
+    other_ca, _, _ = make_ca(tmp_path / "theirs", "Their CA")
+    result = cli("sign", bundle, "--key", key, "--certificate", cert, "--certificate-chain", ca)
+    assert result.exit_code == 0, result.output
+    first = (bundle / SIGNATURE).read_bytes()
+    again = cli("sign", bundle, "--key", key, "--certificate", cert, "--certificate-chain", ca)
+    assert again.exit_code == 0, again.output
+    assert (bundle / SIGNATURE).read_bytes() == first  # reproducible as with a bare key
+    result = cli("verify", bundle, "--certificate-chain", ca)
+    assert result.exit_code == 0 and "signature checked with" in result.output, result.output
+    proc = run_bundle(bundle, "verify", "--certificate-chain", ca)
+    assert proc.returncode == 0, proc.stderr
+    one_line_error(cli("verify", bundle, "--certificate-chain", other_ca), 6, "is not trusted by")
+    flip_byte(bundle / "model" / "model.onnx")
+    one_line_error(cli("verify", bundle, "--certificate-chain", ca), 6, "Hash mismatch")
+    one_line_error(
+        cli("verify", signed_embedding, "--certificate-chain", ca), 6, "signed with a key, not"
+    )
+    # The certificate must be the key's.
+    one_line_error(
+        cli("sign", signed_embedding, "--key", pair[0], "--certificate", cert), 3, "cannot sign"
+    )

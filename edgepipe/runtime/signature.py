@@ -10,11 +10,14 @@ import ast
 import contextlib
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .integrity import SIGNATURE
 
-INSTALL = "pip install 'model-signing>=1.1.1,<1.2'"
+# model-signing 1.1.1 imports pyOpenSSL without requiring it.
+INSTALL = "pip install 'model-signing>=1.1.1,<1.2' pyopenssl"
 
 
 class SignatureError(ValueError):
@@ -22,7 +25,7 @@ class SignatureError(ValueError):
 
 
 class KeyFileError(ValueError):
-    """The public key file is missing or not a supported EC key; or model-signing is missing."""
+    """The public key or certificate file is missing or unusable; or model-signing is missing."""
 
 
 def is_signed(root: Path) -> bool:
@@ -43,34 +46,54 @@ def _mismatch(exc: Exception) -> str:
     return f"{first}{more}"
 
 
-def verify_signature(root: Path, public_key: Path, shown: Path | None = None) -> None:
-    """SignatureError unless ``root/model.sig`` was made with ``public_key``'s private key over
-    exactly the files ``root`` holds (``__pycache__`` aside); KeyFileError for the key itself."""
-    shown = shown or root
-    path = root / SIGNATURE
-    if not path.is_file():
-        raise SignatureError(
-            f"{shown}: not signed (no {SIGNATURE}), but a public key was given; sign it with "
-            "`edgepipe sign BUNDLE --key private.pem`"
-        )
+def _verifier(public_key: Path | None, chain: Sequence[Path]) -> Any:
+    """model-signing's verifying config for a public key, or for a certificate chain to trust."""
     try:
-        from model_signing import hashing, verifying
+        from model_signing import verifying
     except ModuleNotFoundError:
         raise KeyFileError(
             f"checking a signature needs model-signing, which this Python lacks: {INSTALL}"
         ) from None
+    trusted = str(public_key) if public_key else ", ".join(map(str, chain))
     try:
-        config = verifying.Config().use_elliptic_key_verifier(public_key=public_key)
-    except FileNotFoundError:
-        raise KeyFileError(f"{public_key}: no such public key file") from None
+        if public_key is not None:
+            return verifying.Config().use_elliptic_key_verifier(public_key=public_key)
+        return verifying.Config().use_certificate_verifier(certificate_chain=chain)
+    except FileNotFoundError as exc:
+        raise KeyFileError(f"{exc.filename or trusted}: no such file") from None
     except (ValueError, TypeError, OSError) as exc:
-        raise KeyFileError(
-            f"{public_key}: not a PEM EC public key on P-256/384/521 ({exc})"
-        ) from None
+        what = "a PEM EC public key on P-256/384/521" if public_key else "PEM certificates"
+        raise KeyFileError(f"{trusted}: not {what} ({exc})") from None
+
+
+def verify_signature(
+    root: Path,
+    public_key: Path | None = None,
+    certificate_chain: Sequence[Path] = (),
+    shown: Path | None = None,
+) -> None:
+    """SignatureError unless ``root/model.sig`` was made with ``public_key``'s private key, or with
+    a certificate issued under ``certificate_chain``, over exactly the files ``root`` holds
+    (``__pycache__`` aside); KeyFileError for the key or certificates themselves."""
+    shown = shown or root
+    path = root / SIGNATURE
+    if not path.is_file():
+        raise SignatureError(
+            f"{shown}: not signed (no {SIGNATURE}), but a key to check it was given; sign it with "
+            "`edgepipe sign BUNDLE --key private.pem`"
+        )
+    config = _verifier(public_key, certificate_chain)
+    from model_signing import hashing
+
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SignatureError(f"{shown}: unreadable signature {SIGNATURE} ({exc})") from None
+        material = json.loads(path.read_text(encoding="utf-8"))["verificationMaterial"]
+    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise SignatureError(f"{shown}: unreadable signature {SIGNATURE} ({exc!r})") from None
+    by_certificate = isinstance(material, dict) and "x509CertificateChain" in material
+    if certificate_chain and not by_certificate:
+        raise SignatureError(
+            f"{shown}: signed with a key, not a certificate: check it with --public-key"
+        )
     # Running the bundle writes bytecode; it is neither signed nor in the manifest.
     ignored = [SIGNATURE, *(str(p.relative_to(root)) for p in root.rglob("__pycache__"))]
     config.set_hashing_config(
@@ -87,6 +110,13 @@ def verify_signature(root: Path, public_key: Path, shown: Path | None = None) ->
         if isinstance(exc, InvalidSignature) or message.startswith("Key mismatch"):
             raise SignatureError(
                 f"{shown}: the signature was not made with the private key of {public_key}"
+                if public_key
+                else f"{shown}: the signature was not made with its certificate's key"
+            ) from None
+        if type(exc).__name__ == "X509StoreContextError":  # pyOpenSSL's, for the chain
+            raise SignatureError(
+                f"{shown}: the signing certificate is not trusted by "
+                f"{', '.join(map(str, certificate_chain))} ({message})"
             ) from None
         if message.startswith("Signature mismatch"):
             raise SignatureError(
