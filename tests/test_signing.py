@@ -70,7 +70,12 @@ def build_llama(model: Path, out: Path, key: Path) -> dict:
         "--no-bench", "--out", out, "--sign-key", key, "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+    assert pem_body(key).decode()[:40] not in result.output  # nor in the build's log
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def pem_body(key: Path) -> bytes:
+    return b"".join(line for line in key.read_bytes().splitlines() if not line.startswith(b"---"))
 
 
 @pytest.fixture(scope="module")
@@ -258,8 +263,7 @@ def test_sign_refuses_a_bundle_that_does_not_match_its_manifest(copy, pair):
 
 
 def test_private_key_never_lands_in_the_bundle_or_output(signed_generation, pair, llama, tmp_path):
-    pem = pair[0].read_bytes()
-    body = b"".join(line for line in pem.splitlines() if not line.startswith(b"-----"))
+    body = pem_body(pair[0])
     der = base64.b64decode(body)
     archive = signed_generation.parent / f"{signed_generation.name}.tar.gz"
     blobs = [p.read_bytes() for p in signed_generation.rglob("*") if p.is_file()]
