@@ -351,3 +351,13 @@ def test_certificate_signing(signed_embedding, pair, tmp_path):
     one_line_error(
         cli("sign", signed_embedding, "--key", pair[0], "--certificate", cert), 3, "cannot sign"
     )
+
+
+def test_bench_recording_removes_the_signature_it_invalidates(signed_embedding, pair, tmp_path):
+    root = Path(shutil.copytree(signed_embedding, tmp_path / signed_embedding.name))
+    result = cli("bench", root, "--no-baseline", "--runs", "1", "--warmup", "0")
+    assert result.exit_code == 0, result.output
+    assert "the signature signed the old manifest and was removed" in result.output
+    assert not (root / SIGNATURE).exists()
+    assert cli("verify", root).exit_code == 0
+    one_line_error(cli("verify", root, "--public-key", pair[1]), 6, "not signed")
