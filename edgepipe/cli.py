@@ -70,6 +70,34 @@ def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
     return table
 
 
+def path_option(name: str, help: str, multiple: bool = False) -> Callable[[F], F]:
+    return click.option(name, type=click.Path(path_type=Path), multiple=multiple, help=help)
+
+
+def signing_options(prefix: str) -> Callable[[F], F]:
+    """``{prefix}key``, ``{prefix}certificate`` and ``{prefix}certificate-chain`` (repeatable)."""
+    options = (
+        path_option(
+            f"{prefix}key",
+            "Sign with this PEM EC private key (P-256/384/521, see `edgepipe keygen`); an "
+            "encrypted one reads its passphrase from EDGEPIPE_SIGNING_KEY_PASSWORD.",
+        ),
+        path_option(f"{prefix}certificate", f"With {prefix}key: the key's certificate (PEM)."),
+        path_option(
+            f"{prefix}certificate-chain",
+            f"The certificates above {prefix}certificate (PEM; repeatable).",
+            multiple=True,
+        ),
+    )
+
+    def decorate(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
 def dirs_option(kind: str) -> Callable[[F], F]:
     return click.option(
         f"--{kind}-dir",
@@ -171,22 +199,7 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     metavar="VERSION",
     help="Pin this onnxruntime (within the target's range) instead of the build's own.",
 )
-@click.option(
-    "--sign-key",
-    type=click.Path(path_type=Path),
-    help="Sign the bundle with this PEM EC private key (see `edgepipe keygen`).",
-)
-@click.option(
-    "--sign-certificate",
-    type=click.Path(path_type=Path),
-    help="With --sign-key: sign with this certificate of the key (PEM).",
-)
-@click.option(
-    "--sign-certificate-chain",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="The certificates above --sign-certificate (PEM; repeatable).",
-)
+@signing_options("--sign-")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
 @dirs_option("profiles")
@@ -316,16 +329,13 @@ def build(
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--public-key",
-    type=click.Path(path_type=Path),
-    help="Check the bundle's signature (model.sig) with this PEM EC public key first.",
+@path_option(
+    "--public-key", "Check the bundle's signature (model.sig) with this PEM EC public key."
 )
-@click.option(
+@path_option(
     "--certificate-chain",
+    "Or check a certificate-signed bundle against these trusted certificates (repeatable).",
     multiple=True,
-    type=click.Path(path_type=Path),
-    help="Or check a certificate-signed bundle against these trusted certificates (repeatable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
@@ -598,28 +608,19 @@ def keygen(out: Path) -> None:
 @click.argument(
     "bundle_dir", metavar="BUNDLE", type=click.Path(exists=True, file_okay=False, path_type=Path)
 )
-@click.option(
-    "--key",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="PEM EC private key (P-256/384/521); an encrypted one reads EDGEPIPE_SIGNING_KEY_PASSWORD.",
-)
-@click.option(
-    "--certificate", type=click.Path(path_type=Path), help="Sign with this certificate of the key."
-)
-@click.option(
-    "--certificate-chain",
-    multiple=True,
-    type=click.Path(path_type=Path),
-    help="The certificates above --certificate (PEM; repeatable).",
-)
+@signing_options("--")
 @handle_errors
 def sign(
-    bundle_dir: Path, key: Path, certificate: Path | None, certificate_chain: tuple[Path, ...]
+    bundle_dir: Path,
+    key: Path | None,
+    certificate: Path | None,
+    certificate_chain: tuple[Path, ...],
 ) -> None:
     """Sign BUNDLE (model.sig, with model-signing) and rewrite its archive."""
     from .signing import sign_bundle
 
+    if key is None:
+        raise click.UsageError("Missing option '--key'.")
     archived = sign_bundle(bundle_dir, signing_key(key, certificate, certificate_chain, "--"))
     written = "model.sig" + (f", {bundle_dir.name}.tar.gz" if archived else "")
     err.print(f"signed {bundle_dir}: {written}")
