@@ -361,3 +361,15 @@ def test_bench_recording_removes_the_signature_it_invalidates(signed_embedding, 
     assert not (root / SIGNATURE).exists()
     assert cli("verify", root).exit_code == 0
     one_line_error(cli("verify", root, "--public-key", pair[1]), 6, "not signed")
+
+
+def test_contradictory_signing_options_are_usage_errors(signed_embedding, pair):
+    for args in (
+        ("verify", signed_embedding, "--public-key", pair[1], "--certificate-chain", pair[1]),
+        ("sign", signed_embedding),
+        ("sign", signed_embedding, "--certificate", pair[1]),
+    ):
+        result = cli(*args)
+        assert result.exit_code == 2 and "Error:" in result.output, result.output
+    result = cli("sign", signed_embedding, "--key", pair[0], "--certificate-chain", pair[1])
+    one_line_error(result, 3, "--certificate-chain goes with --certificate")
