@@ -48,7 +48,7 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted; nothing was published")
             sys.exit(130)
-        except click.exceptions.Exit:
+        except (click.exceptions.Exit, click.ClickException):  # click's own: usage is exit 2
             raise
         except Exception as exc:
             if os.environ.get("EDGEPIPE_DEBUG"):
@@ -60,6 +60,34 @@ def handle_errors(fn: F) -> F:
             sys.exit(1)
 
     return wrapper  # type: ignore[return-value]
+
+
+def path_option(name: str, help: str, multiple: bool = False) -> Callable[[F], F]:
+    return click.option(name, type=click.Path(path_type=Path), multiple=multiple, help=help)
+
+
+def signing_options(prefix: str) -> Callable[[F], F]:
+    """``{prefix}key``, ``{prefix}certificate`` and ``{prefix}certificate-chain`` (repeatable)."""
+    options = (
+        path_option(
+            f"{prefix}key",
+            "Sign with this PEM EC private key (P-256/384/521, see `edgepipe keygen`); an "
+            "encrypted one reads its passphrase from EDGEPIPE_SIGNING_KEY_PASSWORD.",
+        ),
+        path_option(f"{prefix}certificate", f"With {prefix}key: the key's certificate (PEM)."),
+        path_option(
+            f"{prefix}certificate-chain",
+            f"The certificates above {prefix}certificate (PEM; repeatable).",
+            multiple=True,
+        ),
+    )
+
+    def decorate(fn: F) -> F:
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def dirs_option(kind: str) -> Callable[[F], F]:
@@ -140,6 +168,7 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     metavar="VERSION",
     help="Pin this onnxruntime (within the target's range) instead of the build's own.",
 )
+@signing_options("--sign-")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
 @dirs_option("profiles")
@@ -161,6 +190,9 @@ def build(
     cache: bool,
     with_wheels: bool,
     runtime_version: str | None,
+    sign_key: Path | None,
+    sign_certificate: Path | None,
+    sign_certificate_chain: tuple[Path, ...],
     as_json: bool,
     targets_dirs: tuple[Path, ...],
     profiles_dirs: tuple[Path, ...],
@@ -194,6 +226,7 @@ def build(
         cache=StageCache(default_dir()) if cache else None,
         with_wheels=with_wheels,
         runtime_version=runtime_version,
+        sign_with=signing_key(sign_key, sign_certificate, sign_certificate_chain, "--sign-"),
     )
     started: dict[str, float] = {}
 
@@ -223,17 +256,45 @@ def build(
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@path_option(
+    "--public-key", "Check the bundle's signature (model.sig) with this PEM EC public key."
+)
+@path_option(
+    "--certificate-chain",
+    "Or check a certificate-signed bundle against these trusted certificates (repeatable).",
+    multiple=True,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def verify(path: Path, as_json: bool) -> None:
-    """Check a bundle directory or .tar.gz against its manifest."""
+def verify(
+    path: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], as_json: bool
+) -> None:
+    """Check a bundle directory or .tar.gz against its signature (with a key) and manifest."""
     from .verify import verify as run_verify
 
-    count = run_verify(path)
+    if public_key and certificate_chain:
+        raise click.UsageError("--public-key or --certificate-chain, not both")
+    count, signed = run_verify(path, public_key, certificate_chain)
+    checked = public_key is not None or bool(certificate_chain)
     if as_json:
-        click.echo(json.dumps({"path": str(path), "ok": True, "files": count}))
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(path),
+                    "ok": True,
+                    "files": count,
+                    "signed": signed,
+                    "signature_checked": checked,
+                }
+            )
+        )
+        return
+    if checked:
+        trusted = public_key or ", ".join(map(str, certificate_chain))
+        said = f"; signature checked with {trusted}"
     else:
-        err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json")
+        said = "; signed (model.sig; pass --public-key to check it)" if signed else "; not signed"
+    err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json{said}")
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -308,6 +369,7 @@ def bench(
     from .bench import host, report
     from .build.publish import record_bench
     from .runtime.measure import BenchSettings, incomplete_message
+    from .runtime.signature import is_signed
     from .stages.bundle import DOCUMENTS
 
     if baseline_model and not baseline:
@@ -334,9 +396,15 @@ def bench(
     if message:
         err.print(f"[yellow]warning:[/yellow] {message}")
     if write:
+        signed = is_signed(bundle_dir)
         archived = record_bench(bundle_dir, result)
         written = ", ".join(DOCUMENTS) + (f", {bundle_dir.name}.tar.gz" if archived else "")
         err.print(f"recorded in {bundle_dir}: {written}")
+        if signed:
+            err.print(
+                "[yellow]warning:[/yellow] the signature signed the old manifest and was removed: "
+                f"edgepipe sign {bundle_dir} --key private.pem"
+            )
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
@@ -406,3 +474,65 @@ def matrix(
         for t in chosen
     ]
     click.echo(json.dumps({"include": rows} if fmt == "github" else rows))
+
+
+# Trust: signing keys, signatures and the bill of materials (issue 16).
+
+
+def signing_key(
+    key: Path | None, certificate: Path | None, chain: tuple[Path, ...], prefix: str
+) -> Any:
+    """The options' SigningKey, or None without a key."""
+    from .signing import SigningKey
+
+    if key is None:
+        if certificate or chain:
+            raise click.UsageError(f"{prefix}certificate(-chain) needs {prefix}key")
+        return None
+    return SigningKey(key, certificate, chain)
+
+
+@main.command()
+@click.option(
+    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Directory for the pair."
+)
+@handle_errors
+def keygen(out: Path) -> None:
+    """Make a P-256 signing key pair: DIR/private.pem (mode 0600) and DIR/public.pem."""
+    from .keys import keygen as make_pair
+
+    private, public = make_pair(out)
+    err.print(f"private key: {private} (keep it secret: a CI secret, never in a bundle)")
+    err.print(f"public key:  {public} (ship it to the devices: verify --public-key)")
+
+
+@main.command()
+@click.argument(
+    "bundle_dir", metavar="BUNDLE", type=click.Path(exists=True, file_okay=False, path_type=Path)
+)
+@signing_options("--")
+@handle_errors
+def sign(
+    bundle_dir: Path,
+    key: Path | None,
+    certificate: Path | None,
+    certificate_chain: tuple[Path, ...],
+) -> None:
+    """Sign BUNDLE (model.sig, with model-signing) and rewrite its archive."""
+    from .build.publish import sign_bundle
+
+    if key is None:
+        raise click.UsageError("Missing option '--key'.")
+    archived = sign_bundle(bundle_dir, signing_key(key, certificate, certificate_chain, "--"))
+    written = "model.sig" + (f", {bundle_dir.name}.tar.gz" if archived else "")
+    err.print(f"signed {bundle_dir}: {written}")
+
+
+@main.command("sbom")
+@click.argument("path", metavar="BUNDLE", type=click.Path(path_type=Path))
+@handle_errors
+def sbom_command(path: Path) -> None:
+    """Print the CycloneDX 1.6 SBOM (sbom.cdx.json) of a bundle directory or .tar.gz."""
+    from .sbom import show
+
+    click.echo(show(path), nl=False)
