@@ -1,109 +1,41 @@
-"""Command line: parse, call the library, render; the only place that prints or exits."""
+"""Command line (with cli_common.py and cli_trust.py): parse, call the library, render; the only
+place that prints or exits."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
 import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__, catalog, tables
-from .errors import EdgepipeError
+from .cli_common import (
+    dirs_option,
+    err,
+    handle_errors,
+    out,
+    path_option,
+    signing_key,
+    signing_options,
+)
+from .cli_trust import keygen, sbom_command, sign
 
 # Offline by design: nothing is fetched from a model hub, whatever the libraries would like.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-# soft_wrap: an error stays on one line, however narrow the terminal or log.
-err = Console(
-    stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200
-)
-# Piped output (CI logs, `| less`) gets full-width tables instead of rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handle_errors(fn: F) -> F:
-    """Turn library errors into one line and their exit code; hide tracebacks unless EDGEPIPE_DEBUG."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EdgepipeError as exc:
-            if exc.details:
-                err.print(tables.rows_table(exc.details, "what was tried"))
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing was published")
-            sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException):  # click's own: usage is exit 2
-            raise
-        except Exception as exc:
-            if os.environ.get("EDGEPIPE_DEBUG"):
-                traceback.print_exc()
-            err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
-                "(set EDGEPIPE_DEBUG=1 for the traceback and report it)"
-            )
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def path_option(name: str, help: str, multiple: bool = False) -> Callable[[F], F]:
-    return click.option(name, type=click.Path(path_type=Path), multiple=multiple, help=help)
-
-
-def signing_options(prefix: str) -> Callable[[F], F]:
-    """``{prefix}key``, ``{prefix}certificate`` and ``{prefix}certificate-chain`` (repeatable)."""
-    options = (
-        path_option(
-            f"{prefix}key",
-            "Sign with this PEM EC private key (P-256/384/521, see `edgepipe keygen`); an "
-            "encrypted one reads its passphrase from EDGEPIPE_SIGNING_KEY_PASSWORD.",
-        ),
-        path_option(f"{prefix}certificate", f"With {prefix}key: the key's certificate (PEM)."),
-        path_option(
-            f"{prefix}certificate-chain",
-            f"The certificates above {prefix}certificate (PEM; repeatable).",
-            multiple=True,
-        ),
-    )
-
-    def decorate(fn: F) -> F:
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return decorate
-
-
-def dirs_option(kind: str) -> Callable[[F], F]:
-    return click.option(
-        f"--{kind}-dir",
-        f"{kind}_dirs",
-        multiple=True,
-        type=click.Path(path_type=Path),
-        help=f"Extra directory of {kind} YAML files (also EDGEPIPE_{kind.upper()}_PATH).",
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgepipe")
 def main() -> None:
     """Export, quantize, verify, benchmark and bundle a model for one edge device."""
+
+
+for trust_command in (keygen, sign, sbom_command):
+    main.add_command(trust_command)
 
 
 @main.command()
@@ -474,65 +406,3 @@ def matrix(
         for t in chosen
     ]
     click.echo(json.dumps({"include": rows} if fmt == "github" else rows))
-
-
-# Trust: signing keys, signatures and the bill of materials (issue 16).
-
-
-def signing_key(
-    key: Path | None, certificate: Path | None, chain: tuple[Path, ...], prefix: str
-) -> Any:
-    """The options' SigningKey, or None without a key."""
-    from .signing import SigningKey
-
-    if key is None:
-        if certificate or chain:
-            raise click.UsageError(f"{prefix}certificate(-chain) needs {prefix}key")
-        return None
-    return SigningKey(key, certificate, chain)
-
-
-@main.command()
-@click.option(
-    "--out", "-o", required=True, type=click.Path(path_type=Path), help="Directory for the pair."
-)
-@handle_errors
-def keygen(out: Path) -> None:
-    """Make a P-256 signing key pair: DIR/private.pem (mode 0600) and DIR/public.pem."""
-    from .keys import keygen as make_pair
-
-    private, public = make_pair(out)
-    err.print(f"private key: {private} (keep it secret: a CI secret, never in a bundle)")
-    err.print(f"public key:  {public} (ship it to the devices: verify --public-key)")
-
-
-@main.command()
-@click.argument(
-    "bundle_dir", metavar="BUNDLE", type=click.Path(exists=True, file_okay=False, path_type=Path)
-)
-@signing_options("--")
-@handle_errors
-def sign(
-    bundle_dir: Path,
-    key: Path | None,
-    certificate: Path | None,
-    certificate_chain: tuple[Path, ...],
-) -> None:
-    """Sign BUNDLE (model.sig, with model-signing) and rewrite its archive."""
-    from .build.publish import sign_bundle
-
-    if key is None:
-        raise click.UsageError("Missing option '--key'.")
-    archived = sign_bundle(bundle_dir, signing_key(key, certificate, certificate_chain, "--"))
-    written = "model.sig" + (f", {bundle_dir.name}.tar.gz" if archived else "")
-    err.print(f"signed {bundle_dir}: {written}")
-
-
-@main.command("sbom")
-@click.argument("path", metavar="BUNDLE", type=click.Path(path_type=Path))
-@handle_errors
-def sbom_command(path: Path) -> None:
-    """Print the CycloneDX 1.6 SBOM (sbom.cdx.json) of a bundle directory or .tar.gz."""
-    from .sbom import show
-
-    click.echo(show(path), nl=False)
