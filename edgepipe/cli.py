@@ -1,81 +1,41 @@
-"""Command line: parse, call the library, render; the only place that prints or exits."""
+"""Command line (with cli_common.py and cli_trust.py): parse, call the library, render; the only
+place that prints or exits."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import sys
 import time
-import traceback
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from . import __version__, catalog, tables
-from .errors import EdgepipeError
+from .cli_common import (
+    dirs_option,
+    err,
+    handle_errors,
+    out,
+    path_option,
+    signing_key,
+    signing_options,
+)
+from .cli_trust import keygen, sbom_command, sign
 
 # Offline by design: nothing is fetched from a model hub, whatever the libraries would like.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-# soft_wrap: an error stays on one line, however narrow the terminal or log.
-err = Console(
-    stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 200
-)
-# Piped output (CI logs, `| less`) gets full-width tables instead of rich's 80-column default.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def handle_errors(fn: F) -> F:
-    """Turn library errors into one line and their exit code; hide tracebacks unless EDGEPIPE_DEBUG."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except EdgepipeError as exc:
-            if exc.details:
-                err.print(tables.rows_table(exc.details, "what was tried"))
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            err.print("interrupted; nothing was published")
-            sys.exit(130)
-        except click.exceptions.Exit:
-            raise
-        except Exception as exc:
-            if os.environ.get("EDGEPIPE_DEBUG"):
-                traceback.print_exc()
-            err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
-                "(set EDGEPIPE_DEBUG=1 for the traceback and report it)"
-            )
-            sys.exit(1)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def dirs_option(kind: str) -> Callable[[F], F]:
-    return click.option(
-        f"--{kind}-dir",
-        f"{kind}_dirs",
-        multiple=True,
-        type=click.Path(path_type=Path),
-        help=f"Extra directory of {kind} YAML files (also EDGEPIPE_{kind.upper()}_PATH).",
-    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="edgepipe")
 def main() -> None:
     """Export, quantize, verify, benchmark and bundle a model for one edge device."""
+
+
+for trust_command in (keygen, sign, sbom_command):
+    main.add_command(trust_command)
 
 
 @main.command()
@@ -140,6 +100,7 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     metavar="VERSION",
     help="Pin this onnxruntime (within the target's range) instead of the build's own.",
 )
+@signing_options("--sign-")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
 @dirs_option("profiles")
@@ -161,6 +122,9 @@ def build(
     cache: bool,
     with_wheels: bool,
     runtime_version: str | None,
+    sign_key: Path | None,
+    sign_certificate: Path | None,
+    sign_certificate_chain: tuple[Path, ...],
     as_json: bool,
     targets_dirs: tuple[Path, ...],
     profiles_dirs: tuple[Path, ...],
@@ -194,6 +158,7 @@ def build(
         cache=StageCache(default_dir()) if cache else None,
         with_wheels=with_wheels,
         runtime_version=runtime_version,
+        sign_with=signing_key(sign_key, sign_certificate, sign_certificate_chain, "--sign-"),
     )
     started: dict[str, float] = {}
 
@@ -223,17 +188,45 @@ def build(
 
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path))
+@path_option(
+    "--public-key", "Check the bundle's signature (model.sig) with this PEM EC public key."
+)
+@path_option(
+    "--certificate-chain",
+    "Or check a certificate-signed bundle against these trusted certificates (repeatable).",
+    multiple=True,
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
-def verify(path: Path, as_json: bool) -> None:
-    """Check a bundle directory or .tar.gz against its manifest."""
+def verify(
+    path: Path, public_key: Path | None, certificate_chain: tuple[Path, ...], as_json: bool
+) -> None:
+    """Check a bundle directory or .tar.gz against its signature (with a key) and manifest."""
     from .verify import verify as run_verify
 
-    count = run_verify(path)
+    if public_key and certificate_chain:
+        raise click.UsageError("--public-key or --certificate-chain, not both")
+    count, signed = run_verify(path, public_key, certificate_chain)
+    checked = public_key is not None or bool(certificate_chain)
     if as_json:
-        click.echo(json.dumps({"path": str(path), "ok": True, "files": count}))
+        click.echo(
+            json.dumps(
+                {
+                    "path": str(path),
+                    "ok": True,
+                    "files": count,
+                    "signed": signed,
+                    "signature_checked": checked,
+                }
+            )
+        )
+        return
+    if checked:
+        trusted = public_key or ", ".join(map(str, certificate_chain))
+        said = f"; signature checked with {trusted}"
     else:
-        err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json")
+        said = "; signed (model.sig; pass --public-key to check it)" if signed else "; not signed"
+    err.print(f"[green]ok:[/green] {path}: {count} files match manifest.json{said}")
 
 
 def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
@@ -308,6 +301,7 @@ def bench(
     from .bench import host, report
     from .build.publish import record_bench
     from .runtime.measure import BenchSettings, incomplete_message
+    from .runtime.signature import is_signed
     from .stages.bundle import DOCUMENTS
 
     if baseline_model and not baseline:
@@ -334,9 +328,15 @@ def bench(
     if message:
         err.print(f"[yellow]warning:[/yellow] {message}")
     if write:
+        signed = is_signed(bundle_dir)
         archived = record_bench(bundle_dir, result)
         written = ", ".join(DOCUMENTS) + (f", {bundle_dir.name}.tar.gz" if archived else "")
         err.print(f"recorded in {bundle_dir}: {written}")
+        if signed:
+            err.print(
+                "[yellow]warning:[/yellow] the signature signed the old manifest and was removed: "
+                f"edgepipe sign {bundle_dir} --key private.pem"
+            )
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return

@@ -34,6 +34,8 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
             f"target '{spec.target.name}' runs NVIDIA's onnxruntime-gpu, which is not on PyPI; "
             "build without --with-wheels and install NVIDIA's wheel on the device"
         )
+    if spec.sign_with is not None:
+        spec.sign_with.check()  # a bad key should fail now, not after the build
     evaluated = versions()
     specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
     texts = _texts(spec, source.task_kind)

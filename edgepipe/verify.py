@@ -5,11 +5,14 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
+from . import signing
 from .errors import ModelError, VerifyError
 from .graph.checks import check_external_data
 from .runtime.integrity import read_manifest, verify_dir
+from .runtime.signature import is_signed
 
 
 def _safe_member(member: tarfile.TarInfo, archive: Path) -> PurePosixPath:
@@ -91,11 +94,24 @@ def _verify_dir(root: Path, shown: Path) -> int:
     return len(manifest["files"])
 
 
-def verify(path: Path) -> int:
-    """Number of files checked; VerifyError naming the first problem otherwise."""
+def _verify_signed(
+    root: Path, shown: Path, public_key: Path | None, chain: Sequence[Path]
+) -> tuple[int, bool]:
+    if public_key is not None or chain:
+        signing.check(root, public_key, chain, shown)
+    return _verify_dir(root, shown), is_signed(root)
+
+
+def verify(
+    path: Path, public_key: Path | None = None, certificate_chain: Sequence[Path] = ()
+) -> tuple[int, bool]:
+    """Number of files checked and whether the bundle is signed; with ``public_key`` (or the
+    certificates to trust), the signature is checked first. VerifyError naming the first problem
+    otherwise."""
     if path.is_dir():
-        return _verify_dir(path, path)
+        return _verify_signed(path, path, public_key, certificate_chain)
     if not path.is_file():
         raise VerifyError(f"{path}: no such bundle directory or archive")
     with tempfile.TemporaryDirectory(prefix="edgepipe-verify-") as tmp:
-        return _verify_dir(extract_archive(path, Path(tmp)), path)
+        root = extract_archive(path, Path(tmp))
+        return _verify_signed(root, path, public_key, certificate_chain)

@@ -1,5 +1,5 @@
-"""Publishing: the chosen attempt's bundle, manifest and archive; one writer per bundle name; the
-atomic swap; a benchmark recorded into a built bundle."""
+"""Publishing: the chosen attempt's bundle, SBOM, manifest, signature and archive; one writer per
+bundle name; the atomic swap; a benchmark recorded into (or a signature added to) a built bundle."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .. import sbom, signing
 from ..config import Target
 from ..errors import ResourceError, VerifyError
 from ..graph.checks import check_external_data, check_runtime_support
 from ..runtime.embedder import EmbeddingConfig
 from ..runtime.generator import GenerationConfig
-from ..runtime.integrity import read_manifest, verify_dir
+from ..runtime.integrity import SIGNATURE, read_manifest, verify_dir
 from ..stages import bundle, wheels
 from .runner import StageRunner, versions
 from .search import Attempt, attempts_table
@@ -99,36 +100,38 @@ def write_bundle(
     records = _chosen_records(stage, chosen)
     chosen_profile = next(p for p in ctx.profiles if p.name == chosen.profile)
     table = attempts_table(attempts)
-    manifest = bundle.finish(
-        dest,
-        {
-            "schema": "edgepipe.bundle/1",
-            "name": name,
-            "task": ctx.source.task,
-            "model": {
-                "path": "model/model.onnx",
-                "sha256": records["quantize"]["outputs"]["model.onnx"],
-                "size_bytes": chosen.size_bytes,
-                "kept_float": chosen.kept_float,
-                "source": ctx.source.describe(),
-            },
-            "target": target.model_dump(mode="json"),
-            "profile": chosen_profile.model_dump(mode="json"),
-            "versions": versions(),
-            "requirements": ctx.specs,
-            **({"wheels": _wheels_entry(ctx.downloaded, target)} if ctx.downloaded else {}),
-            "accuracy": {**chosen.accuracy, "fp32_onnx": fp32_onnx},
-            "bench": chosen.bench,
-            "attempts": table,
-            "stages": records,
+    document = {
+        "schema": "edgepipe.bundle/1",
+        "name": name,
+        "task": ctx.source.task,
+        "model": {
+            "path": "model/model.onnx",
+            "sha256": records["quantize"]["outputs"]["model.onnx"],
+            "size_bytes": chosen.size_bytes,
+            "kept_float": chosen.kept_float,
+            "source": ctx.source.describe(),
         },
-    )
+        "target": target.model_dump(mode="json"),
+        "profile": chosen_profile.model_dump(mode="json"),
+        "versions": versions(),
+        "requirements": ctx.specs,
+        **({"wheels": _wheels_entry(ctx.downloaded, target)} if ctx.downloaded else {}),
+        "accuracy": {**chosen.accuracy, "fp32_onnx": fp32_onnx},
+        "bench": chosen.bench,
+        "attempts": table,
+        "stages": records,
+    }
+    sbom.write(dest, document, ctx.source.path)  # before finish(): the manifest covers the SBOM
+    manifest = bundle.finish(dest, document)
+    sign_with = ctx.spec.sign_with
+    if sign_with is not None:  # after finish(): the signature covers the manifest
+        signing.sign_dir(dest, sign_with)
     bundle.write_archive(dest, ctx.staging / f"{name}.tar.gz")
     stage.seconds["bundle"] = round(time.perf_counter() - start, 2)
     ctx.report("bundle", f"{name} ({len(manifest['files'])} files)")
     return BuildResult(
         dest, ctx.staging / f"{name}.tar.gz", manifest, stage.seconds, stage.cached, table,
-        bench_fields=bench_fields, example=example,
+        bench_fields=bench_fields, example=example, signed=sign_with is not None,
     )  # fmt: skip
 
 
@@ -150,11 +153,14 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def record_bench(root: Path, result: dict[str, Any]) -> bool:
-    """Write ``result`` into the bundle's manifest and documents, swapped in atomically.
+def rewrite_bundle(
+    root: Path, edit: Callable[[Path, dict[str, Any]], None], drop: tuple[str, ...], doing: str
+) -> bool:
+    """Let ``edit(copy, manifest)`` change a copy of the bundle, then swap it in atomically.
 
-    The archive beside the bundle is rewritten too, if there is one; returns whether there was.
-    A bundle that no longer matches its manifest is refused, never re-hashed into looking whole.
+    The copy hard-links the files (top-level ``drop`` left out); the archive beside the bundle is
+    rewritten too, if there is one; returns whether there was. A bundle that no longer matches its
+    manifest is refused (``doing``: what was asked), never re-hashed or signed into looking whole.
     """
     root = root.resolve()
     out, name = root.parent, root.name
@@ -163,11 +169,8 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
         problems = verify_dir(root)
         if problems:
             raise VerifyError(
-                f"{root}: does not match its manifest ({problems[0]}); rebuild it before "
-                "recording a benchmark in it"
+                f"{root}: does not match its manifest ({problems[0]}); rebuild it before {doing}"
             )
-        if manifest["model"]["sha256"] != result["models"]["model"]["sha256"]:
-            raise ResourceError(f"{root}: the bundle's model changed while it was benchmarked")
         staging = Path(tempfile.mkdtemp(prefix=f".{name}.tmp", dir=out))
         try:
             new = staging / name
@@ -176,13 +179,10 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
                 new,
                 copy_function=_link_or_copy,
                 ignore=lambda d, names: [
-                    n
-                    for n in names
-                    if n == "__pycache__" or (Path(d) == root and n in bundle.DOCUMENTS)
+                    n for n in names if n == "__pycache__" or (Path(d) == root and n in drop)
                 ],
             )
-            manifest = {k: v for k, v in manifest.items() if k != "files"}
-            bundle.finish(new, {**manifest, "bench": result})
+            edit(new, manifest)
             archived = (out / f"{name}.tar.gz").is_file()
             if archived:
                 bundle.write_archive(new, staging / f"{name}.tar.gz")
@@ -190,3 +190,29 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return archived
+
+
+def record_bench(root: Path, result: dict[str, Any]) -> bool:
+    """Write ``result`` into the bundle's manifest and documents (``rewrite_bundle``).
+
+    A signature is left out: it signed the old manifest (`edgepipe sign` the bundle again).
+    """
+
+    def edit(new: Path, manifest: dict[str, Any]) -> None:
+        if manifest["model"]["sha256"] != result["models"]["model"]["sha256"]:
+            raise ResourceError(f"{root}: the bundle's model changed while it was benchmarked")
+        manifest = {k: v for k, v in manifest.items() if k != "files"}
+        bundle.finish(new, {**manifest, "bench": result})
+
+    return rewrite_bundle(root, edit, (*bundle.DOCUMENTS, SIGNATURE), "recording a benchmark in it")
+
+
+def sign_bundle(root: Path, key: signing.SigningKey) -> bool:
+    """Sign a published bundle in place (atomically) and rewrite its archive if it has one;
+    returns whether it had. A bundle that does not match its manifest is refused."""
+    key.check()
+
+    def edit(new: Path, manifest: dict[str, Any]) -> None:
+        signing.sign_dir(new, key)
+
+    return rewrite_bundle(root, edit, (SIGNATURE,), "signing it")

@@ -14,6 +14,7 @@ from ..config import TASK_KINDS, Profile, Target, check_fits
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from ..signing import SigningKey
     from ..sources import ModelSource
     from .runner import StageRunner
 
@@ -44,6 +45,8 @@ class BuildSpec:
     trust_remote_code: bool = False
     with_wheels: bool = False
     runtime_version: str | None = None
+    # The bundle is signed with it (model.sig) before it is archived.
+    sign_with: SigningKey | None = None
 
 
 def choose_profiles(
@@ -125,6 +128,7 @@ class BuildResult:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     bench_fields: dict[str, Any] = field(default_factory=dict)  # the task's bench numbers for CI
     example: str = ""  # a command that runs the bundle, after ``python <bundle>``
+    signed: bool = False  # with a model.sig
 
     def summary(self) -> dict[str, Any]:
         """The build's JSON summary for CI (``edgepipe build --json``)."""
@@ -144,6 +148,7 @@ class BuildResult:
             "attempts": self.attempts,
             "requirements": manifest["requirements"],
             "wheels": len(manifest.get("wheels", {}).get("files", [])),
+            "signed": self.signed,
             "cached_stages": self.cached,
             "seconds": self.seconds,
         }

@@ -235,13 +235,26 @@ def _info(root: Path, args: argparse.Namespace) -> int:
 
 
 def _verify(root: Path, args: argparse.Namespace) -> int:
+    checked = args.public_key is not None or bool(args.certificate_chain)
+    if checked:
+        from .signature import KeyFileError, verify_signature
+
+        chain = [Path(p) for p in args.certificate_chain or ()]
+        try:  # a SignatureError is a ValueError: main() makes it exit EXIT_VERIFY
+            verify_signature(root, args.public_key and Path(args.public_key), chain)
+        except KeyFileError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_SETUP
     problems = integrity.verify_dir(root)
     if problems:
         print(f"error: bundle does not match its manifest: {problems[0]}", file=sys.stderr)
         for extra in problems[1:]:
             print(f"  also: {extra}", file=sys.stderr)
         return EXIT_VERIFY
-    print(f"ok: {len(integrity.read_manifest(root)['files'])} files match manifest.json")
+    signed = "signature checked" if checked else "not signed"
+    if not checked and (root / integrity.SIGNATURE).is_file():
+        signed = "signed (pass --public-key to check it)"
+    print(f"ok: {len(integrity.read_manifest(root)['files'])} files match manifest.json; {signed}")
     return 0
 
 
@@ -281,7 +294,19 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--max-seconds", type=float, help="stop early past this time limit")
     bench.add_argument("--baseline-model", help="an fp32 ONNX file to time beside it")
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
-    sub.add_parser("verify", help="check every file against manifest.json")
+    check = sub.add_parser("verify", help="check every file against manifest.json")
+    trust = check.add_mutually_exclusive_group()
+    trust.add_argument(
+        "--public-key",
+        metavar="PEM",
+        help="first check the signature (model.sig) with this EC public key (needs model-signing)",
+    )
+    trust.add_argument(
+        "--certificate-chain",
+        action="append",
+        metavar="PEM",
+        help="or check a certificate-signed bundle against these certificates (repeatable)",
+    )
     serve.add_parser(sub)
     return p
 

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 MANIFEST = "manifest.json"
+# The signature covers the manifest, so the manifest cannot name it: the one file it leaves out.
+# model_signing's own default name, so its CLI (`model_signing verify key BUNDLE`) finds it too.
+SIGNATURE = "model.sig"
 RUNTIME_CONFIG = "runtime.json"
 EMBEDDING, TEXT_GENERATION = "embedding", "text-generation"
 _CHUNK = 1 << 20
@@ -23,14 +26,14 @@ def sha256_file(path: Path) -> str:
 
 
 def bundle_files(root: Path) -> dict[str, Path]:
-    """Every regular file under ``root`` except the manifest, by POSIX relative path."""
+    """Every regular file under ``root`` except the manifest and signature, by POSIX relative path."""
     found: dict[str, Path] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
         for name in sorted(filenames):
             path = Path(dirpath) / name
             rel = path.relative_to(root).as_posix()
-            if rel != MANIFEST:
+            if rel not in (MANIFEST, SIGNATURE):
                 found[rel] = path
     return found
 

@@ -37,6 +37,8 @@ RUNTIME_MODULES = (
     "http_handler.py",
     "openai_api.py",
     "chat.py",
+    "decoding.py",
+    "signature.py",
 )
 
 

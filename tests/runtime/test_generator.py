@@ -6,15 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgepipe.runtime.generator import (
-    NUCLEUS_CANDIDATES,
-    GenerationConfig,
-    Generator,
-    OptionError,
-    PromptError,
-    Sampler,
-    TextStream,
-)
+from edgepipe.runtime.decoding import NUCLEUS_CANDIDATES, Sampler, TextStream
+from edgepipe.runtime.generator import GenerationConfig, Generator, OptionError, PromptError
 from tests.decoders import KINDS
 
 PROMPTS = (
