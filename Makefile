@@ -76,6 +76,7 @@ real-llm: $(STAMP)
 # SmolLM2, scored against PyTorch fp32 on held-out paragraphs (tens of minutes; not in CI).
 bench-llm-real: real-llm $(LLAMA_VENV)/.installed-stamp
 	$(BIN)/python tests/bench/bench_llm_real.py --model $(REAL_LLM_DIR)/smollm2-135m-offgrid \
+		--gguf $(REAL_LLM_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf \
 		--llama-python $(LLAMA_VENV)/bin/python --llama-cpp $(LLAMA_SRC)/vendor/llama.cpp \
 		$(if $(LLM_WORK),--work $(LLM_WORK))
 

@@ -207,6 +207,8 @@ def resolve(
     kind = "package" if model is None else "directory"
     root = packaged_default() if model is None else Path(model).expanduser().resolve()
     if not root.exists():
+        if str(model).lower().endswith(".gguf"):
+            raise ModelError(f"{model}: GGUF file does not exist")
         raise ModelError(f"{model}: model directory does not exist")
     if not root.is_dir():
         raise ModelError(f"{model}: not a directory; pass a Hugging Face model directory")

@@ -194,15 +194,18 @@ def test_peek_task_and_is_gguf(ggufs, tmp_path):
     with pytest.raises(ModelError, match="truncated or corrupt GGUF file"):
         sources.resolve(str(renamed))
     assert not gguf_source.is_gguf(str(tmp_path))
+    with pytest.raises(ModelError, match="nope.gguf: GGUF file does not exist"):
+        sources.resolve(str(tmp_path / "nope.gguf"))
     os.remove(renamed)
 
 
 def test_build_from_a_quantized_gguf_warns_and_records_the_source(ggufs, tmp_path):
-    out = tmp_path / "dist"
+    out, texts = tmp_path / "dist", tmp_path / "texts.txt"
+    texts.write_text("\n".join(TEXTS[:4]))  # a short evaluation: the source is what is tested
     result = CliRunner().invoke(
         main,
         ["build", "--model", str(ggufs["q8"]), "--target", "rpi5", "--profile", "fp32",
-         "--out", str(out), "--no-bench", "--json"],
+         "--out", str(out), "--no-bench", "--json", "--eval-data", str(texts)],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]

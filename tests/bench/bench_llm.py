@@ -273,8 +273,8 @@ def accuracy(hf: Path, edge: dict[str, Generator], llama: LlamaCpp, llama_names:
             for n, s in totals.items()}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """llama.cpp's venv and sources, the work dir and the timing settings (bench-llm-real too)."""
     parser.add_argument("--llama-python", required=True, help="python of llama-cpp-python's venv")
     parser.add_argument("--llama-cpp", type=Path, required=True,
                         help="llama.cpp sources (the sdist's vendor/llama.cpp), for the converter")  # fmt: skip
@@ -282,9 +282,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=int(os.environ.get("REPS", 5)))
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--texts", type=int, default=16, help="texts for the accuracy columns")
     parser.add_argument("--no-spin", dest="spin", action="store_false",
                         help="onnxruntime threads do not busy-wait (the bundle's do)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--texts", type=int, default=16, help="texts for the accuracy columns")
     parser.add_argument("--no-q8", action="store_true", help="skip llama.cpp Q8_0")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -30,6 +30,7 @@ import numpy as np
 from bench_llm import (
     PROMPT,
     LlamaCpp,
+    add_common_arguments,
     convert_gguf,
     edgepipe_generator,
     generator_run,
@@ -68,6 +69,23 @@ def onnx_mb(model: Path) -> float:
     return sum(f.stat().st_size for f in files) / 1e6
 
 
+def paragraphs() -> list[str]:
+    return [p for p in PARAGRAPHS.read_text(encoding="utf-8").splitlines() if p.strip()]
+
+
+def check_tokenizer(hf: Path, gguf: Path, llama: LlamaCpp) -> None:
+    """The model's tokenizer (rebuilt by edgepipe from ``gguf``) gives llama.cpp's ids for it."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    texts = [*paragraphs(), PROMPT]
+    theirs = llama("tokenize", path=str(gguf), texts=texts)["ids"]
+    same = [tokenizer.encode(t).ids == ids for t, ids in zip(texts, theirs, strict=True)]
+    print(f"tokenizer: ids equal to llama.cpp's for {gguf.name} on {sum(same)}/{len(same)} texts")
+    if not all(same):
+        raise SystemExit(f"{hf}: its tokenizer does not give llama.cpp's ids for {gguf}")
+
+
 def scores(
     hf: Path, edge: dict[str, Any], llama: LlamaCpp, ggufs: list[str], work: Path
 ) -> dict[str, dict[str, float]]:
@@ -77,10 +95,10 @@ def scores(
     from transformers import AutoModelForCausalLM
 
     tokenizer = Tokenizer.from_file(str(hf / "tokenizer.json"))
-    paragraphs = [p for p in PARAGRAPHS.read_text(encoding="utf-8").splitlines() if p.strip()]
+    texts = paragraphs()
     reference = AutoModelForCausalLM.from_pretrained(str(hf)).eval()
     per: dict[str, dict[str, list[float]]] = {}
-    for i, text in enumerate(paragraphs):
+    for i, text in enumerate(texts):
         ids = tokenizer.encode(text).ids[:448]
         with torch.no_grad():
             ref = reference(torch.tensor([ids])).logits[0].numpy()
@@ -107,22 +125,17 @@ def scores(
             "kl": sum(row["kl"]) / positions,
             "agree": sum(row["agree"]) / positions,
         }
-    out["_"] = {"paragraphs": len(paragraphs), "tokens": sum(per["PyTorch fp32"]["n"])}
+    out["_"] = {"paragraphs": len(texts), "tokens": sum(per["PyTorch fp32"]["n"])}
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True, help="the off-grid model directory")
-    parser.add_argument("--llama-python", required=True, help="python of llama-cpp-python's venv")
-    parser.add_argument("--llama-cpp", type=Path, required=True,
-                        help="llama.cpp sources (the sdist's vendor/llama.cpp), for the converter")  # fmt: skip
-    parser.add_argument("--work", type=Path, help="keep the models here (default: a temp dir)")
-    parser.add_argument("--reps", type=int, default=int(os.environ.get("REPS", 5)))
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-spin", dest="spin", action="store_false",
-                        help="onnxruntime threads do not busy-wait (the bundle's do)")  # fmt: skip
+    parser.add_argument("--gguf", type=Path,
+                        help="the GGUF the model came from: its llama.cpp ids are checked against "
+                             "the model's tokenizer on the paragraphs")  # fmt: skip
+    add_common_arguments(parser)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="edgepipe-llmbench-real-") as tmp:
@@ -142,6 +155,8 @@ def run(args: argparse.Namespace, hf: Path, work: Path) -> None:
         for key, b in builds.items()
     }
     llama = LlamaCpp(args.llama_python)
+    if args.gguf:
+        check_tokenizer(hf, args.gguf.resolve(), llama)
     f32 = convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf", trained_here=False)
     ggufs: dict[str, Path] = {}
     for ftype in GGUF_TYPES:
