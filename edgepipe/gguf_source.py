@@ -8,7 +8,9 @@ a BOS is forced onto every input whatever ``add_bos_token`` says, its decoder is
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import struct
 import tempfile
 from dataclasses import dataclass, field
@@ -274,12 +276,13 @@ def build_tokenizer(info: GGUFInfo) -> Any:
 def convert(info: GGUFInfo, dest: Path) -> None:
     """Write the Hugging Face directory of ``info`` (float32 safetensors, tokenizer) to ``dest``."""
     from transformers import AutoModelForCausalLM
-
-    from .stages.export import quiet
+    from transformers.utils import logging as hf_logging
 
     tokenizer = build_tokenizer(info)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # its per-tensor progress and GGUF notices
     try:
-        with quiet():
+        with contextlib.redirect_stderr(io.StringIO()):
             model = AutoModelForCausalLM.from_pretrained(
                 str(info.path.parent), gguf_file=info.path.name, local_files_only=True
             )
@@ -289,6 +292,8 @@ def convert(info: GGUFInfo, dest: Path) -> None:
             f"{info.path}: transformers cannot load this GGUF's weights ({first}); convert the "
             "original model to a Hugging Face directory and pass that"
         ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
     # The special token ids of the GGUF itself, not transformers' reading of them.
     ids = {
         "bos_token_id": tokenizer.bos_token_id,

@@ -15,7 +15,7 @@ from tokenizers import pre_tokenizers
 from edgepipe import gguf_source, sources
 from edgepipe.cli import main
 from edgepipe.errors import ModelError
-from edgepipe.tasks.embedding import builtin_texts
+from edgepipe.tasks.texts import builtin_texts
 from tests.decoders import CHATML, make_tiny_decoder
 from tests.gguf_files import write_llama_gguf
 

@@ -95,7 +95,7 @@ def convert(gguf: Path, dest: Path) -> None:
 
     from edgepipe import gguf_source
     from edgepipe.stages.export import quiet
-    from edgepipe.tasks.embedding import builtin_texts
+    from edgepipe.tasks.texts import builtin_texts
 
     gguf_source.convert(gguf_source.inspect(gguf), dest)
     ours = AutoTokenizer.from_pretrained(str(dest))
