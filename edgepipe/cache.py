@@ -55,8 +55,8 @@ class StageCache:
     def entry(self, stage: str, key: str) -> Path:
         return self.root / stage / key
 
-    def get(self, stage: str, key: str, dest: Path) -> Lookup:
-        """Copy a verified entry's files into ``dest`` and return its record; drop a corrupt entry."""
+    def verified(self, stage: str, key: str) -> Lookup:
+        """An entry's record if every file matches it; a corrupt entry is dropped."""
         entry = self.entry(stage, key)
         try:
             record = json.loads((entry / RECORD).read_text(encoding="utf-8"))
@@ -71,10 +71,18 @@ class StageCache:
         if not intact:
             shutil.rmtree(entry, ignore_errors=True)
             return Lookup(None, corrupt=True)
-        for rel in outputs:
+        return Lookup(record)
+
+    def get(self, stage: str, key: str, dest: Path) -> Lookup:
+        """Copy a verified entry's files into ``dest`` and return its record; drop a corrupt entry."""
+        lookup = self.verified(stage, key)
+        if lookup.record is None:
+            return lookup
+        entry = self.entry(stage, key)
+        for rel in lookup.record["outputs"]:
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(entry / rel, dest / rel)
-        return Lookup(record)
+        return lookup
 
     def find_output(self, stage: str, rel: str, digest: str) -> Path | None:
         """A stored file of ``stage`` named ``rel`` whose content has sha256 ``digest``, if any."""

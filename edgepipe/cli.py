@@ -59,7 +59,11 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     "--target", "-t", required=True, help="Device name (see `edgepipe targets`) or YAML file."
 )
 @click.option("--profile", "-p", help="Recipe name or YAML file; default: the target's.")
-@click.option("--model", "-m", help="Hugging Face model directory; default: all-MiniLM-L6-v2.")
+@click.option(
+    "--model",
+    "-m",
+    help="Hugging Face model directory or llama.cpp .gguf file; default: all-MiniLM-L6-v2.",
+)
 @click.option("--name", help="Model name in the bundle's name; default: the directory's name.")
 @click.option("--out", "-o", default="dist", type=click.Path(path_type=Path), show_default=True)
 @click.option("--work-dir", type=click.Path(path_type=Path), help="Keep stage files here.")
@@ -130,8 +134,11 @@ def build(
     profiles_dirs: tuple[Path, ...],
 ) -> None:
     """Build a verified bundle of MODEL for TARGET."""
+    from rich.markup import escape
+
     from .build.spec import choose_profiles
     from .cache import StageCache, default_dir
+    from .gguf_source import requantize_warning
     from .pipeline import BuildSpec
     from .pipeline import build as run_build
 
@@ -174,6 +181,9 @@ def build(
     err.print(
         f"building for [bold]{target_cfg.name}[/bold] with profile [bold]{profile_cfg.name}[/bold]"
     )
+    warning = requantize_warning(model) if model else None
+    if warning:
+        err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     result = run_build(spec, progress)
     kept = result.manifest["profile"]["name"]
     if search or len(result.attempts) > 1:

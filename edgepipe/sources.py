@@ -1,4 +1,5 @@
-"""Resolves the model to build (a local directory or the packaged default) and checks it is safe."""
+"""Resolves the model to build (a local directory, a GGUF file or the packaged default) and checks
+it is safe."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import hashlib
 import json
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import gguf_source
+from .cache import StageCache, default_dir
 from .config import TASK_KINDS
 from .errors import ModelError
 from .runtime.integrity import sha256_file
@@ -42,14 +45,16 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 class ModelSource:
     """A checked model directory and what edgepipe knows about it."""
 
-    path: Path
+    path: Path  # a GGUF's converted Hugging Face directory
     name: str
-    kind: str  # "package" or "directory"
+    kind: str  # "package", "directory" or "gguf"
     model_type: str
     task: str
     digest: str
     allow_pickle: bool = False
     trust_remote_code: bool = False
+    ref: Path | None = None  # the file the directory was converted from (a GGUF)
+    origin: dict[str, Any] = field(default_factory=lambda: {"format": "huggingface"})
 
     @property
     def task_kind(self) -> str:
@@ -59,10 +64,11 @@ class ModelSource:
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "ref": DEFAULT_MODEL_NAME if self.kind == "package" else str(self.path),
+            "ref": DEFAULT_MODEL_NAME if self.kind == "package" else str(self.ref or self.path),
             "name": self.name,
             "model_type": self.model_type,
             "digest": f"sha256:{self.digest}",
+            **self.origin,
         }
 
 
@@ -177,6 +183,8 @@ def peek_task(model: str | None) -> str | None:
     when that cannot be told: the CLI picks the target's default profile for the task with it."""
     if model is None:
         return "embedding"
+    if gguf_source.is_gguf(model):
+        return SUPPORTED_MODEL_TYPES[gguf_source.ARCHITECTURES[0]]
     try:
         config = json.loads((Path(model).expanduser() / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
@@ -192,10 +200,15 @@ def resolve(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> ModelSource:
-    """Check ``model`` (a directory, or None for the packaged default) and describe it."""
+    """Check ``model`` (a directory, a GGUF file, or None for the packaged default) and describe
+    it; a GGUF is converted into the cache first (once per file content)."""
+    if model is not None and gguf_source.is_gguf(model):
+        return _resolve_gguf(Path(model).expanduser().resolve(), name)
     kind = "package" if model is None else "directory"
     root = packaged_default() if model is None else Path(model).expanduser().resolve()
     if not root.exists():
+        if str(model).lower().endswith(".gguf"):
+            raise ModelError(f"{model}: GGUF file does not exist")
         raise ModelError(f"{model}: model directory does not exist")
     if not root.is_dir():
         raise ModelError(f"{model}: not a directory; pass a Hugging Face model directory")
@@ -230,4 +243,24 @@ def resolve(
         digest=directory_digest(root),
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
+    )
+
+
+def _resolve_gguf(path: Path, name: str | None) -> ModelSource:
+    info = gguf_source.inspect(path)
+    digest = sha256_file(path)
+    root = gguf_source.converted(info, digest, StageCache(default_dir()))
+    config = json.loads((root / "config.json").read_text(encoding="utf-8"))
+    _check_weights(root, allow_pickle=False)
+    _check_tokenizer(root, config)
+    model_type = str(config.get("model_type", ""))
+    return ModelSource(
+        path=root,
+        name=slug(name or path.stem),
+        kind="gguf",
+        model_type=model_type,
+        task=SUPPORTED_MODEL_TYPES[model_type],
+        digest=digest,
+        ref=path,
+        origin=info.describe(),
     )

@@ -123,3 +123,13 @@ def tiny_bundle(
         cache=StageCache(private_cache),
     )
     return build(spec)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests (real models, minutes each) run only when asked for: `-m slow` (make test-slow)."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    kept = [item for item in items if item.get_closest_marker("slow") is None]
+    if len(kept) < len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept

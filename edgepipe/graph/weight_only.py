@@ -149,8 +149,8 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
         tie = ties.get(table)
         for matmul in tie.matmuls if tie else ():
             replace[matmul] = [data, scales, str(rows), str(hidden)]
-        if tie:
-            replace[f"{table}_Transpose"] = []
+        if tie:  # the Transpose feeding the lm_head, whoever named it (torch's exporter may)
+            replace.update({n.name: [] for n in graph.node if tie.transposed in n.output})
     nodes = []
     for node in graph.node:
         how = replace.get(node.name)

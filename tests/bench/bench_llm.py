@@ -111,27 +111,40 @@ def quantize_int4(src: Path, dst: Path) -> None:
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-def convert_gguf(hf: Path, llama_cpp: Path, dest: Path) -> Path:
-    """llama.cpp's convert_hf_to_gguf.py, taught that this test tokenizer is plain byte-level BPE.
+def convert_gguf(hf: Path, llama_cpp: Path, dest: Path, trained_here: bool = True) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py; for a tokenizer ``trained_here``, taught that it is plain
+    byte-level BPE.
 
-    The script refuses pre-tokenizers it has no hash for, and tries SentencePiece first; neither
-    applies to a tokenizer trained in code, so both are patched for this one model.
+    The script refuses pre-tokenizers it has no hash for, so a tokenizer trained in code is declared
+    "gpt-2"; a real model's (SmolLM2's: "smollm") is recognised by its hash. The SentencePiece
+    attempt is skipped for both: neither has a tokenizer.model.
     """
     if dest.exists():
         return dest
+    # Without a tokenizer.model the SentencePiece attempt fails anyway, but by importing
+    # sentencepiece first (an ImportError the script does not catch where it is not installed).
+    patch = """
+import conversion.base as base
+def byte_level_only(self, *args, **kwargs):
+    raise FileNotFoundError("no tokenizer.model: byte-level BPE tokenizer only")
+base.TextModel._set_vocab_sentencepiece = byte_level_only
+"""
+    if trained_here:
+        patch += """
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
+base.TextModel._set_vocab_llama_hf = byte_level_only
+"""
     script = f"""
 import runpy, sys
 sys.path[:0] = [{str(llama_cpp)!r}, {str(llama_cpp / "gguf-py")!r}]
-import conversion.base as base
-def byte_level_only(self, *args, **kwargs):
-    raise FileNotFoundError("random-weight test model: byte-level BPE tokenizer only")
-base.TextModel.get_vocab_base_pre = lambda self, tokenizer: "gpt-2"
-base.TextModel._set_vocab_sentencepiece = byte_level_only
-base.TextModel._set_vocab_llama_hf = byte_level_only
+{patch}
 sys.argv = ["convert_hf_to_gguf.py", {str(hf)!r}, "--outfile", {str(dest)!r}, "--outtype", "f32"]
 runpy.run_path({str(llama_cpp / "convert_hf_to_gguf.py")!r}, run_name="__main__")
 """
-    subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, cwd=dest.parent)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=dest.parent)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py {hf} failed:\n{done.stderr[-2000:]}")
     return dest
 
 
@@ -260,8 +273,8 @@ def accuracy(hf: Path, edge: dict[str, Generator], llama: LlamaCpp, llama_names:
             for n, s in totals.items()}  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """llama.cpp's venv and sources, the work dir and the timing settings (bench-llm-real too)."""
     parser.add_argument("--llama-python", required=True, help="python of llama-cpp-python's venv")
     parser.add_argument("--llama-cpp", type=Path, required=True,
                         help="llama.cpp sources (the sdist's vendor/llama.cpp), for the converter")  # fmt: skip
@@ -269,9 +282,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=int(os.environ.get("REPS", 5)))
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--texts", type=int, default=16, help="texts for the accuracy columns")
     parser.add_argument("--no-spin", dest="spin", action="store_false",
                         help="onnxruntime threads do not busy-wait (the bundle's do)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_common_arguments(parser)
+    parser.add_argument("--texts", type=int, default=16, help="texts for the accuracy columns")
     parser.add_argument("--no-q8", action="store_true", help="skip llama.cpp Q8_0")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,7 +1,8 @@
 """llama.cpp side of bench_llm.py, run in llama-cpp-python's own venv: one JSON command per line.
 
 Commands: quantize {src, dst, ftype}; load {name, path, threads, logits_all}; generate {name, ids, n}
-(greedy: argmax of the last row, as the edgepipe side does); logits {name, ids, out} (saves .npy).
+(greedy: argmax of the last row, as the edgepipe side does); logits {name, ids, out} (saves .npy);
+tokenize {path, texts} (a GGUF's own tokenizer).
 Every reply is one JSON line on stdout; llama.cpp's own logging goes to stderr.
 """
 
@@ -14,7 +15,12 @@ import time
 import llama_cpp
 import numpy as np
 
-FTYPES = {"Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0}
+FTYPES = {
+    "Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
+    "Q4_1": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_1,
+    "Q4_K_M": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M,
+    "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
+}
 models: dict[str, llama_cpp.Llama] = {}
 
 
@@ -60,8 +66,17 @@ def logits(name: str, ids: list[int], out: str) -> dict:
     return {"rows": len(ids)}
 
 
+def tokenize(path: str, texts: list[str]) -> dict:
+    """llama.cpp's own ids for ``texts`` (no BOS, specials as text), from a GGUF's vocabulary."""
+    vocab = llama_cpp.Llama(model_path=path, vocab_only=True, verbose=False)
+    return {"ids": [vocab.tokenize(t.encode(), add_bos=False, special=False) for t in texts]}
+
+
 def main() -> None:
-    commands = {"quantize": quantize, "load": load, "generate": generate, "logits": logits}
+    commands = {
+        "quantize": quantize, "load": load, "generate": generate, "logits": logits,
+        "tokenize": tokenize,
+    }  # fmt: skip
     for line in sys.stdin:
         request = json.loads(line)
         try:
