@@ -121,6 +121,22 @@ class KeepFloat(Strict):
     )
 
 
+class Keep8Bit(Strict):
+    """Decoder mixed precision: weight MatMuls kept 8-bit, ranked by a sensitivity stage."""
+
+    max_nodes: int = Field(gt=0, description="At most this many MatMuls stay 8-bit.")
+    probe_texts: int = Field(
+        default=3, gt=0, description="Calibration texts each MatMul's damage is measured on."
+    )
+    extra_size: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="Keep the MatMuls worth most per byte 8-bit from the first attempt on, until "
+        "they add this share of the 4-bit MatMuls' bytes; none: only when the bar is missed.",
+    )
+
+
 class Calibration(Strict):
     method: Literal["minmax", "entropy", "percentile"] = Field(
         default="minmax", description="How activation ranges are chosen from the calibration run."
@@ -188,7 +204,7 @@ class WeightOnly(Strict):
         description="Weights per scale of the embedding table (a power of 2 dividing the hidden "
         "size); default: block_size.",
     )
-    keep_8bit: KeepFloat | None = Field(
+    keep_8bit: Keep8Bit | None = Field(
         default=None,
         description="Mixed precision: the most damaging weight MatMuls (ranked by a sensitivity "
         "stage) kept in 8 bits, at most max_nodes of them.",

@@ -86,6 +86,9 @@ class TaskRecipes(Protocol):
     def best(self, attempt: Attempt) -> float:
         """The attempt's score, larger is better: the guard error names the best one."""
 
+    def kept_from_start(self, profile: Profile) -> list[str]:
+        """Nodes the profile keeps at higher precision from its first attempt on (often none)."""
+
     def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
         """Nodes most damaging first and how many may be kept float; None: no keep_float here."""
 
@@ -125,14 +128,16 @@ class Search:
         return result
 
     def with_mixed_precision(self, profile: Profile) -> Attempt:
-        """The profile as is, or with the fewest most-damaging nodes kept float that meet the bar."""
-        first = self.attempt(profile)
+        """The profile as is (with the nodes it always keeps), or with the fewest most-damaging
+        nodes kept that meet the bar."""
+        start = self.recipes.kept_from_start(profile)
+        first = self.attempt(profile, start or None)
         ranked = None if first.passed else self.recipes.ranking(profile, first)
         if ranked is None:
             return first
         ranking, max_nodes = ranked
         best: Attempt | None = None
-        low, high = 1, min(max_nodes, len(ranking))
+        low, high = len(start) + 1, min(max_nodes, len(ranking))
         while low <= high:  # smallest k that passes; damage falls roughly monotonically with k
             k = (low + high) // 2
             trial = self.attempt(profile, ranking[:k])

@@ -57,14 +57,30 @@ def run(
     inits = {t.name: t for t in model.graph.initializer}
     weights = {n.name: inits[n.input[1]] for n in nbits.weight_matmuls(model.graph)}
     block = settings.block_size
+    int4_bytes = 0
     for entry in ranked:
         k, n = weights[entry["node"]].dims
         extra = k * n * (_BITS[8](block) - _BITS[4](block)) / 8
+        int4_bytes += int(k * n * _BITS[4](block) / 8)
         entry["extra_bytes"] = int(extra)
         entry["kl_per_mb"] = round(entry["mean_kl"] / (extra / 1e6), 8)
     ranked.sort(key=lambda r: (-r["kl_per_mb"], r["node"]))
     (out / "ranking.json").write_text(json.dumps(ranked, indent=2))
-    return {"outputs": digests(out), "nodes": len(ranked), "worst": ranked[:3]}
+    return {
+        "outputs": digests(out), "nodes": len(ranked), "int4_bytes": int4_bytes,
+        "worst": ranked[:3],
+    }  # fmt: skip
+
+
+def within(ranked: list[dict[str, Any]], int4_bytes: int, share: float) -> list[str]:
+    """The ranking's first MatMuls whose 8 bits together add at most ``share`` of ``int4_bytes``."""
+    kept, spent = [], 0
+    for entry in ranked:
+        if spent + entry["extra_bytes"] > share * int4_bytes:
+            break
+        kept.append(entry["node"])
+        spent += entry["extra_bytes"]
+    return kept
 
 
 def _rtn_codes(model: Any, block: int) -> nbits.Codes:

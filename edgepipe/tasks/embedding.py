@@ -99,6 +99,9 @@ class EmbeddingRecipes:
             f"(bar {profile.bar(KIND).min}){'' if attempt.passed else ': ' + str(attempt.problem)}"
         )
 
+    def kept_from_start(self, profile: Profile) -> list[str]:
+        return []
+
     def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
         """The sensitivity stage's MatMuls, most damaging first, for dynamic-int8 with keep_float."""
         q = profile.quantization

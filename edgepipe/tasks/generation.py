@@ -122,18 +122,40 @@ class GenerationRecipes:
             + (f": {problem}" if problem else "")
         )
 
+    def kept_from_start(self, profile: Profile) -> list[str]:
+        """int4 with keep_8bit.extra_size: the MatMuls worth most per byte, within that share."""
+        w = profile.weight_only
+        if profile.method != "int4" or w is None or w.keep_8bit is None:
+            return []
+        if w.keep_8bit.extra_size is None:
+            return []
+        record = self._rank(profile)
+        ranked = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
+        kept = decoder_sensitivity.within(ranked, record["int4_bytes"], w.keep_8bit.extra_size)
+        return kept[: w.keep_8bit.max_nodes]
+
     def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
         """int4 with keep_8bit: the MatMuls worth 8 bits, most accuracy per byte first."""
         w = profile.weight_only
         if profile.method != "int4" or w is None or w.keep_8bit is None:
             return None
+        self._rank(profile)
+        ranked = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
+        return [r["node"] for r in ranked], w.keep_8bit.max_nodes
+
+    def _rank(self, profile: Profile) -> dict[str, Any]:
+        """The sensitivity stage's record for an int4 profile (ranking.json in its work dir)."""
+        w = profile.weight_only
+        assert w is not None and w.keep_8bit is not None
         config = decoder_sensitivity.DecoderSensitivityConfig(
             weight_only=w.model_copy(update={"int8_nodes": [], "keep_8bit": None}),
             calibration_digest=self.calibration_digest,
             probe_texts=w.keep_8bit.probe_texts,
         )
         label = f"sensitivity/{profile.name}"
-        self.stage(
+        if label in self.stage.records:
+            return self.stage.records[label]
+        record = self.stage(
             "sensitivity",
             config,
             {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
@@ -142,10 +164,9 @@ class GenerationRecipes:
             ),
             label=label,
         )
-        ranked = json.loads((self.work / label / "ranking.json").read_text())
-        worst = ranked[0]["node"] if ranked else "none"
-        self.stage.summary(label, f"{len(ranked)} MatMuls ranked, most worth 8 bits: {worst}")
-        return [r["node"] for r in ranked], w.keep_8bit.max_nodes
+        worst = record["worst"][0]["node"] if record["worst"] else "none"
+        self.stage.summary(label, f"{record['nodes']} MatMuls ranked, most worth 8 bits: {worst}")
+        return record
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
         config = bench_generation.GenerationBenchConfig

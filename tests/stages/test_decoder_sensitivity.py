@@ -92,3 +92,27 @@ def test_missed_bar_bisects_over_8bit_matmuls(tiny_llama, tmp_path):
         assert {name for name, b in bits.items() if b == 8} == {r["node"] for r in ranking[:k]}
         assert sum(1 for b in bits.values() if b == 4) == len(bits) - k
     assert not (tmp_path / "o" / "tiny-llama-rpi5").exists()
+
+
+def test_extra_size_keeps_the_best_per_byte_from_the_first_attempt(tiny_llama, tmp_path):
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    share = MIXED.replace("probe_texts: 2}", "probe_texts: 2, extra_size: 0.3}").replace(
+        "max_kl: 0.000000001", "max_kl: 100.0"
+    )
+    (profiles / "tiny-int4-mixed.yaml").write_text(share)
+    work = tmp_path / "work"
+    result = CliRunner().invoke(main, [
+        "build", "--model", str(tiny_llama), "--target", "rpi5", "--profile", "tiny-int4-mixed",
+        "--profiles-dir", str(profiles), "--out", str(tmp_path / "o"), "--work-dir", str(work),
+        "--no-bench", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    ranking = json.loads((work / "sensitivity" / "tiny-int4-mixed" / "ranking.json").read_text())
+    record = json.loads((tmp_path / "o" / "tiny-llama-rpi5" / "manifest.json").read_text())
+    int4_bytes = record["stages"]["sensitivity"]["int4_bytes"]
+    expected = decoder_sensitivity.within(ranking, int4_bytes, 0.3)[:3]
+    assert 0 < len(expected) and summary["kept_float"] == expected
+    assert [a["kept_float"] for a in summary["attempts"]] == [len(expected)]  # one attempt
+    assert sum(r["extra_bytes"] for r in ranking[: len(expected)]) <= 0.3 * int4_bytes
