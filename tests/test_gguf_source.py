@@ -19,7 +19,10 @@ from edgepipe.tasks.texts import builtin_texts
 from tests.decoders import CHATML, make_tiny_decoder
 from tests.gguf_files import write_llama_gguf
 
-TEXTS = [*builtin_texts("embedding")[:40], "Call 0800 123 4567 before 9:30, or ₹2,500 for 3½ kg.\n\tDone."]
+TEXTS = [
+    *builtin_texts("embedding")[:40],
+    "Call 0800 123 4567 before 9:30, or ₹2,500 for 3½ kg.\n\tDone.",
+]
 
 
 @pytest.fixture(scope="module")

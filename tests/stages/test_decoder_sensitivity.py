@@ -113,6 +113,6 @@ def test_extra_size_keeps_the_best_per_byte_from_the_first_attempt(tiny_llama, t
     record = json.loads((tmp_path / "o" / "tiny-llama-rpi5" / "manifest.json").read_text())
     int4_bytes = record["stages"]["sensitivity"]["int4_bytes"]
     expected = decoder_sensitivity.within(ranking, int4_bytes, 0.3)[:3]
-    assert 0 < len(expected) and summary["kept_float"] == expected
+    assert expected and summary["kept_float"] == expected
     assert [a["kept_float"] for a in summary["attempts"]] == [len(expected)]  # one attempt
     assert sum(r["extra_bytes"] for r in ranking[: len(expected)]) <= 0.3 * int4_bytes
