@@ -149,11 +149,18 @@ def test_tied_embeddings_are_stored_once(int4_builds, decoders, tmp_path):
         models[dedupe] = dest / "model.onnx"
     plain, deduped = models[False], models[True]
     # The build recorded what this export measures: the same file before and after.
-    assert recorded["initializers_dropped"] == 1
     assert recorded["size_bytes_before"] == plain.stat().st_size
-    assert recorded["size_bytes_after"] == deduped.stat().st_size < plain.stat().st_size
+    assert recorded["size_bytes_after"] == deduped.stat().st_size
     count = {p: len(onnx.load(str(p)).graph.initializer) for p in (deduped, plain)}
-    assert count[deduped] == count[plain] - 1
+    assert count[deduped] == count[plain] - recorded["initializers_dropped"]
+    # Whether the exporter already shares the tied table (it does when transformers loads the
+    # model through accelerate, as it does once accelerate is installed) or dedupe drops the
+    # copy, the file holds the [vocab, hidden] table once.
+    vocab = json.loads((decoders["llama"] / "config.json").read_text())["vocab_size"]
+    tables = [t for t in onnx.load(str(deduped)).graph.initializer if t.dims and t.dims[0] == vocab]
+    assert len(tables) == 1
+    if recorded["initializers_dropped"]:
+        assert deduped.stat().st_size < plain.stat().st_size
     config = runtime_config(decoders["llama"], deduped, 2, 1, ["CPUExecutionProvider"])
     tok = work / "export" / "tokenizer" / "tokenizer.json"
     ids = [1, 40, 41, 42, 43, 44]

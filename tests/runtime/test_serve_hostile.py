@@ -246,8 +246,10 @@ def test_many_idle_connections(embed_server):
             for sock in ready:
                 refused.append(sock.recv(65536))
                 waiting.remove(sock)
-        # 12 + 4 = MAX_CONNECTIONS are served (and idle); the 4 beyond are answered 503 at once.
-        assert len(refused) == 4
+        # 12 + 4 = MAX_CONNECTIONS are served (and idle); those beyond are answered 503 at once.
+        # At least 4: on a loaded machine the /health check's own connection may still count for
+        # a moment (the server closes it after answering), and then a 5th is refused too.
+        assert 4 <= len(refused) <= 5
         assert all(r.startswith(b"HTTP/1.1 503 ") for r in refused)
         for sock in idle:  # the server closes idle connections after --timeout
             sock.settimeout(TIMEOUT + 5)
