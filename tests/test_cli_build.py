@@ -61,9 +61,9 @@ def test_accuracy_guard_fails_and_keeps_the_previous_bundle(published, tiny_bert
     )  # fmt: skip
     assert result.exit_code == 5
     assert (
-        # The tiny model's int8 copy measured min cosine 0.9999998 here (0.99x in an earlier
-        # session): the bar of 1.0 is missed however close it comes, since the guard compares
-        # the unrounded minimum.
+        # The tiny model's int8 copy scores ~0.99986 with exact int8 kernels, less on AVX2's
+        # saturating ones (conftest.make_tiny_bert), so no one value is asserted: the bar of 1.0
+        # is missed however close it comes, since the guard compares the unrounded minimum.
         "no recipe met its bar and the target's budgets (1 tried, best min cosine" in result.output
     )
     assert "< bar 1.0" in result.output  # the table of what was tried

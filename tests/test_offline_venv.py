@@ -101,13 +101,26 @@ def test_bundle_runs_in_a_venv_of_its_requirements_alone(built, venv):
     reference = np.load(tmp / "work" / "reference" / "reference.npy")
     scored = cosine_stats(vectors, reference, texts)
     recorded = json.loads((bundle / "manifest.json").read_text())["accuracy"]["model"]
-    assert scored["worst_text"] == recorded["worst_text"]
     for key in ("min", "p5", "mean"):
         assert scored[key] == pytest.approx(recorded[key], abs=2e-6), key
+    # Text by text: each cosine the venv gives is the one the build's evaluation measured. The name
+    # of the worst text alone is no such check: two texts whose cosines lie within a rounding of
+    # each other (the old tiny model, int8 all but lossless, had dozens) swap places from run to
+    # run as the float sums of another thread count round otherwise. So the recorded worst text
+    # need only be the worst to within the same tolerance.
+    evaluated = np.load(tmp / "work" / "evaluate" / "tiny-int8" / "embeddings.npy")
+    here, there = per_text_cosines(vectors, reference), per_text_cosines(evaluated, reference)
+    np.testing.assert_allclose(here, there, rtol=0, atol=2e-6)
+    worst = next(i for i, t in enumerate(texts) if t[:80] == recorded["worst_text"])
+    assert here[worst] == pytest.approx(here.min(), abs=2e-6)
     verify = subprocess.run(
         [str(venv), str(bundle), "verify"], capture_output=True, text=True, env=clean_env()
     )
     assert verify.returncode == 0 and verify.stdout.startswith("ok: "), verify.stderr
+
+
+def per_text_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 def without_timings(manifest):

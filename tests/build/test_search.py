@@ -9,16 +9,20 @@ from edgepipe import catalog
 from edgepipe.cli import main
 from edgepipe.pipeline import BuildSpec, build
 
-# Full int8 scores ~0.99999 on the tiny random model; this bar needs some MatMuls kept float.
-MIXED = """\
+# Full int8 scores ~0.99986 on the tiny model (conftest.make_tiny_bert) with exact int8 kernels
+# (VNNI), lower on AVX2 ones, whose u8 x s8 sums saturate; all 12 MatMuls kept float is fp32 (1.0).
+# The bar lies between the two, so the search has to keep some MatMuls float but not all of them
+# (here 0.9999995, set when only AVX2 saturation made the old tiny model lossy, needed all 12).
+MIXED_BAR = 0.99995
+MIXED = f"""\
 name: tiny-mixed
 description: int8 MatMuls, the worst kept float until the bar holds
 method: dynamic-int8
 quantization:
   op_types: [MatMul]
-  keep_float: {max_nodes: 12, probe_texts: 4}
+  keep_float: {{max_nodes: 12, probe_texts: 4}}
 accuracy:
-  min: 0.9999995
+  min: {MIXED_BAR}
 """
 STATIC = """\
 name: tiny-static
@@ -71,7 +75,7 @@ def test_mixed_precision_keeps_the_fewest_nodes_that_meet_the_bar(
     manifest = result.manifest
     kept = manifest["model"]["kept_float"]
     assert 1 <= len(kept) <= 12 and all(k.endswith("MatMul") for k in kept)
-    assert manifest["accuracy"]["model"]["min"] >= 0.9999995
+    assert manifest["accuracy"]["model"]["min"] >= MIXED_BAR
     tried = manifest["attempts"]
     assert tried[0]["kept_float"] == 0 and tried[0]["result"].startswith("min cosine")
     passing = [a["kept_float"] for a in tried if a["result"] == "ok"]
