@@ -5,7 +5,10 @@ repeat_kv Expand, Softmax, NaN guard). At SmolLM-135M's size, one decode step ra
 the int4 MatMuls were only ~40% of its time: the rest is per-op overhead. onnxruntime's
 ``optimize_model`` (model_type "qwen3"/"gpt2") fuses RotaryEmbedding and SkipSimplifiedLayerNorm but
 not this attention, so the rewrite is done here. The model's inputs and outputs keep their names,
-shapes and meaning: present = concat(past, new) in BNSH, so the runtime needs no change.
+shapes and meaning: present = concat(past, new) in BNSH, so the plain runtime loop keeps working.
+GroupQueryAttention also updates a cache in place when past and present are one buffer of the
+maximum length (``past_present_share_buffer``); the model's metadata says so (``KV_CACHE_KEY``), and
+the bundle's runtime then binds one buffer per layer for the whole generation (runtime/kvcache.py).
 
 Limits (checked, or the model is left alone): fp32 or fp16 MatMul projections (run it before
 int4 quantization), default RoPE (no rope_scaling), head_dim a multiple of 16 (onnxruntime's CPU
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, SHARED_BUFFER
 
 MS_DOMAIN = "com.microsoft"
 # Llama-style layers (q/k/v/o_proj, RoPE); phi3 packs qkv_proj and gpt2 has no RoPE.
@@ -185,7 +190,16 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     _topological_sort(graph)
+    _set_metadata(model, {KV_CACHE_KEY: SHARED_BUFFER, ATTENTION_HEADS_KEY: str(heads)})
     return len(new_nodes), None
+
+
+def _set_metadata(model: Any, values: dict[str, str]) -> None:
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
 
 
 def pack_projections(graph: Any) -> int:

@@ -20,21 +20,25 @@ from tokenizers import Tokenizer
 from .chat import ChatError, ChatTemplate
 from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
+from .kvcache import (
+    MIN_CONTEXT,
+    SharedCache,
+    default_max_context,
+    kv_bytes_per_token,
+    prefill_chunk,
+    shares_buffer,
+)
+from .sampling import (
+    GenerationError,
+    OptionError,
+    Sampler,
+    TextStream,
+    check_options,
+)
 
 PAST = "past_key_values."
 PRESENT = "present."
-# Top-p looks at this many of the likeliest tokens first, and 16 times more each time they hold
-# less than top_p of the mass: sorting a 50k vocabulary costs ~3 ms, more than a decode step.
-NUCLEUS_CANDIDATES = 256
 _ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-class GenerationError(Exception):
-    """A generation that cannot run as asked; the message is one line for the user."""
-
-
-class OptionError(GenerationError):
-    """A sampling option out of range, or one this bundle cannot honour (--chat without template)."""
 
 
 class PromptError(GenerationError):
@@ -58,6 +62,7 @@ class GenerationConfig:
     inter_op_threads: int = 1
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     task: str = TEXT_GENERATION
+    ram_mb: float | None = None  # the target's memory budget: the default context's KV cache fits
 
     @classmethod
     def load(cls, path: Path) -> GenerationConfig:
@@ -92,6 +97,7 @@ class GenerationConfig:
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "providers": list(self.providers),
+            "ram_mb": self.ram_mb,
         }
 
 
@@ -113,164 +119,6 @@ class Generation:
         }
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check_options(
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
-) -> None:
-    """OptionError naming the first option out of range."""
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise OptionError(
-            f"max_new_tokens must be an integer of at least 1 (got {max_new_tokens!r})"
-        )
-    if not _number(temperature) or not 0 <= temperature < float("inf"):
-        raise OptionError(f"temperature must be 0 (greedy) or more (got {temperature!r})")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise OptionError(f"top_k must be an integer of at least 0, 0 for off (got {top_k!r})")
-    if not _number(top_p) or not 0 < top_p <= 1:
-        raise OptionError(f"top_p must be in (0, 1], 1 for off (got {top_p!r})")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise OptionError(f"seed must be an integer of at least 0 (got {seed!r})")
-    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
-        raise OptionError("stop strings must be a list of non-empty strings")
-
-
-class Sampler:
-    """Picks the next token from one row of logits: greedy, or temperature then top-k then top-p."""
-
-    def __init__(self, temperature: float, top_k: int, top_p: float, seed: int | None) -> None:
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-        self.rng = np.random.default_rng(seed)
-
-    def __call__(self, logits: np.ndarray) -> int:
-        if self.temperature == 0 or self.top_k == 1:
-            return int(logits.argmax())
-        ids, probs = self.candidates(logits)
-        cumulative = np.cumsum(probs)
-        pick = int(np.searchsorted(cumulative, self.rng.random() * cumulative[-1], side="right"))
-        return int(ids[min(pick, len(ids) - 1)])
-
-    def candidates(self, logits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ids sampling picks from, likeliest first, and their probabilities (summing to 1)."""
-        vocab = logits.shape[-1]
-        k = self.top_k if 0 < self.top_k < vocab else vocab
-        # float32 throughout, as transformers computes it: float64 exp and sorts of a whole
-        # vocabulary cost milliseconds a token.
-        scaled = np.asarray(logits, dtype=np.float32) / np.float32(self.temperature)
-        if self.top_p >= 1:
-            ids, probs = self._top(scaled, k)
-            return ids, probs / probs.sum()
-        total = self._mass(scaled, k)
-        tried = min(k, NUCLEUS_CANDIDATES)
-        while True:
-            ids, probs = self._top(scaled, tried)
-            if tried == k:
-                total = probs.sum()
-                break
-            if probs.sum() >= self.top_p * total:  # the nucleus is among these candidates
-                break
-            tried = min(k, tried * 16)
-        # Transformers' rule: keep the likeliest tokens until their mass reaches top_p.
-        keep = int(np.searchsorted(np.cumsum(probs / total), self.top_p)) + 1
-        ids, probs = ids[:keep], probs[:keep]
-        return ids, probs / probs.sum()
-
-    @staticmethod
-    def _top(scaled: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k likeliest ids, likeliest first, with probabilities relative to the likeliest."""
-        ids = np.argpartition(scaled, -k)[-k:] if k < scaled.shape[-1] else np.arange(k)
-        ids = ids[np.argsort(-scaled[ids])]
-        top = scaled[ids]
-        return ids, np.exp(top - top[0]).astype(np.float64)
-
-    @staticmethod
-    def _mass(scaled: np.ndarray, k: int) -> float:
-        """The k likeliest tokens' probability mass, relative to the likeliest token's."""
-        top = np.partition(scaled, -k)[-k:] if k < scaled.shape[-1] else scaled
-        return float(np.exp(top - top.max()).sum(dtype=np.float64))
-
-
-class TextStream:
-    """Turns generated ids into text a piece at a time: only stable text, never a stop string.
-
-    Text is decoded over a short window of ids so that a decoder that treats the first token
-    specially (SentencePiece's leading space) reads the same as a decode of the whole; a piece
-    that ends in an incomplete UTF-8 sequence (U+FFFD) waits for the next token. Text that could
-    be the start of a stop string is held back until it is known not to be one.
-    """
-
-    def __init__(
-        self, tokenizer: Tokenizer, stop: Sequence[str], on_text: Callable[[str], None] | None
-    ) -> None:
-        self.tokenizer, self.stop, self.on_text = tokenizer, list(stop), on_text
-        self.ids: list[int] = []
-        self.prefix, self.read = 0, 0  # the window: ids[prefix:read] are already in self.text
-        self.text, self.emitted = "", 0
-        self.stopped = False
-
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
-    def add(self, token: int) -> bool:
-        """Take one token; True when the text now holds a stop string (the text is cut before it)."""
-        if self.stopped:
-            return True
-        self.ids.append(token)
-        before = self._decode(self.ids[self.prefix : self.read])
-        after = self._decode(self.ids[self.prefix :])
-        if len(after) <= len(before) or after.endswith("\ufffd"):
-            return False
-        self._append(after[len(before) :])
-        self.prefix, self.read = self.read, len(self.ids)
-        return self.stopped
-
-    def _append(self, piece: str) -> None:
-        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0) + 1)
-        self.text += piece
-        hits = [i for i in (self.text.find(s, start) for s in self.stop) if i >= 0]
-        if hits:
-            self.text, self.stopped = self.text[: min(hits)], True
-            return
-        self._emit(len(self.text) - self._held_back())
-
-    def _held_back(self) -> int:
-        """Length of the longest end of the text that a stop string starts with."""
-        for size in range(
-            min(len(self.text), max((len(s) for s in self.stop), default=1) - 1), 0, -1
-        ):
-            tail = self.text[-size:]
-            if any(s.startswith(tail) for s in self.stop):
-                return size
-        return 0
-
-    def _emit(self, upto: int) -> None:
-        if upto > self.emitted:
-            if self.on_text is not None:
-                self.on_text(self.text[self.emitted : upto])
-            self.emitted = upto
-
-    def finish(self) -> str:
-        """The whole text: whatever the window still holds, then everything not yet emitted."""
-        if not self.stopped:
-            before = self._decode(self.ids[self.prefix : self.read])
-            after = self._decode(self.ids[self.prefix :])
-            if len(after) > len(before):
-                self._append(after[len(before) :])
-        self._emit(len(self.text))
-        return self.text
-
-
 class Generator:
     """Generates text with one onnxruntime session, created once with its fixed inputs."""
 
@@ -281,6 +129,7 @@ class Generator:
         config: GenerationConfig,
         threads: int | None = None,
         spin: bool = True,
+        max_context: int | None = None,
     ) -> None:
         self.config = config
         intra = host_threads(config.intra_op_threads) if threads is None else threads
@@ -295,6 +144,33 @@ class Generator:
         self.kv_dtype = _ONNX_FLOATS.get(inputs[self.past_names[0]].type, np.float32)
         self.has_mask = "attention_mask" in inputs
         self.has_positions = "position_ids" in inputs
+        per_token = kv_bytes_per_token(
+            config.num_layers,
+            config.num_kv_heads,
+            config.head_dim,
+            np.dtype(self.kv_dtype).itemsize,
+        )
+        default = default_max_context(config.max_length, per_token, config.ram_mb)
+        if max_context is not None and not MIN_CONTEXT <= max_context <= config.max_length:
+            raise OptionError(
+                f"max_context must be {MIN_CONTEXT} to the model's {config.max_length} tokens "
+                f"(got {max_context})"
+            )
+        # Prompt and generated tokens together; the in-place cache holds exactly this many.
+        self.max_context = max_context or default
+        vocab = self.session.get_outputs()[0].shape[-1]
+        shared, heads = shares_buffer(self.session)
+        self.prefill_chunk = prefill_chunk(
+            self.max_context if shared else 0,
+            heads or config.num_kv_heads,
+            vocab if isinstance(vocab, int) else 1,
+        )
+        self.cache: SharedCache | None = None
+        if shared and self.has_mask:
+            shape = (1, config.num_kv_heads, self.max_context, config.head_dim)
+            self.cache = SharedCache(
+                self.session, self.past_names, shape, self.kv_dtype, self.has_positions
+            )
         # Views of these feed every step without allocating: mask[:, :n], positions[:, a:b].
         self._mask = np.ones((1, config.max_length), dtype=np.int64)
         self._positions = np.arange(config.max_length, dtype=np.int64)[None, :]
@@ -306,10 +182,16 @@ class Generator:
         self.eos = frozenset(config.eos_token_ids)
 
     @classmethod
-    def from_bundle(cls, root: Path, threads: int | None = None) -> Generator:
+    def from_bundle(
+        cls, root: Path, threads: int | None = None, max_context: int | None = None
+    ) -> Generator:
         config = GenerationConfig.load(root / RUNTIME_CONFIG)
         return cls(
-            root / "model" / "model.onnx", root / "tokenizer" / "tokenizer.json", config, threads
+            root / "model" / "model.onnx",
+            root / "tokenizer" / "tokenizer.json",
+            config,
+            threads,
+            max_context=max_context,
         )
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
@@ -364,6 +246,18 @@ class Generator:
         logits, *presents = self.session.run(self.output_names, feeds)
         return logits, dict(zip(self.past_names, presents, strict=True))
 
+    def _prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The last prompt token's logits [vocab] and the plain path's cache, a chunk at a time."""
+        batch = np.asarray([list(ids)], dtype=np.int64)
+        past, size = self._empty_past, self.prefill_chunk
+        for start in range(0, len(ids), size):
+            chunk = batch[:, start : start + size]
+            if self.cache is not None:
+                logits = self.cache.forward(chunk, start)
+            else:
+                logits, past = self._forward(chunk, start, past)
+        return logits[0, -1], past
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """[len(ids), vocab] float32 logits of one forward pass with an empty KV cache."""
         if not 0 < len(ids) <= self.config.max_length:
@@ -394,7 +288,7 @@ class Generator:
             raise OptionError("chat needs a text prompt, not token ids")
         else:
             ids = [int(i) for i in prompt]
-        limit = self.config.max_length
+        limit = self.max_context
         if not ids:
             raise PromptError("the prompt is empty: it encodes to no tokens")
         if len(ids) >= limit:
@@ -409,8 +303,8 @@ class Generator:
         reason = "length"
 
         prefill_start = time.perf_counter()
-        logits, past = self._forward(np.asarray([ids], dtype=np.int64), 0, self._empty_past)
-        token = sample(logits[0, -1])
+        last, past = self._prefill(ids)
+        token = sample(last)
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
@@ -425,7 +319,10 @@ class Generator:
             if len(generated) >= budget:
                 break
             step[0, 0] = token
-            logits, past = self._forward(step, position, past)
+            if self.cache is not None:
+                logits = self.cache.forward(step, position)
+            else:
+                logits, past = self._forward(step, position, past)
             position += 1
             token = sample(logits[0, -1])
         decoded = time.perf_counter()

@@ -29,6 +29,8 @@ RUNTIME_MODULES = (
     "integrity.py",
     "embedder.py",
     "generator.py",
+    "sampling.py",
+    "kvcache.py",
     "bench.py",
     "measure.py",
     "cli.py",

@@ -59,6 +59,9 @@ def test_rewrite_matches_the_export(kind: str, tmp_path: Path) -> None:
     before, after = onnx.load(str(original)).graph, onnx.load(str(rewritten)).graph
     assert [i.name for i in after.input] == [i.name for i in before.input]
     assert [o.name for o in after.output] == [o.name for o in before.output]
+    # The runtime keeps this model's KV cache in one buffer per layer, written in place.
+    meta = {p.key: p.value for p in onnx.load(str(rewritten)).metadata_props}
+    assert meta["edgepipe.kv_cache"] == "shared-buffer" and meta["edgepipe.attention_heads"] == "4"
 
     ids = list(range(3, 23))
     expected, expected_tokens = run_steps(original, ids, split=15)
@@ -81,6 +84,9 @@ def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
     assert "rope_scaling" in info["skipped"]
     assert "GroupQueryAttention" not in info["op_counts"]
     assert info["nodes_after"] == info["nodes_before"]
+    assert not any(
+        p.key.startswith("edgepipe.") for p in onnx.load(str(tmp_path / "same.onnx")).metadata_props
+    )
     for other, why in (
         ({"model_type": "gpt2"}, "model_type 'gpt2'"),
         ({"model_type": "mistral", "sliding_window": 64}, "sliding-window"),
