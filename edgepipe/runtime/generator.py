@@ -21,9 +21,12 @@ from .chat import ChatError, ChatTemplate
 from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
 from .kvcache import (
+    LAST,
+    LOGITS_TO_KEEP,
     MIN_CONTEXT,
     SharedCache,
     default_max_context,
+    keeps_last_logits,
     kv_bytes_per_token,
     prefill_chunk,
     shares_buffer,
@@ -160,10 +163,11 @@ class Generator:
         self.max_context = max_context or default
         vocab = self.session.get_outputs()[0].shape[-1]
         shared, heads = shares_buffer(self.session)
+        self.last_only = keeps_last_logits(self.session)
         self.prefill_chunk = prefill_chunk(
             self.max_context if shared else 0,
             heads or config.num_kv_heads,
-            vocab if isinstance(vocab, int) else 1,
+            0 if self.last_only else vocab if isinstance(vocab, int) else 1,
         )
         self.cache: SharedCache | None = None
         if shared and self.has_mask:
@@ -232,11 +236,14 @@ class Generator:
         return self.encode(messages[0][1], chat=True)
 
     def _forward(
-        self, ids: np.ndarray, start: int, past: dict[str, np.ndarray]
+        self, ids: np.ndarray, start: int, past: dict[str, np.ndarray], last: bool = False
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits [1, len, vocab] and the new cache for ``ids`` at positions start.. after ``past``."""
+        """Logits [1, len, vocab] (``last``: [1, 1, vocab] where the model can) and the new cache
+        for ``ids`` at positions start.. after ``past``."""
         end = start + ids.shape[1]
         feeds: dict[str, np.ndarray] = {"input_ids": ids, **past}
+        if last and self.last_only:
+            feeds[LOGITS_TO_KEEP] = LAST
         if self.has_mask:
             feeds["attention_mask"] = self._mask[:, :end]
         if self.has_positions:
@@ -255,7 +262,7 @@ class Generator:
             if self.cache is not None:
                 logits = self.cache.forward(chunk, start)
             else:
-                logits, past = self._forward(chunk, start, past)
+                logits, past = self._forward(chunk, start, past, last=True)
         return logits[0, -1], past
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:

@@ -20,6 +20,9 @@ KV_CACHE_KEY = "edgepipe.kv_cache"
 SHARED_BUFFER = "shared-buffer"
 ATTENTION_HEADS_KEY = "edgepipe.attention_heads"
 PAST, PRESENT = "past_key_values.", "present."
+# An input the rewrite adds (default 0, every position): the lm_head reads the last N positions.
+LOGITS_TO_KEEP = "logits_to_keep"
+LAST = np.array([1], dtype=np.int64)
 # A prompt is read this many tokens at a time at most: onnxruntime's attention scratch is
 # heads x chunk x max_context floats and the logits chunk x vocab, so a long prompt in one pass
 # would need hundreds of MB more than the cache itself. Chunks are cut smaller until both fit.
@@ -43,9 +46,15 @@ def default_max_context(max_length: int, per_token: int, ram_mb: float | None) -
 
 
 def prefill_chunk(max_context: int, heads: int, vocab: int, itemsize: int = 4) -> int:
-    """Tokens a prefill pass reads at most, so that its scratch stays near PREFILL_SCRATCH_BYTES."""
+    """Tokens a prefill pass reads at most, so that its scratch stays near PREFILL_SCRATCH_BYTES
+    (``vocab`` 0: the model computes the last position's logits alone)."""
     per_token = max(heads * max_context * 4, vocab * itemsize, 1)
     return max(1, min(PREFILL_CHUNK, PREFILL_SCRATCH_BYTES // per_token))
+
+
+def keeps_last_logits(session: Any) -> bool:
+    """Whether the model takes ``logits_to_keep`` (an input with a default value)."""
+    return any(i.name == LOGITS_TO_KEEP for i in session.get_overridable_initializers())
 
 
 def shares_buffer(session: Any) -> tuple[bool, int]:
@@ -72,6 +81,9 @@ class SharedCache:
         self.session, self.max_context = session, shape[2]
         self.binding = session.io_binding()
         self.has_positions = has_positions
+        if keeps_last_logits(session):  # a generation reads the last position's logits alone
+            # By OrtValue: bind_cpu_input looks the name up among the inputs without a default.
+            self.binding.bind_ortvalue_input(LOGITS_TO_KEEP, OrtValue.ortvalue_from_numpy(LAST))
         # np.zeros maps untouched pages lazily: the process grows with the context actually used.
         self.arrays = {name: np.zeros(shape, dtype=dtype) for name in past_names}
         self.binding.bind_output("logits")  # bound first: get_outputs()[0]
@@ -83,7 +95,8 @@ class SharedCache:
         self._positions = np.arange(self.max_context, dtype=np.int64)[None, :]
 
     def forward(self, ids: np.ndarray, start: int) -> np.ndarray:
-        """Logits [1, len, vocab] for ``ids`` at positions start.., the cache holding 0..start-1."""
+        """Logits [1, 1 or len, vocab] of the last position (all, if the model cannot say) for
+        ``ids`` at positions start.., the cache holding 0..start-1."""
         end = start + ids.shape[1]
         if end > self.max_context:
             raise ValueError(f"position {end - 1} is past the cache's {self.max_context}")

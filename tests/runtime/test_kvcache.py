@@ -4,6 +4,7 @@ transformers' greedy tokens, up to the tiny models' 256-token context."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,6 +59,8 @@ def test_in_place_cache_generates_transformers_greedy_tokens(gqa_bundle, kind):
     tokenizer, model = hf(bundle)
     g = open_generator(bundle)
     assert g.cache is not None and g.max_context == 256
+    # A prompt's pass computes the last position's logits alone (logits_to_keep).
+    assert g.last_only and g.cache.forward(np.arange(3, 13, dtype=np.int64)[None], 0).shape[1] == 1
     for prompt in PROMPTS:
         ids = tokenizer(prompt)["input_ids"]
         result = g.generate(prompt, max_new_tokens=16)
