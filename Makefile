@@ -51,6 +51,7 @@ LLAMA_VENV ?= .llamacpp-venv
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_SRC := $(LLAMA_VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)
 LLM_WORK ?=
+LLM_ARGS ?=
 $(LLAMA_VENV)/.installed-stamp:
 	$(PYTHON) -m venv $(LLAMA_VENV)
 	$(LLAMA_VENV)/bin/python -m pip download --quiet --no-deps --no-binary :all: \
@@ -62,7 +63,7 @@ $(LLAMA_VENV)/.installed-stamp:
 
 bench-llm: $(STAMP) $(LLAMA_VENV)/.installed-stamp
 	$(BIN)/python tests/bench/bench_llm.py --llama-python $(LLAMA_VENV)/bin/python \
-		--llama-cpp $(LLAMA_SRC)/vendor/llama.cpp $(if $(LLM_WORK),--work $(LLM_WORK))
+		--llama-cpp $(LLAMA_SRC)/vendor/llama.cpp $(if $(LLM_WORK),--work $(LLM_WORK)) $(LLM_ARGS)
 
 # The rpi5 bundle in an emulated Raspberry Pi 5 userland (qemu-user + a Debian arm64 rootfs, cached
 # in ARM64_ROOT): needs root and apt, a Debian mirror and PyPI; not part of `make test`. Under qemu

@@ -1,18 +1,18 @@
 """llama.cpp side of bench_llm.py, run in llama-cpp-python's own venv: one JSON command per line.
 
-Commands: quantize {src, dst, ftype}; load {name, path, threads, logits_all}; generate {name, ids, n}
-(greedy: argmax of the last row, as the edgepipe side does); logits {name, ids, out} (saves .npy).
+Commands: quantize {src, dst, ftype}; load {name, path, threads, logits_all, n_ctx}; generate {name,
+ids, n} (greedy: argmax of the last row, as the edgepipe side does); logits {name, ids, out} (saves
+.npy); rss {} (this process's peak and current resident MB).
 Every reply is one JSON line on stdout; llama.cpp's own logging goes to stderr.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import llama_cpp
 import numpy as np
+from jsonl_worker import serve  # beside this script
 
 FTYPES = {"Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0, "Q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0}
 models: dict[str, llama_cpp.Llama] = {}
@@ -26,9 +26,9 @@ def quantize(src: str, dst: str, ftype: str) -> dict:
     return {"rc": int(rc)}
 
 
-def load(name: str, path: str, threads: int, logits_all: bool = False) -> dict:
+def load(name: str, path: str, threads: int, logits_all: bool = False, n_ctx: int = 512) -> dict:
     models[name] = llama_cpp.Llama(
-        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
         n_batch=512, logits_all=logits_all, verbose=False,
     )  # fmt: skip
     return {"n_vocab": models[name].n_vocab()}
@@ -61,14 +61,7 @@ def logits(name: str, ids: list[int], out: str) -> dict:
 
 
 def main() -> None:
-    commands = {"quantize": quantize, "load": load, "generate": generate, "logits": logits}
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            reply = commands[request.pop("op")](**request)
-        except Exception as exc:  # reported to the driver, which raises it there
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), flush=True)
+    serve({"quantize": quantize, "load": load, "generate": generate, "logits": logits})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ transformers' greedy tokens, up to the tiny models' 256-token context."""
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -90,6 +92,9 @@ def test_generation_stops_at_the_context_limit(gqa_bundle, kind):
     assert result.token_ids == hf_greedy(model, ids, 6)
     with pytest.raises(PromptError, match="reads at most 256 tokens"):
         g.generate(long_prompt(tokenizer, 256))
+    # The next generation on the same cache reads none of what the last one left past its prompt.
+    short = tokenizer(PROMPTS[1])["input_ids"]
+    assert g.generate(short, max_new_tokens=16).token_ids == hf_greedy(model, short, 16)
     # The same again on a cache of 128 positions.
     small = open_generator(bundle, max_context=128, chunk=50)
     assert small.cache is not None and small.cache.max_context == 128
@@ -97,17 +102,6 @@ def test_generation_stops_at_the_context_limit(gqa_bundle, kind):
     assert result.stop_reason == "length" and result.token_ids == hf_greedy(model, ids[:120], 8)
     with pytest.raises(PromptError, match="reads at most 128 tokens"):
         small.generate(ids[:128])
-
-
-@pytest.mark.parametrize("kind", GQA_KINDS)
-def test_one_cache_serves_one_generation_after_another(gqa_bundle, kind):
-    bundle = gqa_bundle(kind)
-    tokenizer, model = hf(bundle)
-    g = open_generator(bundle, chunk=64)
-    long_ids = long_prompt(tokenizer, 200)
-    g.generate(long_ids, max_new_tokens=40)  # fills the cache further than the next one reads
-    short = tokenizer(PROMPTS[1])["input_ids"]
-    assert g.generate(short, max_new_tokens=16).token_ids == hf_greedy(model, short, 16)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -154,3 +148,14 @@ def test_prefill_chunk_bounds_the_scratch():
     assert prefill_chunk(2048, 14, 151_936) == (64 << 20) // (151_936 * 4)
     assert prefill_chunk(32_768, 14, 1000) == (64 << 20) // (14 * 32_768 * 4)
     assert prefill_chunk(10**9, 64, 10) == 1
+
+
+def test_serve_refuses_a_max_context_out_of_range(gqa_bundle):
+    proc = subprocess.run(
+        [sys.executable, str(gqa_bundle("qwen2").root), "serve", "--port", "0",
+         "--max-context", "4096"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 3 and len(lines) == 1, lines
+    assert lines[0] == "error: max_context must be 16 to the model's 256 tokens (got 4096)"
