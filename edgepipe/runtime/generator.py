@@ -299,8 +299,13 @@ class Generator:
         if not ids:
             raise PromptError("the prompt is empty: it encodes to no tokens")
         if len(ids) >= limit:
+            cut = (
+                ""
+                if limit == self.config.max_length
+                else f" (max_context; the model's: {self.config.max_length})"
+            )
             raise PromptError(
-                f"the prompt is {len(ids)} tokens; this model reads at most {limit} tokens, "
+                f"the prompt is {len(ids)} tokens; this model reads at most {limit} tokens{cut}, "
                 "prompt and generated together"
             )
         budget = min(max_new_tokens, limit - len(ids))

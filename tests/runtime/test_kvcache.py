@@ -120,7 +120,7 @@ def test_max_context_option(gqa_bundle):
         with pytest.raises(OptionError, match="max_context must be 16 to the model's 256"):
             Generator.from_bundle(bundle.root, max_context=bad)
     proc = run_bundle(bundle.root, "generate", "word " * 40, "--max-context", "32")
-    one_line_error(proc, 4, "reads at most 32 tokens")
+    one_line_error(proc, 4, "reads at most 32 tokens (max_context; the model's: 256)")
     proc = run_bundle(bundle.root, "generate", "hello", "--max-context", "300")
     one_line_error(proc, 2, "max_context must be 16 to the model's 256 tokens (got 300)")
     proc = run_bundle(
