@@ -46,12 +46,19 @@ def optimize(
     if config is None:
         config = json.loads((Path(model_in).parent / "config.json").read_text())
     model = onnx.load(str(model_in))
+    info = optimize_model(model, config)
+    onnx.save(model, str(model_out))
+    return info
+
+
+def optimize_model(model: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """``optimize`` on a loaded ModelProto, changed in place (a model over 2 GB cannot be saved
+    whole: its caller quantizes it first)."""
     before = len(model.graph.node)
     fused, reason = fuse_group_query_attention(model, config)
     packed = pack_projections(model.graph) if fused else 0
     keep = keep_last_logits(model.graph) if fused else False
     removed = remove_dead_nodes(model.graph)
-    onnx.save(model, str(model_out))
     return {
         "attention_layers_fused": fused,
         "skipped": reason,

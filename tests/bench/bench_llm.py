@@ -80,7 +80,8 @@ def build_edgepipe_int4(hf: Path, work: Path) -> dict[str, Path]:
     return {"bundle": bundle / "model" / "model.onnx", "plain": plain}
 
 
-def quantize_int4(src: Path, dst: Path) -> None:
+def quantize_int4(src: Path | Any, dst: Path) -> None:
+    """Plain int4 MatMulNBits (RTN, block 32, symmetric) of a model file or a loaded ModelProto."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -89,7 +90,11 @@ def quantize_int4(src: Path, dst: Path) -> None:
 
     algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(src)), block_size=32, is_symmetric=True, accuracy_level=4, algo_config=algo
+        onnx.load(str(src)) if isinstance(src, Path) else src,
+        block_size=32,
+        is_symmetric=True,
+        accuracy_level=4,
+        algo_config=algo,
     )
     quantizer.process()
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -29,14 +29,14 @@ SHAPES: dict[str, dict[str, Any]] = {
         model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
         num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
         max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0,
-        rms_norm_eps=1e-5,
+        rms_norm_eps=1e-5, int4="build",
     ),
     # Qwen2.5-0.5B: biased q/k/v, 24 layers, 14 heads / 2 KV heads, a 151,936-word tied vocabulary.
     "qwen2.5-0.5b": dict(
         model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
         max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
+        rms_norm_eps=1e-6, int4="quick",
     ),
 }  # fmt: skip
 
@@ -52,7 +52,7 @@ def make_model(shape: dict[str, Any], dest: Path) -> Path:
 
     if (dest / "model.safetensors").exists():
         return dest
-    values = dict(shape)
+    values = {k: v for k, v in shape.items() if k != "int4"}
     kind = values.pop("model_type")
     tokenizer = train_bpe(kind)
     cls = LlamaConfig if kind == "llama" else Qwen2Config
@@ -69,10 +69,14 @@ def make_model(shape: dict[str, Any], dest: Path) -> Path:
 
 def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> Path:
     """The int4 model: ``build`` is the product's (`edgepipe build --target laptop-avx2`);
-    ``quick`` is the attention rewrite then plain int4 MatMulNBits, minutes faster to make."""
+    ``quick`` is the attention rewrite, plain int4 MatMulNBits (RTN) and a 4-bit embedding table
+    (GatherBlockQuantized), minutes faster to make, and possible over 2 GB of fp32 weights, where
+    the build's export stage stops (Qwen2.5-0.5B: 2.5 GB as optimum writes it)."""
+    import onnx
+    from bench_llm import quantize_int4
     from optimum.exporters.onnx import main_export
 
-    from edgepipe.graph import decoder_graph
+    from edgepipe.graph import decoder_graph, weight_only
 
     if how == "build":
         dist = work / "dist"
@@ -88,13 +92,13 @@ def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> Path:
         if not (export / "model.onnx").exists():
             main_export(str(hf), output=str(export), task="text-generation-with-past",
                         do_validation=False)  # fmt: skip
-        rewritten = work / "onnx-gqa" / "model.onnx"
-        rewritten.parent.mkdir(parents=True, exist_ok=True)
-        config = json.loads((hf / "config.json").read_text())
-        decoder_graph.optimize(export / "model.onnx", rewritten, config)
-        from bench_llm import quantize_int4
-
-        quantize_int4(rewritten, quick)
+        model = onnx.load(str(export / "model.onnx"))  # external data too
+        info = decoder_graph.optimize_model(model, json.loads((hf / "config.json").read_text()))
+        assert info["skipped"] is None, info["skipped"]
+        quantize_int4(model, quick)
+        quantized = onnx.load(str(quick))
+        weight_only.quantize_tables(quantized.graph, 4, 32, 4)
+        onnx.save(quantized, str(quick))
     return quick
 
 
@@ -128,7 +132,8 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
     from edgepipe.tasks import decoder_runtime
 
     hf = make_model(SHAPES[shape], work / "hf")
-    model = edgepipe_int4(hf, work, args.int4, shape)
+    how = args.int4 or SHAPES[shape]["int4"]
+    model = edgepipe_int4(hf, work, how, shape)
     f32 = convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")
     q4 = work / "Q4_0.gguf"
     n_ctx = max(args.lengths) + args.new_tokens
@@ -164,13 +169,13 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
                     peaks[name, length] = workers[name]("rss")["peak_rss_mb"]
     for worker in workers.values():
         worker.close()
-    return {"runs": runs, "peaks": peaks, "names": list(calls), "model": model}
+    return {"runs": runs, "peaks": peaks, "names": list(calls), "int4": how}
 
 
 def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None:
     runs, peaks, names = result["runs"], result["peaks"], result["names"]
     print(
-        f"\n{shape} shape (random weights), edgepipe int4 ({args.int4}) vs llama.cpp Q4_0: greedy "
+        f"\n{shape} shape (random weights), edgepipe int4 ({result['int4']}) vs llama.cpp Q4_0: greedy "
         f"{args.new_tokens} new tokens after an L-token prompt, {args.threads} threads, "
         f"{args.reps} alternating rounds, medians"
     )
@@ -206,8 +211,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
                         default=list(LENGTHS), help="prompt tokens, comma-separated")  # fmt: skip
     parser.add_argument("--sweep-new-tokens", dest="sweep_new_tokens", type=int, default=32)
-    parser.add_argument("--int4", choices=("build", "quick"), default="build",
-                        help="edgepipe's model: the product's build, or rewrite + plain int4")  # fmt: skip
+    parser.add_argument("--int4", choices=("build", "quick"),
+                        help="edgepipe's model: the product's build, or rewrite + plain int4 "
+                        "(default: build for SmolLM2, quick for Qwen2.5, over the build's 2 GB)")  # fmt: skip
     parser.add_argument("--with-plain", action="store_true",
                         help="also time the runtime with the in-place cache off")  # fmt: skip
 

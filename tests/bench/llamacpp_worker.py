@@ -34,16 +34,24 @@ def load(name: str, path: str, threads: int, logits_all: bool = False, n_ctx: in
     return {"n_vocab": models[name].n_vocab()}
 
 
+def last_argmax(llm: llama_cpp.Llama) -> int:
+    """Greedy pick from the last evaluated position's logits, read from llama.cpp's context:
+    llama-cpp-python >= 0.3 copies them into ``llm.scores`` only with ``logits_all`` (and its
+    ``scores`` has n_batch rows then), so reading ``scores`` took the argmax of unwritten memory."""
+    row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+    return int(np.argmax(row))
+
+
 def generate(name: str, ids: list[int], n: int) -> dict:
     llm = models[name]
     llm.reset()
     start = time.perf_counter()
     llm.eval(ids)
-    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    tokens = [last_argmax(llm)]
     first = time.perf_counter()
     while len(tokens) < n:
         llm.eval([tokens[-1]])
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        tokens.append(last_argmax(llm))
     done = time.perf_counter()
     return {
         "ttft_ms": (first - start) * 1e3,
