@@ -145,8 +145,9 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
     if not q4.exists():
         llama("quantize", src=str(f32), dst=str(q4), ftype="Q4_0")
     llama("load", name="q4", path=str(q4), threads=args.threads, n_ctx=n_ctx)
+    loaded = {}
     for name, worker in edge.items():
-        worker("load", model=str(model), tokenizer=str(hf / "tokenizer.json"),
+        loaded[name] = worker("load", model=str(model), tokenizer=str(hf / "tokenizer.json"),
                runtime=runtime.to_json(), threads=args.threads, max_context=n_ctx,
                plain=name.endswith("plain loop"))  # fmt: skip
     calls = {
@@ -169,7 +170,7 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
                     peaks[name, length] = workers[name]("rss")["peak_rss_mb"]
     for worker in workers.values():
         worker.close()
-    return {"runs": runs, "peaks": peaks, "names": list(calls), "int4": how}
+    return {"runs": runs, "peaks": peaks, "names": list(calls), "int4": how, "loaded": loaded}
 
 
 def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None:
@@ -198,6 +199,8 @@ def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None
             f"| {' / '.join(f'{v:.1f}' for v in decode)} | {ratio:.2f}x "
             f"| {' / '.join(f'{peaks[n, length]:.0f}' for n in names)} |"
         )
+    for name, how in result["loaded"].items():
+        print(f"{name}: in-place KV cache {how['in_place']}, prefill chunk {how['prefill_chunk']}")
     same = (
         runs[names[0], min(args.lengths)][0]["tokens"] == runs[base, min(args.lengths)][0]["tokens"]
     )
