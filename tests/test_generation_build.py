@@ -175,6 +175,15 @@ def test_llama_attention_is_fused_in_the_build(int4_builds):
     assert graph["nodes_after"] < graph["nodes_before"] / 3
     model = onnx.load(str(Path(int4_builds["llama"][0]["bundle_dir"]) / "model" / "model.onnx"))
     assert [n.op_type for n in model.graph.node].count("GroupQueryAttention") == 2
+    # int4 quantization keeps what the runtime's in-place KV cache reads.
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta.get("edgepipe.kv_cache") == "shared-buffer"
+    assert "logits_to_keep" in {i.name for i in model.graph.input}
+    from edgepipe.runtime.generator import Generator
+
+    generator = Generator.from_bundle(Path(int4_builds["llama"][0]["bundle_dir"]))
+    assert generator.cache is not None and generator.last_only
+    assert generator.config.ram_mb is not None  # the target's budget caps the default context
     gpt2 = manifest(int4_builds["gpt2"][0])["stages"]["export"]["graph"]
     assert gpt2["attention_layers_fused"] == 0 and "gpt2" in gpt2["skipped"]
 

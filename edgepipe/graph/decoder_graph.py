@@ -5,7 +5,10 @@ repeat_kv Expand, Softmax, NaN guard). At SmolLM-135M's size, one decode step ra
 the int4 MatMuls were only ~40% of its time: the rest is per-op overhead. onnxruntime's
 ``optimize_model`` (model_type "qwen3"/"gpt2") fuses RotaryEmbedding and SkipSimplifiedLayerNorm but
 not this attention, so the rewrite is done here. The model's inputs and outputs keep their names,
-shapes and meaning: present = concat(past, new) in BNSH, so the runtime needs no change.
+shapes and meaning: present = concat(past, new) in BNSH, so the plain runtime loop keeps working.
+GroupQueryAttention also updates a cache in place when past and present are one buffer of the
+maximum length (``past_present_share_buffer``); the model's metadata says so (``KV_CACHE_KEY``), and
+the bundle's runtime then binds one buffer per layer for the whole generation (runtime/kvcache.py).
 
 Limits (checked, or the model is left alone): fp32 or fp16 MatMul projections (run it before
 int4 quantization), default RoPE (no rope_scaling), head_dim a multiple of 16 (onnxruntime's CPU
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
 
 MS_DOMAIN = "com.microsoft"
 # Llama-style layers (q/k/v/o_proj, RoPE); phi3 packs qkv_proj and gpt2 has no RoPE.
@@ -41,15 +46,24 @@ def optimize(
     if config is None:
         config = json.loads((Path(model_in).parent / "config.json").read_text())
     model = onnx.load(str(model_in))
+    info = optimize_model(model, config)
+    onnx.save(model, str(model_out))
+    return info
+
+
+def optimize_model(model: Any, config: dict[str, Any]) -> dict[str, Any]:
+    """``optimize`` on a loaded ModelProto, changed in place (a model over 2 GB cannot be saved
+    whole: its caller quantizes it first)."""
     before = len(model.graph.node)
     fused, reason = fuse_group_query_attention(model, config)
     packed = pack_projections(model.graph) if fused else 0
+    keep = keep_last_logits(model.graph) if fused else False
     removed = remove_dead_nodes(model.graph)
-    onnx.save(model, str(model_out))
     return {
         "attention_layers_fused": fused,
         "skipped": reason,
         "matmuls_packed": packed,
+        "logits_to_keep": keep,
         "nodes_before": before,
         "nodes_after": len(model.graph.node),
         "nodes_removed": removed,
@@ -213,7 +227,47 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     _topological_sort(graph)
+    _set_metadata(model, {KV_CACHE_KEY: SHARED_BUFFER, ATTENTION_HEADS_KEY: str(heads)})
     return len(new_nodes), None
+
+
+def _set_metadata(model: Any, values: dict[str, str]) -> None:
+    kept = [p for p in model.metadata_props if p.key not in values]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in values.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def keep_last_logits(graph: Any) -> bool:
+    """An input ``logits_to_keep`` (as transformers' argument): the lm_head reads only the last
+    that many positions; its default, 0, keeps them all.
+
+    A prompt needs the last position's logits alone: for Qwen2.5-0.5B's 151,936-word vocabulary the
+    lm_head over a 2,048-token prompt is ~40% of the prefill's arithmetic and 1.2 GB of logits.
+    """
+    from onnx import TensorProto, helper, numpy_helper
+
+    head = next((n for n in graph.node if "logits" in n.output), None)
+    if head is None or head.op_type != "MatMul" or LOGITS_TO_KEEP in {i.name for i in graph.input}:
+        return False
+    prefix = "edgepipe_logits"
+    graph.initializer.extend([
+        numpy_helper.from_array(np.array([0], np.int64), LOGITS_TO_KEEP),
+        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), f"{prefix}/end"),
+        numpy_helper.from_array(np.array([1], np.int64), f"{prefix}/axis"),
+    ])  # fmt: skip
+    # An input with an initializer: the default unless a run feeds it (onnxruntime's
+    # get_overridable_initializers lists it).
+    graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
+    graph.node.extend([
+        helper.make_node("Neg", [LOGITS_TO_KEEP], [f"{prefix}/start"], name=f"{prefix}/Neg"),
+        helper.make_node("Slice", [head.input[0], f"{prefix}/start", f"{prefix}/end",
+                                   f"{prefix}/axis"], [f"{prefix}/hidden"], name=f"{prefix}/Slice"),
+    ])  # fmt: skip
+    head.input[0] = f"{prefix}/hidden"
+    _topological_sort(graph)
+    return True
 
 
 def pack_projections(graph: Any) -> int:

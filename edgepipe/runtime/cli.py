@@ -128,7 +128,7 @@ def _generate(root: Path, args: argparse.Namespace) -> int:
             raise OptionError(f"--threads must be at least 1 (got {args.threads})")
         check_options(**{k: v for k, v in options.items() if k != "chat"})
         prompt = _prompt(args)
-        generator = Generator.from_bundle(root, threads=args.threads)
+        generator = Generator.from_bundle(root, threads=args.threads, max_context=args.max_context)
         out = sys.stdout
         if isinstance(out, io.TextIOWrapper):  # a model writes any character, whatever the locale
             out.reconfigure(encoding="utf-8")
@@ -279,6 +279,12 @@ def parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     gen.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
+    gen.add_argument(
+        "--max-context",
+        type=int,
+        help="tokens the KV cache holds, prompt and generated (default: the model's, capped by "
+        "the target's RAM)",
+    )
     gen.add_argument(
         "--json",
         action="store_true",

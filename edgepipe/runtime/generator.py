@@ -18,21 +18,30 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .chat import ChatError, ChatTemplate
-from .decoding import Sampler, TextStream
 from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
+from .kvcache import (
+    LAST,
+    LOGITS_TO_KEEP,
+    MIN_CONTEXT,
+    SharedCache,
+    default_max_context,
+    keeps_last_logits,
+    kv_bytes_per_token,
+    prefill_chunk,
+    shares_buffer,
+)
+from .sampling import (
+    GenerationError,
+    OptionError,
+    Sampler,
+    TextStream,
+    check_options,
+)
 
 PAST = "past_key_values."
 PRESENT = "present."
 _ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-
-
-class GenerationError(Exception):
-    """A generation that cannot run as asked; the message is one line for the user."""
-
-
-class OptionError(GenerationError):
-    """A sampling option out of range, or one this bundle cannot honour (--chat without template)."""
 
 
 class PromptError(GenerationError):
@@ -56,6 +65,7 @@ class GenerationConfig:
     inter_op_threads: int = 1
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     task: str = TEXT_GENERATION
+    ram_mb: float | None = None  # the target's memory budget: the default context's KV cache fits
 
     @classmethod
     def load(cls, path: Path) -> GenerationConfig:
@@ -90,6 +100,7 @@ class GenerationConfig:
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
             "providers": list(self.providers),
+            "ram_mb": self.ram_mb,
         }
 
 
@@ -111,39 +122,6 @@ class Generation:
         }
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def check_options(
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int,
-    top_p: float,
-    seed: int | None = None,
-    stop: Sequence[str] = (),
-) -> None:
-    """OptionError naming the first option out of range."""
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise OptionError(
-            f"max_new_tokens must be an integer of at least 1 (got {max_new_tokens!r})"
-        )
-    if not _number(temperature) or not 0 <= temperature < float("inf"):
-        raise OptionError(f"temperature must be 0 (greedy) or more (got {temperature!r})")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise OptionError(f"top_k must be an integer of at least 0, 0 for off (got {top_k!r})")
-    if not _number(top_p) or not 0 < top_p <= 1:
-        raise OptionError(f"top_p must be in (0, 1], 1 for off (got {top_p!r})")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise OptionError(f"seed must be an integer of at least 0 (got {seed!r})")
-    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
-        raise OptionError("stop strings must be a list of non-empty strings")
-
-
 class Generator:
     """Generates text with one onnxruntime session, created once with its fixed inputs."""
 
@@ -154,6 +132,7 @@ class Generator:
         config: GenerationConfig,
         threads: int | None = None,
         spin: bool = True,
+        max_context: int | None = None,
     ) -> None:
         self.config = config
         intra = host_threads(config.intra_op_threads) if threads is None else threads
@@ -168,6 +147,34 @@ class Generator:
         self.kv_dtype = _ONNX_FLOATS.get(inputs[self.past_names[0]].type, np.float32)
         self.has_mask = "attention_mask" in inputs
         self.has_positions = "position_ids" in inputs
+        per_token = kv_bytes_per_token(
+            config.num_layers,
+            config.num_kv_heads,
+            config.head_dim,
+            np.dtype(self.kv_dtype).itemsize,
+        )
+        default = default_max_context(config.max_length, per_token, config.ram_mb)
+        if max_context is not None and not MIN_CONTEXT <= max_context <= config.max_length:
+            raise OptionError(
+                f"max_context must be {MIN_CONTEXT} to the model's {config.max_length} tokens "
+                f"(got {max_context})"
+            )
+        # Prompt and generated tokens together; the in-place cache holds exactly this many.
+        self.max_context = max_context or default
+        vocab = self.session.get_outputs()[0].shape[-1]
+        shared, heads = shares_buffer(self.session)
+        self.last_only = keeps_last_logits(self.session)
+        self.prefill_chunk = prefill_chunk(
+            self.max_context if shared else 0,
+            heads or config.num_kv_heads,
+            0 if self.last_only else vocab if isinstance(vocab, int) else 1,
+        )
+        self.cache: SharedCache | None = None
+        if shared and self.has_mask:
+            shape = (1, config.num_kv_heads, self.max_context, config.head_dim)
+            self.cache = SharedCache(
+                self.session, self.past_names, shape, self.kv_dtype, self.has_positions
+            )
         # Views of these feed every step without allocating: mask[:, :n], positions[:, a:b].
         self._mask = np.ones((1, config.max_length), dtype=np.int64)
         self._positions = np.arange(config.max_length, dtype=np.int64)[None, :]
@@ -179,10 +186,16 @@ class Generator:
         self.eos = frozenset(config.eos_token_ids)
 
     @classmethod
-    def from_bundle(cls, root: Path, threads: int | None = None) -> Generator:
+    def from_bundle(
+        cls, root: Path, threads: int | None = None, max_context: int | None = None
+    ) -> Generator:
         config = GenerationConfig.load(root / RUNTIME_CONFIG)
         return cls(
-            root / "model" / "model.onnx", root / "tokenizer" / "tokenizer.json", config, threads
+            root / "model" / "model.onnx",
+            root / "tokenizer" / "tokenizer.json",
+            config,
+            threads,
+            max_context=max_context,
         )
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
@@ -223,11 +236,14 @@ class Generator:
         return self.encode(messages[0][1], chat=True)
 
     def _forward(
-        self, ids: np.ndarray, start: int, past: dict[str, np.ndarray]
+        self, ids: np.ndarray, start: int, past: dict[str, np.ndarray], last: bool = False
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Logits [1, len, vocab] and the new cache for ``ids`` at positions start.. after ``past``."""
+        """Logits [1, len, vocab] (``last``: [1, 1, vocab] where the model can) and the new cache
+        for ``ids`` at positions start.. after ``past``."""
         end = start + ids.shape[1]
         feeds: dict[str, np.ndarray] = {"input_ids": ids, **past}
+        if last and self.last_only:
+            feeds[LOGITS_TO_KEEP] = LAST
         if self.has_mask:
             feeds["attention_mask"] = self._mask[:, :end]
         if self.has_positions:
@@ -236,6 +252,18 @@ class Generator:
         # and onnxruntime hands the present tensors back without a copy.
         logits, *presents = self.session.run(self.output_names, feeds)
         return logits, dict(zip(self.past_names, presents, strict=True))
+
+    def _prefill(self, ids: Sequence[int]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The last prompt token's logits [vocab] and the plain path's cache, a chunk at a time."""
+        batch = np.asarray([list(ids)], dtype=np.int64)
+        past, size = self._empty_past, self.prefill_chunk
+        for start in range(0, len(ids), size):
+            chunk = batch[:, start : start + size]
+            if self.cache is not None:
+                logits = self.cache.forward(chunk, start)
+            else:
+                logits, past = self._forward(chunk, start, past, last=True)
+        return logits[0, -1], past
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """[len(ids), vocab] float32 logits of one forward pass with an empty KV cache."""
@@ -267,12 +295,17 @@ class Generator:
             raise OptionError("chat needs a text prompt, not token ids")
         else:
             ids = [int(i) for i in prompt]
-        limit = self.config.max_length
+        limit = self.max_context
         if not ids:
             raise PromptError("the prompt is empty: it encodes to no tokens")
         if len(ids) >= limit:
+            cut = (
+                ""
+                if limit == self.config.max_length
+                else f" (max_context; the model's: {self.config.max_length})"
+            )
             raise PromptError(
-                f"the prompt is {len(ids)} tokens; this model reads at most {limit} tokens, "
+                f"the prompt is {len(ids)} tokens; this model reads at most {limit} tokens{cut}, "
                 "prompt and generated together"
             )
         budget = min(max_new_tokens, limit - len(ids))
@@ -282,8 +315,8 @@ class Generator:
         reason = "length"
 
         prefill_start = time.perf_counter()
-        logits, past = self._forward(np.asarray([ids], dtype=np.int64), 0, self._empty_past)
-        token = sample(logits[0, -1])
+        last, past = self._prefill(ids)
+        token = sample(last)
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
@@ -298,7 +331,10 @@ class Generator:
             if len(generated) >= budget:
                 break
             step[0, 0] = token
-            logits, past = self._forward(step, position, past)
+            if self.cache is not None:
+                logits = self.cache.forward(step, position)
+            else:
+                logits, past = self._forward(step, position, past)
             position += 1
             token = sample(logits[0, -1])
         decoded = time.perf_counter()

@@ -65,6 +65,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--max-texts", type=int, default=MAX_TEXTS, help="most texts per request")
     p.add_argument("--threads", type=int, default=None, help="intra-op threads (default: target's)")
     p.add_argument(
+        "--max-context",
+        type=int,
+        default=None,
+        help="tokens a generation holds, prompt and reply (default: the model's, capped by the "
+        "target's RAM for the KV cache)",
+    )
+    p.add_argument(
         "--timeout",
         type=float,
         default=REQUEST_TIMEOUT,
@@ -167,9 +174,14 @@ class BundleServer(ThreadingHTTPServer):
         # without this bound, 0.10-0.36 s with it.
         self.embed_slots = threading.BoundedSemaphore(os.cpu_count() or 2)
         if self.task == TEXT_GENERATION:
-            from .generator import Generator
+            from .generator import Generator, OptionError
 
-            self.generator = Generator.from_bundle(root, threads=args.threads)
+            try:
+                self.generator = Generator.from_bundle(
+                    root, threads=args.threads, max_context=args.max_context
+                )
+            except OptionError as exc:
+                raise ServeError(str(exc)) from None
         elif self.task == EMBEDDING:
             from .embedder import Embedder
 
@@ -279,6 +291,7 @@ class BundleServer(ThreadingHTTPServer):
         }
         if self.generator is not None:
             health["chat"] = self.generator.chat_off() or "on"
+            health["max_context"] = self.generator.max_context
         return health
 
     def handle_error(self, request: Any, client_address: Any) -> None:

@@ -29,6 +29,8 @@ RUNTIME_MODULES = (
     "integrity.py",
     "embedder.py",
     "generator.py",
+    "sampling.py",
+    "kvcache.py",
     "bench.py",
     "measure.py",
     "cli.py",
@@ -37,7 +39,6 @@ RUNTIME_MODULES = (
     "http_handler.py",
     "openai_api.py",
     "chat.py",
-    "decoding.py",
     "signature.py",
 )
 

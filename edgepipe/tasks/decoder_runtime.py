@@ -264,8 +264,10 @@ def runtime_config(
     threads: int,
     inter_op: int,
     providers: Sequence[str],
+    ram_mb: float | None = None,
 ) -> GenerationConfig:
-    """The bundle's runtime.json for a decoder exported to ``onnx_model`` from ``model_dir``."""
+    """The bundle's runtime.json for a decoder exported to ``onnx_model`` from ``model_dir``;
+    ``ram_mb``, the target's memory budget, caps the default context by its KV cache."""
     config = _json(model_dir / "config.json")
     layers, heads, head_dim = kv_shape(onnx_model, config)
     tokenizer = _tokenizer(model_dir)
@@ -286,4 +288,5 @@ def runtime_config(
         intra_op_threads=threads,
         inter_op_threads=inter_op,
         providers=tuple(providers),
+        ram_mb=ram_mb,
     )

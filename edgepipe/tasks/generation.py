@@ -241,6 +241,7 @@ def run(ctx: BuildContext) -> BuildResult:
         target.runtime.intra_op_threads,
         target.runtime.inter_op_threads,
         target.runtime.execution_providers,
+        ram_mb=target.budgets.ram_mb,
     )
     digests = {
         "fp32": exported["outputs"]["model.onnx"],

@@ -1,4 +1,6 @@
-"""edgepipe int4 vs llama.cpp (Q4_0, Q8_0) on a random Llama with SmolLM-135M's shape, one run.
+"""edgepipe int4 vs llama.cpp (Q4_0, Q8_0) on a random Llama with SmolLM-135M's shape, one run;
+then the context sweep (context_sweep.py): prefill and decode at prompts of 64 to 2,048 tokens with
+peak RSS, for the SmolLM2-135M and Qwen2.5-0.5B shapes.
 
 Speed: greedy, batch 1, the same prompt ids, N new tokens, 2 threads; every runtime is timed in
 alternation, REPS rounds, and the table shows medians and the median per-round ratio of decode
@@ -6,6 +8,7 @@ tok/s to llama.cpp Q4_0. Accuracy: next-token agreement and mean KL(fp32 || quan
 PyTorch fp32 over edgepipe's evaluation texts, each text one forward pass.
 
     make bench-llm                    # builds llama-cpp-python in its own venv once
+    make bench-llm LLAMA_VENV=/path/.llamacpp-venv LLM_WORK=/tmp/llm LLM_ARGS=--sweep-only
     python tests/bench/bench_llm.py --llama-python V/bin/python --llama-cpp SRC --work DIR
 
 ``--work`` keeps the models between runs (they take minutes to build). onnxruntime's threads
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import context_sweep  # beside this script
 import numpy as np
 
 from edgepipe.runtime import bench
@@ -49,26 +53,7 @@ PROMPT = (
 
 
 def make_model(dest: Path) -> Path:
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig
-
-    sys.path.insert(0, str(HERE.parent.parent))
-    from tests.decoders import train_bpe
-
-    if (dest / "model.safetensors").exists():
-        return dest
-    tokenizer = train_bpe("llama")
-    config = LlamaConfig(
-        **SMOLLM, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id
-    )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, do_sample=False
-    )
-    model.save_pretrained(dest)
-    tokenizer.save_pretrained(dest)
-    return dest
+    return context_sweep.make_model({"model_type": "llama", **SMOLLM}, dest)
 
 
 def build_edgepipe_int4(hf: Path, work: Path) -> dict[str, Path]:
@@ -95,7 +80,8 @@ def build_edgepipe_int4(hf: Path, work: Path) -> dict[str, Path]:
     return {"bundle": bundle / "model" / "model.onnx", "plain": plain}
 
 
-def quantize_int4(src: Path, dst: Path) -> None:
+def quantize_int4(src: Path | Any, dst: Path) -> None:
+    """Plain int4 MatMulNBits (RTN, block 32, symmetric) of a model file or a loaded ModelProto."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
@@ -104,7 +90,11 @@ def quantize_int4(src: Path, dst: Path) -> None:
 
     algo = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=4)
     quantizer = MatMulNBitsQuantizer(
-        onnx.load(str(src)), block_size=32, is_symmetric=True, accuracy_level=4, algo_config=algo
+        onnx.load(str(src)) if isinstance(src, Path) else src,
+        block_size=32,
+        is_symmetric=True,
+        accuracy_level=4,
+        algo_config=algo,
     )
     quantizer.process()
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -146,29 +136,6 @@ runpy.run_path({str(llama_cpp / "convert_hf_to_gguf.py")!r}, run_name="__main__"
     if done.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py {hf} failed:\n{done.stderr[-2000:]}")
     return dest
-
-
-class LlamaCpp:
-    """The llama-cpp-python worker process (its own venv), one JSON line per request."""
-
-    def __init__(self, python: str) -> None:
-        self.proc = subprocess.Popen(
-            [python, str(HERE / "llamacpp_worker.py")], stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE, text=True, bufsize=1,
-        )  # fmt: skip
-
-    def __call__(self, op: str, **kwargs: Any) -> dict[str, Any]:
-        assert self.proc.stdin and self.proc.stdout
-        self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
-        reply = json.loads(self.proc.stdout.readline())
-        if "error" in reply:
-            raise RuntimeError(f"llama.cpp worker, {op}: {reply['error']}")
-        return dict(reply)
-
-    def close(self) -> None:
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        self.proc.wait(timeout=60)
 
 
 class IOBoundDecoder:
@@ -248,7 +215,7 @@ def kl_and_agreement(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
     return kl, float((ref.argmax(-1) == test.argmax(-1)).mean())
 
 
-def accuracy(hf: Path, edge: dict[str, Generator], llama: LlamaCpp, llama_names: list[str],
+def accuracy(hf: Path, edge: dict[str, Generator], llama: context_sweep.Worker, llama_names: list[str],
              work: Path, count: int) -> dict[str, tuple[float, float]]:  # fmt: skip
     import torch
     from tokenizers import Tokenizer
@@ -291,18 +258,22 @@ def main() -> None:
     add_common_arguments(parser)
     parser.add_argument("--texts", type=int, default=16, help="texts for the accuracy columns")
     parser.add_argument("--no-q8", action="store_true", help="skip llama.cpp Q8_0")
+    context_sweep.add_arguments(parser)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="edgepipe-llmbench-") as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        run(args, work.resolve())
+        if not args.sweep_only:
+            run(args, work.resolve())
+        if not args.no_sweep:
+            context_sweep.run(args, work.resolve())
 
 
 def run(args: argparse.Namespace, work: Path) -> None:
     hf = make_model(work / "hf")
     onnx_models = build_edgepipe_int4(hf, work)
-    llama = LlamaCpp(args.llama_python)
+    llama = context_sweep.Worker(args.llama_python, "llamacpp_worker.py")
     ggufs = {"llama.cpp f32": convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")}
     for ftype in ("Q4_0",) if args.no_q8 else ("Q4_0", "Q8_0"):
         dst = work / f"{ftype}.gguf"

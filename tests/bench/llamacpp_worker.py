@@ -1,19 +1,19 @@
 """llama.cpp side of bench_llm.py, run in llama-cpp-python's own venv: one JSON command per line.
 
-Commands: quantize {src, dst, ftype}; load {name, path, threads, logits_all}; generate {name, ids, n}
-(greedy: argmax of the last row, as the edgepipe side does); logits {name, ids, out} (saves .npy);
-tokenize {path, texts} (a GGUF's own tokenizer).
+Commands: quantize {src, dst, ftype}; load {name, path, threads, logits_all, n_ctx}; generate {name,
+ids, n} (greedy: argmax of the last row, as the edgepipe side does); logits {name, ids, out} (saves
+.npy); tokenize {path, texts} (a GGUF's own tokenizer); rss {} (this process's peak and current
+resident MB).
 Every reply is one JSON line on stdout; llama.cpp's own logging goes to stderr.
 """
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 
 import llama_cpp
 import numpy as np
+from jsonl_worker import serve  # beside this script
 
 FTYPES = {
     "Q4_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0,
@@ -32,12 +32,20 @@ def quantize(src: str, dst: str, ftype: str) -> dict:
     return {"rc": int(rc)}
 
 
-def load(name: str, path: str, threads: int, logits_all: bool = False) -> dict:
+def load(name: str, path: str, threads: int, logits_all: bool = False, n_ctx: int = 512) -> dict:
     models[name] = llama_cpp.Llama(
-        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=512,
+        model_path=path, n_threads=threads, n_threads_batch=threads, n_ctx=n_ctx,
         n_batch=512, logits_all=logits_all, verbose=False,
     )  # fmt: skip
     return {"n_vocab": models[name].n_vocab()}
+
+
+def last_argmax(llm: llama_cpp.Llama) -> int:
+    """Greedy pick from the last evaluated position's logits, read from llama.cpp's context:
+    llama-cpp-python >= 0.3 copies them into ``llm.scores`` only with ``logits_all`` (and its
+    ``scores`` has n_batch rows then), so reading ``scores`` took the argmax of unwritten memory."""
+    row = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
+    return int(np.argmax(row))
 
 
 def generate(name: str, ids: list[int], n: int) -> dict:
@@ -45,11 +53,11 @@ def generate(name: str, ids: list[int], n: int) -> dict:
     llm.reset()
     start = time.perf_counter()
     llm.eval(ids)
-    tokens = [int(np.argmax(llm.scores[llm.n_tokens - 1]))]
+    tokens = [last_argmax(llm)]
     first = time.perf_counter()
     while len(tokens) < n:
         llm.eval([tokens[-1]])
-        tokens.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+        tokens.append(last_argmax(llm))
     done = time.perf_counter()
     return {
         "ttft_ms": (first - start) * 1e3,
@@ -73,17 +81,10 @@ def tokenize(path: str, texts: list[str]) -> dict:
 
 
 def main() -> None:
-    commands = {
+    serve({
         "quantize": quantize, "load": load, "generate": generate, "logits": logits,
         "tokenize": tokenize,
-    }  # fmt: skip
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            reply = commands[request.pop("op")](**request)
-        except Exception as exc:  # reported to the driver, which raises it there
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
-        print(json.dumps(reply), flush=True)
+    })  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -57,14 +57,32 @@ def test_rewrite_matches_the_export(kind: str, tmp_path: Path) -> None:
     # Llama packs q/k/v and gate/up (3 MatMuls fewer per layer); Qwen2's biased q/k/v stay.
     assert info["matmuls_packed"] == (6 if kind == "llama" else 2)
     before, after = onnx.load(str(original)).graph, onnx.load(str(rewritten)).graph
-    assert [i.name for i in after.input] == [i.name for i in before.input]
+    # One input more, with a default: logits_to_keep (0, every position).
+    assert [i.name for i in after.input] == [i.name for i in before.input] + ["logits_to_keep"]
+    assert info["logits_to_keep"] is True
     assert [o.name for o in after.output] == [o.name for o in before.output]
+    # The runtime keeps this model's KV cache in one buffer per layer, written in place.
+    meta = {p.key: p.value for p in onnx.load(str(rewritten)).metadata_props}
+    assert meta["edgepipe.kv_cache"] == "shared-buffer" and meta["edgepipe.attention_heads"] == "4"
 
     ids = list(range(3, 23))
     expected, expected_tokens = run_steps(original, ids, split=15)
     actual, tokens = run_steps(rewritten, ids, split=15)
     np.testing.assert_allclose(actual, expected, atol=1e-4, rtol=1e-4)
     assert tokens == expected_tokens
+    session = ort.InferenceSession(str(rewritten), providers=["CPUExecutionProvider"])
+    assert "logits_to_keep" not in {i.name for i in session.get_inputs()}  # it has a default
+    shape = next(i.shape for i in session.get_inputs() if i.name.startswith("past_key_values."))
+    empty = np.zeros((1, shape[1], 0, shape[3]), np.float32)
+    feeds = {i.name: empty for i in session.get_inputs() if i.name.startswith("past_key_values.")}
+    feeds.update(
+        input_ids=np.asarray([ids[:15]], np.int64),
+        attention_mask=np.ones((1, 15), np.int64),
+        position_ids=np.arange(15, dtype=np.int64)[None],
+    )
+    last = session.run(["logits"], {**feeds, "logits_to_keep": np.array([1], np.int64)})[0]
+    assert last.shape[1] == 1
+    np.testing.assert_allclose(last[0], expected[14:15], atol=1e-4, rtol=1e-4)
 
 
 def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
@@ -81,6 +99,9 @@ def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
     assert "rope_scaling" in info["skipped"]
     assert "GroupQueryAttention" not in info["op_counts"]
     assert info["nodes_after"] == info["nodes_before"]
+    assert not any(
+        p.key.startswith("edgepipe.") for p in onnx.load(str(tmp_path / "same.onnx")).metadata_props
+    )
     for other, why in (
         ({"model_type": "gpt2"}, "model_type 'gpt2'"),
         ({"model_type": "mistral", "sliding_window": 64}, "sliding-window"),

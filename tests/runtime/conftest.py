@@ -67,3 +67,27 @@ def decoder_bundle(tmp_path_factory: pytest.TempPathFactory):
         return built[kind]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def gqa_bundle(tmp_path_factory: pytest.TempPathFactory, decoder_bundle):
+    """``gqa_bundle(kind)``: the tiny decoder's export with edgepipe's GroupQueryAttention
+    rewrite (Llama and Qwen2), as a bundle whose runtime keeps the KV cache in place."""
+    from edgepipe.graph import decoder_graph
+
+    built: dict[str, DecoderBundle] = {}
+
+    def get(kind: str) -> DecoderBundle:
+        if kind not in built:
+            plain = decoder_bundle(kind)
+            base = tmp_path_factory.mktemp(f"gqa-{kind}")
+            config = json.loads((plain.model_dir / "config.json").read_text())
+            info = decoder_graph.optimize(
+                plain.root / "model" / "model.onnx", base / "model.onnx", config
+            )
+            assert info["attention_layers_fused"] == config["num_hidden_layers"]
+            root = assemble_bundle(plain.model_dir, base / "model.onnx", base / "bundle", kind)
+            built[kind] = DecoderBundle(kind, plain.model_dir, root)
+        return built[kind]
+
+    return get

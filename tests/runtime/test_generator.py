@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from edgepipe.runtime.decoding import NUCLEUS_CANDIDATES, Sampler, TextStream
 from edgepipe.runtime.generator import GenerationConfig, Generator, OptionError, PromptError
+from edgepipe.runtime.sampling import NUCLEUS_CANDIDATES, Sampler, TextStream
 from tests.decoders import KINDS
 
 PROMPTS = (

@@ -89,6 +89,7 @@ def test_embed_on_a_generation_bundle_is_404(generate_server):
 def test_health_says_the_task(generate_server):
     status, _, health = request(generate_server[0], "GET", "/health")
     assert status == 200 and health["task"] == "text-generation" and health["max_length"] == 256
+    assert health["max_context"] == 256
 
 
 def expected_greedy(root):

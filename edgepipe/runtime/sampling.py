@@ -1,5 +1,4 @@
-"""From logits to text, one token at a time: the sampler that picks the next token and the stream
-that turns the generated ids into text as it becomes stable."""
+"""Sampling the next token and streaming text: what a generation does around the model."""
 
 from __future__ import annotations
 
@@ -11,6 +10,47 @@ from tokenizers import Tokenizer
 # Top-p looks at this many of the likeliest tokens first, and 16 times more each time they hold
 # less than top_p of the mass: sorting a 50k vocabulary costs ~3 ms, more than a decode step.
 NUCLEUS_CANDIDATES = 256
+
+
+class GenerationError(Exception):
+    """A generation that cannot run as asked; the message is one line for the user."""
+
+
+class OptionError(GenerationError):
+    """A sampling option out of range, or one this bundle cannot honour (--chat without template)."""
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_options(
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int,
+    top_p: float,
+    seed: int | None = None,
+    stop: Sequence[str] = (),
+) -> None:
+    """OptionError naming the first option out of range."""
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 1
+    ):
+        raise OptionError(
+            f"max_new_tokens must be an integer of at least 1 (got {max_new_tokens!r})"
+        )
+    if not _number(temperature) or not 0 <= temperature < float("inf"):
+        raise OptionError(f"temperature must be 0 (greedy) or more (got {temperature!r})")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise OptionError(f"top_k must be an integer of at least 0, 0 for off (got {top_k!r})")
+    if not _number(top_p) or not 0 < top_p <= 1:
+        raise OptionError(f"top_p must be in (0, 1], 1 for off (got {top_p!r})")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise OptionError(f"seed must be an integer of at least 0 (got {seed!r})")
+    if isinstance(stop, str) or not all(isinstance(s, str) and s for s in stop):
+        raise OptionError("stop strings must be a list of non-empty strings")
 
 
 class Sampler:

@@ -1,0 +1,229 @@
+"""Prefill and decode as the context grows: edgepipe int4 vs llama.cpp Q4_0, one alternating run.
+
+For each model shape (random weights: speed does not depend on them), each prompt length L and each
+round: edgepipe generates N greedy tokens after an L-token prompt, then llama.cpp does, each in its
+own process (edgepipe's imports only the bundle's runtime), so that each process's peak RSS is its
+model's. The table shows medians over the rounds: prefill tok/s (L / time to first token), decode
+tok/s (N - 1 steps), the per-round decode ratio, and each process's peak RSS after its first run at
+that length (lengths go up, so it is the peak of a generation that long).
+
+    python tests/bench/bench_llm.py --llama-python V/bin/python --llama-cpp SRC --sweep-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+LENGTHS = (64, 512, 1024, 2048)
+SHAPES: dict[str, dict[str, Any]] = {
+    # SmolLM2-135M: Llama, 30 layers, 9 heads / 3 KV heads, tied, 8k context.
+    "smollm2-135m": dict(
+        model_type="llama", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+        num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+        max_position_embeddings=8192, tie_word_embeddings=True, rope_theta=100000.0,
+        rms_norm_eps=1e-5, int4="build",
+    ),
+    # Qwen2.5-0.5B: biased q/k/v, 24 layers, 14 heads / 2 KV heads, a 151,936-word tied vocabulary.
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+        num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+        max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1000000.0,
+        rms_norm_eps=1e-6, int4="quick",
+    ),
+}  # fmt: skip
+
+
+def make_model(shape: dict[str, Any], dest: Path) -> Path:
+    """A random-weight model of ``shape`` (a config.json's values) with the small BPE tokenizer of
+    the tests (its ids are a subset of the model's vocabulary)."""
+    import torch
+    from transformers import AutoModelForCausalLM, GenerationConfig, LlamaConfig, Qwen2Config
+
+    sys.path.insert(0, str(HERE.parent.parent))
+    from tests.decoders import train_bpe
+
+    if (dest / "model.safetensors").exists():
+        return dest
+    values = {k: v for k, v in shape.items() if k != "int4"}
+    kind = values.pop("model_type")
+    tokenizer = train_bpe(kind)
+    cls = LlamaConfig if kind == "llama" else Qwen2Config
+    config = cls(**values, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, do_sample=False
+    )
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
+    return dest
+
+
+def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> Path:
+    """The int4 model: ``build`` is the product's (`edgepipe build --target laptop-avx2`);
+    ``quick`` is the attention rewrite, plain int4 MatMulNBits (RTN) and a 4-bit embedding table
+    (GatherBlockQuantized), minutes faster to make, and possible over 2 GB of fp32 weights, where
+    the build's export stage stops (Qwen2.5-0.5B: 2.5 GB as optimum writes it)."""
+    import onnx
+    from bench_llm import quantize_int4
+    from optimum.exporters.onnx import main_export
+
+    from edgepipe.graph import decoder_graph, weight_only
+
+    if how == "build":
+        dist = work / "dist"
+        bundle = dist / f"{name}-laptop-avx2"
+        if not (bundle / "manifest.json").exists():
+            cmd = [sys.executable, "-m", "edgepipe", "build", "--model", str(hf), "--target",
+                   "laptop-avx2", "--out", str(dist), "--name", name, "--no-bench", "--json"]  # fmt: skip
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        return bundle / "model" / "model.onnx"
+    quick = work / "quick-int4" / "model.onnx"
+    if not quick.exists():
+        export = work / "onnx-fp32"
+        if not (export / "model.onnx").exists():
+            main_export(str(hf), output=str(export), task="text-generation-with-past",
+                        do_validation=False)  # fmt: skip
+        model = onnx.load(str(export / "model.onnx"))  # external data too
+        info = decoder_graph.optimize_model(model, json.loads((hf / "config.json").read_text()))
+        assert info["skipped"] is None, info["skipped"]
+        quantize_int4(model, quick)
+        quantized = onnx.load(str(quick))
+        weight_only.quantize_tables(quantized.graph, 4, 32, 4)
+        onnx.save(quantized, str(quick))
+    return quick
+
+
+class Worker:
+    """A worker process speaking one JSON line per request."""
+
+    def __init__(self, python: str, script: str) -> None:
+        self.proc = subprocess.Popen(
+            [python, str(HERE / script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, bufsize=1, cwd=HERE.parent.parent,
+        )  # fmt: skip
+
+    def __call__(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps({"op": op, **kwargs}) + "\n")
+        reply = json.loads(self.proc.stdout.readline())
+        if "error" in reply:
+            raise RuntimeError(f"{self.proc.args[1]}, {op}: {reply['error']}")
+        return dict(reply)
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, Any]:
+    """Both runtimes at every length, alternating; the rows of one shape's table."""
+    from bench_llm import convert_gguf
+
+    from edgepipe.tasks import decoder_runtime
+
+    hf = make_model(SHAPES[shape], work / "hf")
+    how = args.int4 or SHAPES[shape]["int4"]
+    model = edgepipe_int4(hf, work, how, shape)
+    f32 = convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")
+    q4 = work / "Q4_0.gguf"
+    n_ctx = max(args.lengths) + args.new_tokens
+    runtime = decoder_runtime.runtime_config(hf, model, args.threads, 1, ("CPUExecutionProvider",))
+    edge = {"edgepipe int4": Worker(sys.executable, "edgepipe_worker.py")}
+    if args.with_plain:
+        edge["edgepipe int4, plain loop"] = Worker(sys.executable, "edgepipe_worker.py")
+    llama = Worker(args.llama_python, "llamacpp_worker.py")
+    if not q4.exists():
+        llama("quantize", src=str(f32), dst=str(q4), ftype="Q4_0")
+    llama("load", name="q4", path=str(q4), threads=args.threads, n_ctx=n_ctx)
+    loaded = {}
+    for name, worker in edge.items():
+        loaded[name] = worker("load", model=str(model), tokenizer=str(hf / "tokenizer.json"),
+               runtime=runtime.to_json(), threads=args.threads, max_context=n_ctx,
+               plain=name.endswith("plain loop"))  # fmt: skip
+    calls = {
+        **{name: (lambda ids, w=w: w("generate", ids=ids, n=args.new_tokens))
+           for name, w in edge.items()},
+        "llama.cpp Q4_0": lambda ids: llama("generate", name="q4", ids=ids, n=args.new_tokens),
+    }  # fmt: skip
+    workers = {**edge, "llama.cpp Q4_0": llama}
+    rng = np.random.default_rng(0)
+    prompts = {n: [1, *rng.integers(3, 380, n - 1).tolist()] for n in args.lengths}
+    for call in calls.values():  # warm-up: first-run allocations, page cache
+        call(prompts[min(args.lengths)])
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    peaks: dict[tuple[str, int], float] = {}
+    for round_ in range(args.reps):
+        for length in sorted(args.lengths):
+            for name, call in calls.items():
+                runs.setdefault((name, length), []).append(call(prompts[length]))
+                if round_ == 0:
+                    peaks[name, length] = workers[name]("rss")["peak_rss_mb"]
+    for worker in workers.values():
+        worker.close()
+    return {"runs": runs, "peaks": peaks, "names": list(calls), "int4": how, "loaded": loaded}
+
+
+def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None:
+    runs, peaks, names = result["runs"], result["peaks"], result["names"]
+    print(
+        f"\n{shape} shape (random weights), edgepipe int4 ({result['int4']}) vs llama.cpp Q4_0: greedy "
+        f"{args.new_tokens} new tokens after an L-token prompt, {args.threads} threads, "
+        f"{args.reps} alternating rounds, medians"
+    )
+    head = " / ".join(names)
+    print(f"| prompt tokens | prefill tok/s, {head} | decode tok/s, {head} | decode ratio "
+          f"| peak RSS MB, {head} |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    base = "llama.cpp Q4_0"
+    for length in sorted(args.lengths):
+        prefill = [
+            np.median([length / (r["ttft_ms"] / 1e3) for r in runs[n, length]]) for n in names
+        ]
+        decode = [np.median([r["decode_tps"] for r in runs[n, length]]) for n in names]
+        ratio = np.median(
+            [a["decode_tps"] / b["decode_tps"]
+             for a, b in zip(runs[names[0], length], runs[base, length], strict=True)]
+        )  # fmt: skip
+        print(
+            f"| {length} | {' / '.join(f'{v:.0f}' for v in prefill)} "
+            f"| {' / '.join(f'{v:.1f}' for v in decode)} | {ratio:.2f}x "
+            f"| {' / '.join(f'{peaks[n, length]:.0f}' for n in names)} |"
+        )
+    for name, how in result["loaded"].items():
+        print(f"{name}: in-place KV cache {how['in_place']}, prefill chunk {how['prefill_chunk']}")
+    same = (
+        runs[names[0], min(args.lengths)][0]["tokens"] == runs[base, min(args.lengths)][0]["tokens"]
+    )
+    print(f"int4 and Q4_0 greedy tokens equal at {min(args.lengths)}: {same} (quantizers differ)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sweep-only", action="store_true", help="only the context sweep")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the context sweep")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shapes")
+    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
+                        default=list(LENGTHS), help="prompt tokens, comma-separated")  # fmt: skip
+    parser.add_argument("--sweep-new-tokens", dest="sweep_new_tokens", type=int, default=32)
+    parser.add_argument("--int4", choices=("build", "quick"),
+                        help="edgepipe's model: the product's build, or rewrite + plain int4 "
+                        "(default: build for SmolLM2, quick for Qwen2.5, over the build's 2 GB)")  # fmt: skip
+    parser.add_argument("--with-plain", action="store_true",
+                        help="also time the runtime with the in-place cache off")  # fmt: skip
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    sweep = argparse.Namespace(**{**vars(args), "new_tokens": args.sweep_new_tokens})
+    for shape in args.shapes.split(","):
+        dest = work / f"sweep-{shape}"
+        dest.mkdir(parents=True, exist_ok=True)
+        report(sweep, shape, sweep_shape(sweep, shape, dest))
