@@ -29,13 +29,13 @@ from typing import Any
 import numpy as np
 from bench_llm import (
     PROMPT,
-    LlamaCpp,
     add_common_arguments,
     convert_gguf,
     edgepipe_generator,
     generator_run,
     kl_and_agreement,
 )
+from context_sweep import Worker
 
 from edgepipe import catalog
 from edgepipe.runtime import bench
@@ -73,7 +73,7 @@ def paragraphs() -> list[str]:
     return [p for p in PARAGRAPHS.read_text(encoding="utf-8").splitlines() if p.strip()]
 
 
-def check_tokenizer(hf: Path, gguf: Path, llama: LlamaCpp) -> None:
+def check_tokenizer(hf: Path, gguf: Path, llama: Worker) -> None:
     """The model's tokenizer (rebuilt by edgepipe from ``gguf``) gives llama.cpp's ids for it."""
     from tokenizers import Tokenizer
 
@@ -87,7 +87,7 @@ def check_tokenizer(hf: Path, gguf: Path, llama: LlamaCpp) -> None:
 
 
 def scores(
-    hf: Path, edge: dict[str, Any], llama: LlamaCpp, ggufs: list[str], work: Path
+    hf: Path, edge: dict[str, Any], llama: Worker, ggufs: list[str], work: Path
 ) -> dict[str, dict[str, float]]:
     """Perplexity, mean KL(fp32 || format) and top-1 agreement over every paragraph position."""
     import torch
@@ -154,7 +154,7 @@ def run(args: argparse.Namespace, hf: Path, work: Path) -> None:
         key: f"edgepipe {b['profile']}" + (f" ({key} default)" if key == "int4" else "")
         for key, b in builds.items()
     }
-    llama = LlamaCpp(args.llama_python)
+    llama = Worker(args.llama_python, "llamacpp_worker.py")
     if args.gguf:
         check_tokenizer(hf, args.gguf.resolve(), llama)
     f32 = convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf", trained_here=False)
