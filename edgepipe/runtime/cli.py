@@ -1,4 +1,4 @@
-"""The bundle's command line: ``python <bundle> embed|generate|bench|info|verify|serve``."""
+"""The bundle's command line: ``python <bundle> embed|generate|bench|probe|info|verify|serve``."""
 
 from __future__ import annotations
 
@@ -218,6 +218,23 @@ def _bench(root: Path, args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(root: Path, args: argparse.Namespace) -> int:
+    from . import probe
+
+    manifest = integrity.read_manifest(root)
+    found = probe.probe()
+    target = manifest.get("target") or {}
+    problems = probe.mismatches(found, target, manifest.get("profile"))
+    if args.json:
+        print(json.dumps({**found, "target": target.get("name"), "mismatches": problems}, indent=2))
+    else:
+        print(probe.describe(found))
+        print(f"target     {target.get('name')}: " + ("fits" if not problems else "does not fit"))
+        for line in problems:
+            print(f"mismatch: {line}")
+    return EXIT_SETUP if problems and args.strict else 0
+
+
 def _info(root: Path, args: argparse.Namespace) -> int:
     manifest = integrity.read_manifest(root)
     keys = ("name", "task", "model", "target", "profile", "accuracy", "bench", "versions")
@@ -280,6 +297,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
     bench.add_argument("--max-seconds", type=float, help="stop early past this time limit")
     bench.add_argument("--baseline-model", help="an fp32 ONNX file to time beside it")
+    probe = sub.add_parser("probe", help="describe this machine and what of it misses the target")
+    probe.add_argument("--json", action="store_true", help="print the edgepipe.probe/1 JSON")
+    probe.add_argument("--strict", action="store_true", help="exit 3 when something does not fit")
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
     sub.add_parser("verify", help="check every file against manifest.json")
     serve.add_parser(sub)
@@ -293,6 +313,7 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
         "generate": _generate,
         "bench": _bench,
         "info": _info,
+        "probe": _probe,
         "verify": _verify,
         "serve": serve.run,
     }

@@ -31,6 +31,7 @@ RUNTIME_MODULES = (
     "generator.py",
     "bench.py",
     "measure.py",
+    "probe.py",
     "cli.py",
     "serve.py",
     "http_json.py",
