@@ -12,7 +12,7 @@ from typing import Any
 
 from ..cache import StageCache, default_dir
 from ..errors import ConfigError, ModelError, StageError, VerifyError
-from ..runtime import measure
+from ..runtime import measure, probe
 from ..runtime.integrity import read_manifest
 
 MEASURED_ON = "build host"
@@ -125,4 +125,5 @@ def run(
         raise VerifyError(str(exc)) from None
     except (OSError, TypeError) as exc:  # runtime.json missing or malformed
         raise VerifyError(f"{root}: not a runnable edgepipe bundle ({exc})") from None
-    return run_isolated(request, progress)
+    # The machine's probe, as `python BUNDLE bench` adds it on the device.
+    return {**run_isolated(request, progress), "probe": probe.probe()}

@@ -181,13 +181,36 @@ def _bench_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _bench(root: Path, args: argparse.Namespace) -> int:
-    from . import measure
+def _bench_generation(root: Path, args: argparse.Namespace) -> int:
+    from . import generation_bench as gb
+    from . import measure, probe
 
-    if integrity.bundle_task(root) != EMBEDDING:
-        raise UsageError(
-            "`bench` measures embedding bundles; `generate --json` reports this one's timings"
+    if args.seq_lens or args.baseline_model or args.batch_sizes != "1":
+        raise UsageError("a text-generation bundle takes --contexts, not shapes or a baseline")
+    try:
+        settings = gb.GenerationSettings(
+            contexts=measure.parse_sizes(args.contexts, "--contexts") if args.contexts else None,
+            new_tokens=args.new_tokens,
+            runs=3 if args.runs is None else args.runs,
+            warmup=1 if args.warmup is None else args.warmup,
+            threads=args.threads,
         )
+        result = gb.measure(root, settings)
+    except measure.BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return measure.EXIT_LOAD if isinstance(exc, measure.LoadError) else measure.EXIT_SHAPE
+    result["probe"] = probe.probe()
+    print(json.dumps(result, indent=2) if args.json else gb.text(result))
+    return 0
+
+
+def _bench(root: Path, args: argparse.Namespace) -> int:
+    from . import measure, probe
+
+    if integrity.bundle_task(root) == TEXT_GENERATION:
+        return _bench_generation(root, args)
+    if args.contexts:
+        raise UsageError("--contexts is for text-generation bundles; use --seq-lens")
 
     def progress(done: int, total: int) -> None:
         print(f"\rbench: {done}/{total} runs", end="" if done < total else "\n", file=sys.stderr)
@@ -196,8 +219,8 @@ def _bench(root: Path, args: argparse.Namespace) -> int:
         settings = measure.BenchSettings(
             batch_sizes=measure.parse_sizes(args.batch_sizes, "--batch-sizes"),
             seq_lens=measure.parse_sizes(args.seq_lens, "--seq-lens") if args.seq_lens else None,
-            runs=args.runs,
-            warmup=args.warmup,
+            runs=30 if args.runs is None else args.runs,
+            warmup=5 if args.warmup is None else args.warmup,
             threads=args.threads,
             max_seconds=args.max_seconds,
         )
@@ -211,6 +234,7 @@ def _bench(root: Path, args: argparse.Namespace) -> int:
     except measure.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return measure.EXIT_LOAD if isinstance(exc, measure.LoadError) else measure.EXIT_SHAPE
+    result["probe"] = probe.probe()
     print(json.dumps(result, indent=2) if args.json else _bench_text(result))
     message = measure.incomplete_message(result)
     if message:
@@ -289,11 +313,13 @@ def parser() -> argparse.ArgumentParser:
         help='print {"text", "token_ids", "stop_reason", "timings"} instead of streaming',
     )
     bench = sub.add_parser("bench", help="measure the model's latency on this machine")
-    bench.add_argument("--json", action="store_true", help="print the edgepipe.bench/1 JSON")
+    bench.add_argument("--json", action="store_true", help="print the edgepipe.bench JSON")
     bench.add_argument("--batch-sizes", default="1", help="comma-separated (default: 1)")
     bench.add_argument("--seq-lens", help="comma-separated tokens (default: 128 or the maximum)")
-    bench.add_argument("--runs", type=int, default=30, help="timed runs per shape (default: 30)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
+    bench.add_argument("--contexts", help="text generation: positions (default: 128,512,1024)")
+    bench.add_argument("--new-tokens", type=int, default=32, help="text generation: per run (32)")
+    bench.add_argument("--runs", type=int, help="timed runs per shape (30; text generation: 3)")
+    bench.add_argument("--warmup", type=int, help="untimed runs first (5; text generation: 1)")
     bench.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
     bench.add_argument("--max-seconds", type=float, help="stop early past this time limit")
     bench.add_argument("--baseline-model", help="an fp32 ONNX file to time beside it")

@@ -32,6 +32,7 @@ RUNTIME_MODULES = (
     "bench.py",
     "measure.py",
     "probe.py",
+    "generation_bench.py",
     "cli.py",
     "serve.py",
     "http_json.py",
