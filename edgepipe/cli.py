@@ -16,7 +16,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, catalog, tables
+from . import __version__, catalog, device_cli, tables
 from .errors import EdgepipeError
 
 # Offline by design: nothing is fetched from a model hub, whatever the libraries would like.
@@ -406,3 +406,6 @@ def matrix(
         for t in chosen
     ]
     click.echo(json.dumps({"include": rows} if fmt == "github" else rows))
+
+
+device_cli.register(main, handle_errors, out, err)  # check, compare, bench --import/--remote
