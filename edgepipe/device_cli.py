@@ -6,6 +6,7 @@ function, render), so cli.py stays one screenful per command and imports nothing
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -20,10 +21,99 @@ from .errors import BudgetError
 BUNDLE = click.Path(exists=True, file_okay=False, path_type=Path)
 
 
+DEVICE_OPTIONS = [
+    click.Option(
+        ["--import", "import_file"],
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Record a device's `python BUNDLE bench --json` output instead of measuring here.",
+    ),
+    click.Option(
+        ["--remote"],
+        metavar="[USER@]HOST[:PORT]",
+        help="Measure on this device over SSH (the system ssh/scp) and record it.",
+    ),
+    click.Option(
+        ["--ssh-config"],
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="--remote: ssh's -F.",
+    ),
+    click.Option(
+        ["--identity"],
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="--remote: ssh's -i.",
+    ),
+    click.Option(
+        ["--remote-python"],
+        metavar="PATH",
+        help="--remote: a Python that has the bundle's requirements; default: a new venv.",
+    ),
+]
+
+
+def _bench_args(kwargs: dict[str, Any], generation: bool) -> list[str]:
+    """The host bench's options that `python BUNDLE bench` takes too (a decoder's: threads only;
+    its runs default to the bundle's own)."""
+    args = ["--threads", str(kwargs["threads"])] if kwargs.get("threads") else []
+    if generation:
+        return args
+    args += ["--runs", str(kwargs["runs"]), "--warmup", str(kwargs["warmup"])]
+    args += ["--batch-sizes", ",".join(map(str, kwargs["batch_sizes"]))]
+    if kwargs.get("seq_lens"):
+        args += ["--seq-lens", ",".join(map(str, kwargs["seq_lens"]))]
+    if kwargs.get("max_seconds"):
+        args += ["--max-seconds", str(kwargs["max_seconds"])]
+    return args
+
+
+def _extend_bench(bench: click.Command, handle_errors: Callable[[Any], Any], err: Console) -> None:
+    """`edgepipe bench` with --import and --remote: the device's numbers, recorded in the bundle."""
+    bench.params.extend(DEVICE_OPTIONS)
+    measure_here = bench.callback
+    assert measure_here is not None
+
+    @functools.wraps(measure_here)
+    @handle_errors
+    def callback(
+        import_file: Path | None,
+        remote: str | None,
+        ssh_config: Path | None,
+        identity: Path | None,
+        remote_python: str | None,
+        **kwargs: Any,
+    ) -> None:
+        if not (import_file or remote):
+            if ssh_config or identity or remote_python:
+                raise click.UsageError("--ssh-config, --identity and --remote-python need --remote")
+            return measure_here(**kwargs)
+        if import_file and remote:
+            raise click.UsageError("--import and --remote contradict each other")
+        from . import device
+        from .budgets import is_generation, manifest_of
+
+        root = kwargs["bundle_dir"]
+        if import_file:
+            result = device.load_result(import_file)
+            archived = device.record_device(root, result, str(import_file))
+        else:
+            target = device.Remote.parse(remote or "", ssh_config, identity)
+            args = _bench_args(kwargs, is_generation(manifest_of(root)))
+            result, archived = device.bench_remote(
+                root, target, args, remote_python, lambda m: err.print(f"{target.name}: {m}")
+            )
+        where = (result.get("probe") or result.get("machine") or {}).get("cpu", "?")
+        archive = f" and {root.name}.tar.gz" if archived else ""
+        err.print(f"recorded the device's ({where}) benchmark in {root}{archive} as device_bench")
+        if kwargs.get("as_json"):
+            click.echo(json.dumps(result, ensure_ascii=False))
+
+    bench.callback = callback
+
+
 def register(
     main: click.Group, handle_errors: Callable[[Any], Any], out: Console, err: Console
 ) -> None:
     """Add the device loop's commands to ``main``."""
+    _extend_bench(main.commands["bench"], handle_errors, err)
 
     @main.command()
     @click.argument("bundle_dir", metavar="BUNDLE", type=BUNDLE)

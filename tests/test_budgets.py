@@ -127,3 +127,24 @@ def test_compare_refuses_another_target(tiny_bundle, decoder_bundle):
     assert (
         result.exit_code == 3 and "different targets or tasks (laptop-avx2, rpi5)" in result.stderr
     )
+
+
+def test_a_decoders_device_bench_imported_then_checked(decoder_bundle, tmp_path):
+    import subprocess
+    import sys
+
+    root = tmp_path / decoder_bundle.name
+    shutil.copytree(decoder_bundle, root)
+    proc = subprocess.run(
+        [sys.executable, str(root), "bench", "--json", "--contexts", "16", "--new-tokens", "4",
+         "--runs", "1", "--warmup", "0"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (tmp_path / "dev.json").write_text(proc.stdout)
+    imported = cli("bench", "--import", str(tmp_path / "dev.json"), str(root))
+    assert imported.exit_code == 0, imported.output
+    assert "decode" in (root / "README.md").read_text().split("On the device (")[1]
+    doc = json.loads(cli("check", str(root), "--json").stdout)
+    rows = {r["budget"]: r for r in doc["budgets"]}
+    assert rows["decode tokens/s"]["source"].endswith("context 16")
+    assert rows["decode tokens/s"]["status"] == "ok"  # a 64-wide model decodes far above 5/s

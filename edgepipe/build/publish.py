@@ -150,8 +150,9 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-def record_bench(root: Path, result: dict[str, Any]) -> bool:
-    """Write ``result`` into the bundle's manifest and documents, swapped in atomically.
+def record_bench(root: Path, result: dict[str, Any], key: str = "bench") -> bool:
+    """Write ``result`` into the bundle's manifest (as ``key``: the device's is "device_bench")
+    and documents, swapped in atomically.
 
     The archive beside the bundle is rewritten too, if there is one; returns whether there was.
     A bundle that no longer matches its manifest is refused, never re-hashed into looking whole.
@@ -182,7 +183,7 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
                 ],
             )
             manifest = {k: v for k, v in manifest.items() if k != "files"}
-            bundle.finish(new, {**manifest, "bench": result})
+            bundle.finish(new, {**manifest, key: result})
             archived = (out / f"{name}.tar.gz").is_file()
             if archived:
                 bundle.write_archive(new, staging / f"{name}.tar.gz")

@@ -124,6 +124,26 @@ def speed(bench: dict[str, Any] | None) -> str:
     )
 
 
+def device_speed(measured: dict[str, Any] | None) -> str:
+    """The README's line for a device's measurement (`edgepipe bench --remote/--import`)."""
+    if not measured:
+        return ""
+    cpu = (measured.get("probe") or measured["machine"]).get("cpu")
+    head = f"\nOn the device ({cpu}, onnxruntime {measured['onnxruntime']}, {measured['threads']} threads): "
+    if measured.get("schema") == "edgepipe.bench/2":
+        r = measured["results"][0]
+        return head + (
+            f"context {r['context_len']}: time to first token {r['time_to_first_token_ms']} ms, "
+            f"prefill {r['prefill_tokens_per_s']} tokens/s, decode {r['decode_tokens_per_s']} "
+            f"tokens/s; peak RSS {measured['peak_rss_mb']} MB."
+        )
+    r = measured["results"][0]
+    return head + (
+        f"p50 {r['model']['p50_ms']} ms, p95 {r['model'].get('p95_ms')} ms at batch "
+        f"{r['batch_size']}, {r['seq_len']} tokens; peak RSS {measured['peak_rss_mb']} MB."
+    )
+
+
 def generation_speed(bench: dict[str, Any] | None) -> str:
     if bench is None:
         return "Not measured at build time (built with --no-bench)."
@@ -165,7 +185,7 @@ The fp32 export itself agrees with PyTorch on {acc["fp32_onnx"]["agreement"]} of
 (largest logit difference {acc["fp32_onnx"]["max_abs_logit_diff"]}).
 
 ## Speed
-{generation_speed(manifest["bench"])}
+{generation_speed(manifest["bench"])}{device_speed(manifest.get("device_bench"))}
 """
 
 
@@ -199,7 +219,7 @@ Cosine similarity to the fp32 PyTorch model over {acc["model"]["n"]} texts: min 
 p5 {acc["model"]["p5"]}, mean {acc["model"]["mean"]} (bar: {acc["metric"]} >= {acc["bar"]}).
 
 ## Speed
-{speed(bench)}
+{speed(bench)}{device_speed(manifest.get("device_bench"))}
 """
 
 
