@@ -46,9 +46,10 @@ def load_result(path: Path) -> dict[str, Any]:
     return data
 
 
-def record_device(root: Path, result: dict[str, Any], source: str) -> bool:
+def record_device(root: Path, result: dict[str, Any], source: str) -> tuple[dict[str, Any], bool]:
     """Record a device's bench ``result`` as the manifest's ``device_bench``, beside the host's
-    ``bench``; refuse a result of another model. Returns whether an archive was rewritten."""
+    ``bench``; refuse a result of another model. Returns what was recorded and whether an archive
+    was rewritten."""
     try:
         manifest = read_manifest(root)
     except ValueError as exc:
@@ -60,7 +61,8 @@ def record_device(root: Path, result: dict[str, Any], source: str) -> bool:
             f"{source} measured another model (sha256 {str(measured)[:12]}...), not this bundle's "
             f"({manifest['model']['sha256'][:12]}...): it belongs to another bundle"
         )
-    return record_bench(root, {**result, "measured_on": MEASURED_ON}, key=DEVICE_KEY)
+    recorded = {**result, "measured_on": MEASURED_ON}
+    return recorded, record_bench(root, recorded, key=DEVICE_KEY)
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,9 @@ def _run(args: list[str], timeout: float, remote: Remote) -> subprocess.Complete
     except subprocess.TimeoutExpired:
         raise StageError(f"device {remote.name}: no answer within {timeout:g} s") from None
     if done.returncode == 255:  # ssh's own failure: the connection, not the command
-        raise StageError(f"device {remote.name}: cannot reach it over SSH: {_last(done)}")
+        raise StageError(
+            f"device {remote.name}: SSH failed (unreachable, or the connection dropped): {_last(done)}"
+        )
     return done
 
 
@@ -200,5 +204,4 @@ def bench_remote(
     finally:
         with contextlib.suppress(StageError):  # a device gone away keeps the copy in its /tmp
             remote.ssh("rm", "-rf", workdir, timeout=60)
-    result["probe"] = probe
-    return result, record_device(root, result, f"the benchmark on {remote.name}")
+    return record_device(root, {**result, "probe": probe}, f"the benchmark on {remote.name}")

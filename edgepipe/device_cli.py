@@ -93,7 +93,7 @@ def _extend_bench(bench: click.Command, handle_errors: Callable[[Any], Any], err
         root = kwargs["bundle_dir"]
         if import_file:
             result = device.load_result(import_file)
-            archived = device.record_device(root, result, str(import_file))
+            result, archived = device.record_device(root, result, str(import_file))
         else:
             target = device.Remote.parse(remote or "", ssh_config, identity)
             args = _bench_args(kwargs, is_generation(manifest_of(root)))
