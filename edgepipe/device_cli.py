@@ -19,12 +19,13 @@ from . import tables
 from .errors import BudgetError
 
 BUNDLE = click.Path(exists=True, file_okay=False, path_type=Path)
+FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 DEVICE_OPTIONS = [
     click.Option(
         ["--import", "import_file"],
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=FILE,
         help="Record a device's `python BUNDLE bench --json` output instead of measuring here.",
     ),
     click.Option(
@@ -34,12 +35,12 @@ DEVICE_OPTIONS = [
     ),
     click.Option(
         ["--ssh-config"],
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=FILE,
         help="--remote: ssh's -F.",
     ),
     click.Option(
         ["--identity"],
-        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        type=FILE,
         help="--remote: ssh's -i.",
     ),
     click.Option(

@@ -22,6 +22,7 @@ from .embedder import host_threads
 from .generator import GenerationConfig, Generator
 from .integrity import RUNTIME_CONFIG, read_manifest, sha256_file
 from .measure import SAMPLE_TEXT, BenchError, LoadError, ShapeError
+from .probe import arch
 
 # Generation's keys are not an encoder's shapes: a schema version of their own in the same family.
 SCHEMA = "edgepipe.bench/2"
@@ -103,14 +104,15 @@ def measure(
         )
     target = manifest.get("target", {})
     machine = bench.host_info()
-    arch = target.get("platform", {}).get("arch")
+    target_arch = target.get("platform", {}).get("arch")
     return {
         "schema": SCHEMA,
         "task": TASK,
         "measured_on": measured_on,
         "machine": machine,
-        "target": {"name": target.get("name"), "arch": arch},
-        "machine_matches_target_arch": _arch(str(machine["machine"])) == _arch(str(arch or "")),
+        "target": {"name": target.get("name"), "arch": target_arch},
+        "machine_matches_target_arch": arch(str(machine["machine"]))
+        == arch(str(target_arch or "")),
         "onnxruntime": ort.__version__,
         "provider": generator.session.get_providers()[0],
         "threads": threads,
@@ -133,10 +135,6 @@ def measure(
         "peak_rss_mb": bench.peak_rss_mb(),
         "results": results,
     }
-
-
-def _arch(name: str) -> str:
-    return {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}.get(name.lower(), name.lower())
 
 
 def text(result: dict[str, Any]) -> str:

@@ -188,7 +188,8 @@ def probe() -> dict[str, Any]:
     }
 
 
-def _arch(name: str) -> str:
+def arch(name: str) -> str:
+    """``uname -m``'s spelling of an architecture (arm64 -> aarch64, amd64 -> x86_64)."""
     return {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}.get(name.lower(), name.lower())
 
 
@@ -227,9 +228,9 @@ def mismatches(
     """One line per way this machine does not fit the bundle's target (and profile)."""
     name = target.get("name", "?")
     lines = []
-    arch = target.get("platform", {}).get("arch")
-    if arch and _arch(str(found["machine"])) != _arch(arch):
-        lines.append(f"this machine is {found['machine']}; target {name} is {arch}")
+    wanted = target.get("platform", {}).get("arch")
+    if wanted and arch(str(found["machine"])) != arch(wanted):
+        lines.append(f"this machine is {found['machine']}; target {name} is {wanted}")
     else:
         isa = set(found.get("isa") or [])
         by = f"the {profile['name']} profile" if profile else f"target {name}"
