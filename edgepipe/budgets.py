@@ -109,6 +109,11 @@ def check(root: Path) -> dict[str, Any]:
             name = f"{found['p95_key'] or 'p95'} latency ms"
             label = f"{source}, {found['shape']}" if found["shape"] else source
             rows.append(_row(name, f"<= {latency:g}", p95, broken, label))
+    selftest = (manifest.get("device_bench") or {}).get("selftest")
+    if selftest and selftest.get("bar") is not None:
+        rows.append(_row(f"device {selftest['metric']}", f">= {selftest['bar']:g}",
+                         selftest["device"]["min"], not selftest["passed"],
+                         "python BUNDLE selftest on the device"))  # fmt: skip
     return {
         "bundle": str(root),
         "target": target.get("name"),

@@ -149,8 +149,10 @@ def _python(remote: Remote, python: str) -> None:
         )
 
 
-def _json(remote: Remote, done: subprocess.CompletedProcess, what: str) -> dict[str, Any]:
-    if done.returncode != 0:
+def _json(
+    remote: Remote, done: subprocess.CompletedProcess, what: str, ok: tuple[int, ...] = (0,)
+) -> dict[str, Any]:
+    if done.returncode not in ok:
         raise StageError(f"device {remote.name}: {what} failed: {_last(done)}")
     try:
         data: dict[str, Any] = json.loads(done.stdout)
@@ -201,6 +203,11 @@ def bench_remote(
         probe = _json(remote, remote.ssh(python, bundle, "probe", "--json"), "probe")
         say("benchmarking")
         result = _json(remote, remote.ssh(python, bundle, "bench", "--json", *bench_args), "bench")
+        say("re-running the build's accuracy check (selftest)")
+        checked = remote.ssh(python, bundle, "selftest", "--json")
+        # 5: below the bar, which `edgepipe check` reports; 2: nothing to check in this bundle.
+        if checked.returncode in (0, 5):
+            result["selftest"] = _json(remote, checked, "selftest", ok=(0, 5))
     finally:
         with contextlib.suppress(StageError):  # a device gone away keeps the copy in its /tmp
             remote.ssh("rm", "-rf", workdir, timeout=60)

@@ -62,9 +62,11 @@ class Sshd:
     identity: Path
     ssh_config: Path
 
-    def kill_sessions_running(self, word: str, timeout: float) -> bool:
-        """When a process of one of its sessions has ``word`` in its command line, kill sshd and
-        all its sessions; whether that happened within ``timeout`` seconds."""
+    def kill_sessions_running(self, program: str, word: str, timeout: float) -> bool:
+        """When a session runs ``program`` with ``word`` in its command line, kill sshd and all
+        its sessions; whether that happened within ``timeout`` seconds. Only the program itself
+        counts, not the shell that starts it: a shell killed in its rc files could leave their
+        locks behind (pyenv's rehash lock, for one)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.process.poll() is None:
             for pid in descendants(self.process.pid):
@@ -72,7 +74,7 @@ class Sshd:
                     cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
                 except OSError:
                     continue
-                if word.encode() in cmdline:
+                if cmdline.startswith(program.encode() + b" ") and word.encode() in cmdline:
                     self.stop()
                     return True
             time.sleep(0.1)

@@ -68,6 +68,12 @@ def test_bench_remote_records_the_devices_numbers(sshd, bundle):
     assert verify_dir(bundle) == [] and workdirs() == before  # the device's temp dir is gone
     assert cli("verify", str(bundle.parent / f"{bundle.name}.tar.gz")).exit_code == 0
     assert "127.0.0.1: benchmarking" in result.stderr
+    assert device["selftest"]["passed"] is True and device["selftest"]["device"]["n"] > 0
+    rows = {
+        r["budget"]: r for r in json.loads(cli("check", str(bundle), "--json").stdout)["budgets"]
+    }
+    assert rows["device min_cosine"]["status"] == "ok"
+    assert rows["peak RSS MB"]["source"].startswith("device (")
 
 
 def test_unreachable_or_no_python_is_one_line_exit_7_and_nothing_changes(sshd, bundle, tmp_path):
@@ -94,7 +100,9 @@ def test_sshd_dying_mid_bench_is_exit_7_and_the_bundle_untouched(bundle, tmp_pat
     before, dirs = snapshot(bundle), workdirs()
     killed: list[bool] = []
     watcher = threading.Thread(
-        target=lambda: killed.append(server.kill_sessions_running(" bench --json", 60))
+        target=lambda: killed.append(
+            server.kill_sessions_running(sys.executable, " bench --json", 60)
+        )
     )
     watcher.start()
     try:

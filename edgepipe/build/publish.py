@@ -84,6 +84,7 @@ def write_bundle(
     fp32_onnx: dict[str, Any],
     bench_fields: dict[str, Any],
     example: str,
+    selftest: dict[str, bytes] | None = None,
 ) -> BuildResult:
     """The bundle of the chosen attempt in ``staging/name``, its manifest and its archive."""
     target, stage, name = ctx.spec.target, ctx.stage, ctx.name
@@ -96,6 +97,9 @@ def write_bundle(
         dest, chosen.model, tokenizer_dir, runtime, ctx.requirements_txt, ctx.wheel_dir,
         task=ctx.source.task,
     )  # fmt: skip
+    for file, data in (selftest or {}).items():  # what `python BUNDLE selftest` re-evaluates
+        (dest / "selftest").mkdir(exist_ok=True)
+        (dest / "selftest" / file).write_bytes(data)
     records = _chosen_records(stage, chosen)
     chosen_profile = next(p for p in ctx.profiles if p.name == chosen.profile)
     table = attempts_table(attempts)

@@ -1,4 +1,4 @@
-"""The bundle's command line: ``python <bundle> embed|generate|bench|probe|info|verify|serve``."""
+"""The bundle's command line: ``python <bundle> embed|generate|bench|probe|selftest|...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ EXIT_SETUP = 3
 # What requirements.txt installs; `verify` and `info` run without them.
 RUNTIME_REQUIREMENTS = ("onnxruntime", "numpy", "tokenizers")
 EXIT_INPUT = 4
+EXIT_ACCURACY = 5
 EXIT_VERIFY = 6
 # What a shell reports for SIGINT and SIGPIPE.
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
@@ -259,6 +260,17 @@ def _probe(root: Path, args: argparse.Namespace) -> int:
     return EXIT_SETUP if problems and args.strict else 0
 
 
+def _selftest(root: Path, args: argparse.Namespace) -> int:
+    from . import selftest
+
+    try:
+        result = selftest.run(root)
+    except selftest.SelftestError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(result, indent=2) if args.json else selftest.text(result))
+    return 0 if result["passed"] else EXIT_ACCURACY
+
+
 def _info(root: Path, args: argparse.Namespace) -> int:
     manifest = integrity.read_manifest(root)
     keys = ("name", "task", "model", "target", "profile", "accuracy", "bench", "versions")
@@ -326,6 +338,8 @@ def parser() -> argparse.ArgumentParser:
     probe = sub.add_parser("probe", help="describe this machine and what of it misses the target")
     probe.add_argument("--json", action="store_true", help="print the edgepipe.probe/1 JSON")
     probe.add_argument("--strict", action="store_true", help="exit 3 when something does not fit")
+    selftest = sub.add_parser("selftest", help="re-run the build's accuracy check on this machine")
+    selftest.add_argument("--json", action="store_true", help="print the edgepipe.selftest/1 JSON")
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
     sub.add_parser("verify", help="check every file against manifest.json")
     serve.add_parser(sub)
@@ -340,6 +354,7 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
         "bench": _bench,
         "info": _info,
         "probe": _probe,
+        "selftest": _selftest,
         "verify": _verify,
         "serve": serve.run,
     }

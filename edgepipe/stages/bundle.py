@@ -33,6 +33,7 @@ RUNTIME_MODULES = (
     "measure.py",
     "probe.py",
     "generation_bench.py",
+    "selftest.py",
     "cli.py",
     "serve.py",
     "http_json.py",
