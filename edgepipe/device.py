@@ -80,7 +80,9 @@ class Remote:
         cls, text: str, ssh_config: Path | None = None, identity: Path | None = None
     ) -> Remote:
         found = re.fullmatch(r"(?:([^@\s]+)@)?(\[[0-9a-fA-F:]+\]|[^@:\s\[\]]+)(?::(\d+))?", text)
-        if not found or (found.group(3) and not 0 < int(found.group(3)) < 65536):
+        bad_port = found and found.group(3) and not 0 < int(found.group(3)) < 65536
+        # A leading "-" would reach ssh as an option (-oProxyCommand=...), not a host.
+        if not found or bad_port or text.startswith("-") or found.group(2).startswith("-"):
             raise ConfigError(f"--remote {text!r} is not [user@]host[:port]")
         user, host, port = found.groups()
         return cls(host.strip("[]"), user, int(port) if port else None, ssh_config, identity)
@@ -105,9 +107,9 @@ class Remote:
         return _run(["ssh", *self._options("-p"), self.name, remote], timeout, self)
 
     def copy(self, local: Path, remote_path: str) -> None:
-        destination = f"{self.name if ':' not in self.host else f'[{self.host}]'}:{remote_path}"
-        if self.user and ":" in self.host:
-            destination = f"{self.user}@{destination}"
+        host = f"[{self.host}]" if ":" in self.host else self.host  # scp's IPv6 spelling
+        destination = f"{self.user}@{host}" if self.user else host
+        destination = f"{destination}:{remote_path}"
         done = _run(["scp", "-q", "-r", *self._options("-P"), str(local), destination],
                     STEP_TIMEOUT, self)  # fmt: skip
         if done.returncode != 0:

@@ -1,4 +1,5 @@
-"""`edgepipe bench --import FILE BUNDLE`: a device's result recorded as device_bench, checked first."""
+"""`edgepipe bench --import FILE BUNDLE`: a device's result recorded as device_bench, checked first;
+and how `--remote` reads its [user@]host[:port]."""
 
 from __future__ import annotations
 
@@ -77,3 +78,14 @@ def test_import_records_device_bench_beside_the_host_numbers(bundle, device_json
     assert "On the device (" in (bundle / "README.md").read_text()
     check = json.loads(cli("check", str(bundle), "--json").stdout)
     assert check["measured_on"].startswith("device (")
+
+
+def test_remote_spec():
+    from edgepipe.device import Remote
+    from edgepipe.errors import ConfigError
+
+    assert Remote.parse("pi@raspberrypi.local") == Remote("raspberrypi.local", "pi")
+    assert Remote.parse("u@[::1]:2222") == Remote("::1", "u", 2222)
+    for bad in ("-oProxyCommand=x", "pi@-oProxyCommand=x", "a b", "host:0", "host:70000", ""):
+        with pytest.raises(ConfigError, match="is not \\[user@\\]host\\[:port\\]"):
+            Remote.parse(bad)
