@@ -95,7 +95,9 @@ def check(root: Path) -> dict[str, Any]:
     rss, ram = found["peak_rss_mb"], budgets.get("ram_mb")
     if ram is not None:
         broken = None if rss is None else rss > ram
-        rows.append(_row("peak RSS MB", f"<= {ram:g}", rss, broken, source))
+        both = ((doc or {}).get("models") or {}).get("fp32") is not None
+        label = f"{source}, the fp32 baseline loaded too" if both else source
+        rows.append(_row("peak RSS MB", f"<= {ram:g}", rss, broken, label))
     if generation:
         floor, speed = budgets.get("decode_tokens_per_s"), found["decode_tokens_per_s"]
         if floor is not None:
