@@ -150,3 +150,18 @@ def test_a_decoders_device_bench_imported_then_checked(decoder_bundle, tmp_path)
     rows = {r["budget"]: r for r in doc["budgets"]}
     assert rows["decode tokens/s"]["source"].endswith("context 16")
     assert rows["decode tokens/s"]["status"] == "ok"  # a 64-wide model decodes far above 5/s
+
+
+def test_a_decoders_selftest_re_scores_next_token_agreement(decoder_bundle):
+    """Built here; the bundle's own selftest data: its model against the fp32 ONNX argmax."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(decoder_bundle), "selftest", "--json"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    build = json.loads((decoder_bundle / "manifest.json").read_text())["accuracy"]
+    assert doc["task"] == "text-generation" and doc["metric"] == "next_token_agreement"
+    assert doc["device"]["positions"] == build["model"]["positions"] == doc["build"]["positions"]
+    assert doc["device"]["agreement"] == build["model"]["agreement"] and doc["passed"]
