@@ -169,10 +169,11 @@ def bench_remote(
     bench_args: list[str],
     python: str | None = None,
     progress: Any = None,
-) -> tuple[dict[str, Any], bool]:
+    record: bool = True,
+) -> tuple[dict[str, Any], bool | None]:
     """Copy the bundle to ``remote``, run ``probe`` and ``bench`` there (in a venv made from its
-    wheels or requirements.txt, or with ``python`` as it is), record the result. Returns the
-    result and whether an archive was rewritten."""
+    wheels or requirements.txt, or with ``python`` as it is), record the result unless not
+    ``record``. Returns the result and whether an archive was rewritten (None: not recorded)."""
     say = progress or (lambda message: None)
     problems = verify_dir(root)
     if problems:
@@ -213,4 +214,6 @@ def bench_remote(
     finally:
         with contextlib.suppress(StageError):  # a device gone away keeps the copy in its /tmp
             remote.ssh("rm", "-rf", workdir, timeout=60)
+    if not record:
+        return {**result, "measured_on": MEASURED_ON, "probe": probe}, None
     return record_device(root, {**result, "probe": probe}, f"the benchmark on {remote.name}")

@@ -72,8 +72,39 @@ def _extend_bench(bench: click.Command, handle_errors: Callable[[Any], Any], err
     measure_here = bench.callback
     assert measure_here is not None
 
-    @functools.wraps(measure_here)
     @handle_errors
+    def on_device(import_file: Path | None, remote: str | None, ssh_config: Path | None,
+                  identity: Path | None, remote_python: str | None, kwargs: dict[str, Any]) -> None:  # fmt: skip
+        from . import device
+        from .budgets import is_generation, manifest_of
+
+        root = kwargs["bundle_dir"]
+        archived: bool | None
+        if import_file:
+            result = device.load_result(import_file)
+            result, archived = device.record_device(root, result, str(import_file))
+        else:
+            target = device.Remote.parse(remote or "", ssh_config, identity)
+            args = _bench_args(kwargs, is_generation(manifest_of(root)))
+            result, archived = device.bench_remote(
+                root,
+                target,
+                args,
+                remote_python,
+                lambda m: err.print(f"{target.name}: {m}"),
+                record=kwargs["write"],
+            )
+        if archived is None:  # --no-write: measured on the device, printed, not recorded
+            click.echo(json.dumps(result, ensure_ascii=False))
+            return
+        where = (result.get("probe") or result.get("machine") or {}).get("cpu", "?")
+        archive = f" and {root.name}.tar.gz" if archived else ""
+        err.print(f"recorded the device's ({where}) benchmark in {root}{archive} as device_bench")
+        if kwargs.get("as_json"):
+            click.echo(json.dumps(result, ensure_ascii=False))
+
+    # Usage errors are click's (exit 2), so they are raised outside handle_errors.
+    @functools.wraps(measure_here)
     def callback(
         import_file: Path | None,
         remote: str | None,
@@ -88,24 +119,11 @@ def _extend_bench(bench: click.Command, handle_errors: Callable[[Any], Any], err
             return measure_here(**kwargs)
         if import_file and remote:
             raise click.UsageError("--import and --remote contradict each other")
-        from . import device
-        from .budgets import is_generation, manifest_of
-
-        root = kwargs["bundle_dir"]
-        if import_file:
-            result = device.load_result(import_file)
-            result, archived = device.record_device(root, result, str(import_file))
-        else:
-            target = device.Remote.parse(remote or "", ssh_config, identity)
-            args = _bench_args(kwargs, is_generation(manifest_of(root)))
-            result, archived = device.bench_remote(
-                root, target, args, remote_python, lambda m: err.print(f"{target.name}: {m}")
-            )
-        where = (result.get("probe") or result.get("machine") or {}).get("cpu", "?")
-        archive = f" and {root.name}.tar.gz" if archived else ""
-        err.print(f"recorded the device's ({where}) benchmark in {root}{archive} as device_bench")
-        if kwargs.get("as_json"):
-            click.echo(json.dumps(result, ensure_ascii=False))
+        if kwargs.get("baseline_model"):
+            raise click.UsageError("--baseline-model is for measuring here, not on a device")
+        if import_file and not kwargs["write"]:
+            raise click.UsageError("--import records; --no-write would leave nothing to do")
+        return on_device(import_file, remote, ssh_config, identity, remote_python, kwargs)
 
     bench.callback = callback
 

@@ -78,6 +78,9 @@ def test_bench_remote_records_the_devices_numbers(sshd, bundle):
 
 def test_unreachable_or_no_python_is_one_line_exit_7_and_nothing_changes(sshd, bundle, tmp_path):
     before = snapshot(bundle)
+    printed = remote(sshd, bundle, "--no-write")  # measured on the device, printed, not recorded
+    assert printed.exit_code == 0, printed.output
+    assert json.loads(printed.stdout)["measured_on"] == "device" and snapshot(bundle) == before
     nobody = cli("bench", str(bundle), "--remote", f"127.0.0.1:{free_port()}",
                  "--ssh-config", str(sshd.ssh_config), "--identity", str(sshd.identity))  # fmt: skip
     assert nobody.exit_code == 7

@@ -59,6 +59,8 @@ def test_refuses_a_result_of_another_model(bundle, device_json, tmp_path):
     assert "it belongs to another bundle" in refused.stderr
     junk = cli("bench", "--import", str(tmp_path / "junk.json"), str(bundle))
     assert junk.exit_code == 3 and "is not an edgepipe.bench document" in junk.stderr
+    both = cli("bench", "--import", str(device_json), "--remote", "pi@pi", str(bundle))
+    assert both.exit_code == 2 and "--import and --remote contradict each other" in both.stderr
     assert snapshot(bundle) == before
 
 
