@@ -48,7 +48,7 @@ def handle_errors(fn: F) -> F:
         except KeyboardInterrupt:
             err.print("interrupted; nothing was published")
             sys.exit(130)
-        except click.exceptions.Exit:
+        except (click.exceptions.Exit, click.ClickException):  # usage errors: click says them
             raise
         except Exception as exc:
             if os.environ.get("EDGEPIPE_DEBUG"):

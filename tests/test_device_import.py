@@ -91,3 +91,13 @@ def test_remote_spec():
     for bad in ("-oProxyCommand=x", "pi@-oProxyCommand=x", "a b", "host:0", "host:70000", ""):
         with pytest.raises(ConfigError, match="is not \\[user@\\]host\\[:port\\]"):
             Remote.parse(bad)
+
+
+def test_usage_errors_are_exit_2(bundle, device_json):
+    for args in (
+        ["--import", str(device_json), "--no-write"],
+        ["--identity", str(device_json)],
+        ["--baseline-model", str(device_json), "--no-baseline"],  # raised inside handle_errors
+    ):
+        result = cli("bench", *args, str(bundle))
+        assert result.exit_code == 2 and "internal error" not in result.output, result.output
