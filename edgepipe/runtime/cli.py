@@ -254,7 +254,7 @@ def _probe(root: Path, args: argparse.Namespace) -> int:
         print(json.dumps({**found, "target": target.get("name"), "mismatches": problems}, indent=2))
     else:
         print(probe.describe(found))
-        print(f"target     {target.get('name')}: " + ("fits" if not problems else "does not fit"))
+        print(f"target      {target.get('name')}: " + ("fits" if not problems else "does not fit"))
         for line in problems:
             print(f"mismatch: {line}")
     return EXIT_SETUP if problems and args.strict else 0

@@ -267,15 +267,15 @@ def describe(found: dict[str, Any]) -> str:
     """The probe as a few plain lines."""
     mem, ort, os_ = found["memory"], found["onnxruntime"], found["os"]
     lines = [
-        f"cpu        {found['cpu']} ({found['machine']}, {found['cores']} cores)"
+        f"cpu         {found['cpu']} ({found['machine']}, {found['cores']} cores)"
         + (f" on {found['board']}" if found.get("board") else ""),
-        f"isa        {' '.join(found['isa']) or 'none of the listed features'}",
-        f"memory     {mem['total_mb']} MB total, {mem['available_mb']} MB available",
-        f"os         {os_['distribution'] or os_['system']} ({os_['release']}, {os_['libc']})",
-        f"python     {found['python']}",
+        f"isa         {' '.join(found['isa']) or 'none of the listed features'}",
+        f"memory      {mem['total_mb']} MB total, {mem['available_mb']} MB available",
+        f"os          {os_['distribution'] or os_['system']} ({os_['release']}, {os_['libc']})",
+        f"python      {found['python']}",
         "onnxruntime "
         + (f"{ort['version']} ({', '.join(ort['providers'])})" if ort else "not installed"),
     ]
     if found.get("gpu"):
-        lines.append(f"gpu        {found['gpu']['name']} {found['gpu']['details']}".rstrip())
+        lines.append(f"gpu         {found['gpu']['name']} {found['gpu']['details']}".rstrip())
     return "\n".join(lines)

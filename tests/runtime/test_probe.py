@@ -109,7 +109,7 @@ def test_probe_command_on_a_bundle(tiny_bundle):
     )
     assert data["memory"]["total_mb"] > 0 and data["python"].startswith("3.")
     text = subprocess.run([sys.executable, root, "probe"], capture_output=True, text=True)
-    assert "target     laptop-avx2: fits" in text.stdout and text.returncode == 0
+    assert "target      laptop-avx2: fits" in text.stdout and text.returncode == 0
 
 
 def test_strict_exits_3_on_a_mismatch(tiny_bundle, monkeypatch, capsys):
