@@ -307,6 +307,7 @@ def bench(
 
     from .bench import host, report
     from .build.publish import record_bench
+    from .runtime import generation_bench
     from .runtime.measure import BenchSettings, incomplete_message
     from .stages.bundle import DOCUMENTS
 
@@ -339,6 +340,9 @@ def bench(
         err.print(f"recorded in {bundle_dir}: {written}")
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
+        return
+    if result["schema"] == generation_bench.SCHEMA:  # a text-generation bundle's
+        out.print(f"Generation {report.where(result)}\n{generation_bench.text(result)}")
         return
     m = result["models"]["model"]
     out.print(f"Latency {report.where(result)}")

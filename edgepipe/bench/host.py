@@ -13,7 +13,7 @@ from typing import Any
 from ..cache import StageCache, default_dir
 from ..errors import ConfigError, ModelError, StageError, VerifyError
 from ..runtime import measure, probe
-from ..runtime.integrity import read_manifest
+from ..runtime.integrity import TEXT_GENERATION, read_manifest
 
 MEASURED_ON = "build host"
 
@@ -112,7 +112,17 @@ def run(
     progress: measure.Progress | None = None,
     baseline_shown: str | None = None,
 ) -> dict[str, Any]:
-    """The edgepipe.bench/1 document for the bundle at ``root``, labelled as host-measured."""
+    """The edgepipe.bench/1 document for the bundle at ``root`` (a text-generation bundle's:
+    edgepipe.bench/2), labelled as host-measured."""
+    if manifest_of(root).get("task") == TEXT_GENERATION:  # measured alone: no fp32 baseline
+        request = {
+            "root": str(root),
+            "settings": {"runs": settings.runs, "warmup": settings.warmup,
+                         "threads": settings.threads},
+            "measured_on": MEASURED_ON,
+        }  # fmt: skip
+        result = run_isolated(request, module="edgepipe.runtime.generation_bench")
+        return {**result, "probe": probe.probe()}
     try:
         request = measure.bundle_request(
             root,

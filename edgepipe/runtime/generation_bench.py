@@ -97,6 +97,7 @@ def measure(
         results.append(
             {
                 "context_len": context,
+                "complete": True,  # as edgepipe.bench/1's shapes; every run is timed here
                 "new_tokens": runs[0]["new_tokens"],
                 "runs": len(runs),
                 **{k: round(statistics.median(r[k] for r in runs), 2) for k in KEYS},

@@ -132,12 +132,7 @@ def device_speed(measured: dict[str, Any] | None) -> str:
     cpu = (measured.get("probe") or measured["machine"]).get("cpu")
     head = f"\nOn the device ({cpu}, onnxruntime {measured['onnxruntime']}, {measured['threads']} threads): "
     if measured.get("schema") == "edgepipe.bench/2":
-        r = measured["results"][0]
-        return head + (
-            f"context {r['context_len']}: time to first token {r['time_to_first_token_ms']} ms, "
-            f"prefill {r['prefill_tokens_per_s']} tokens/s, decode {r['decode_tokens_per_s']} "
-            f"tokens/s; peak RSS {measured['peak_rss_mb']} MB."
-        )
+        return head + generation_line(measured)
     r = measured["results"][0]
     return head + (
         f"p50 {r['model']['p50_ms']} ms, p95 {r['model'].get('p95_ms')} ms at batch "
@@ -145,9 +140,24 @@ def device_speed(measured: dict[str, Any] | None) -> str:
     )
 
 
+def generation_line(measured: dict[str, Any]) -> str:
+    """An edgepipe.bench/2 document's shortest context, in words."""
+    r = measured["results"][0]
+    return (
+        f"context {r['context_len']}: time to first token {r['time_to_first_token_ms']} ms, "
+        f"prefill {r['prefill_tokens_per_s']} tokens/s, decode {r['decode_tokens_per_s']} "
+        f"tokens/s; peak RSS {measured['peak_rss_mb']} MB."
+    )
+
+
 def generation_speed(bench: dict[str, Any] | None) -> str:
     if bench is None:
         return "Not measured at build time (built with --no-bench)."
+    if bench.get("schema") == "edgepipe.bench/2":  # `edgepipe bench` on the build host
+        return (
+            f"Measured on the {bench['measured_on']}, not on the device, with {bench['threads']} "
+            f"threads: {generation_line(bench)}"
+        )
     m, f = bench["model"], bench["fp32"]
     return (
         f"Measured on the {bench['measured_on']}, not on the device, with {bench['threads']} "

@@ -25,7 +25,7 @@ def test_bench_times_first_token_prefill_and_decode(decoder_bundle):
     assert doc["measured_on"] == "bundle runtime" and doc["provider"] == "CPUExecutionProvider"
     assert [r["context_len"] for r in doc["results"]] == [16, 64]
     for r in doc["results"]:
-        assert KEYS | {"decode_tokens_per_s"} == set(r)
+        assert KEYS | {"decode_tokens_per_s", "complete"} == set(r)
         assert (r["new_tokens"], r["runs"]) == (4, 2)
         assert r["time_to_first_token_ms"] > 0 and r["decode_tokens_per_s"] > 0
     model = doc["models"]["model"]
