@@ -17,8 +17,8 @@ TARGETS := $(basename $(notdir $(wildcard targets/*.yaml)))
 SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $(wildcard profiles/*.yaml)
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
-.PHONY: install build bundles bundle test test-slow lint format bench bench-llm real-llm \
-	bench-llm-real fuzz clean e2e-arm64
+.PHONY: install build bundles bundle test test-deps test-slow device lint format bench bench-llm \
+	real-llm bench-llm-real fuzz clean e2e-arm64
 
 install: $(STAMP)
 
@@ -94,12 +94,29 @@ FUZZ_EXAMPLES ?= 20000
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz -p no:cacheprovider
 
-test: $(STAMP)
+test: $(STAMP) test-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The slow tests: real SmolLM2 builds (needs `make real-llm` first; skipped without it).
 test-slow: $(STAMP)
 	REAL_LLM_DIR=$(REAL_LLM_DIR) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+# The `bench --remote` tests start a real sshd on loopback: Debian's openssh-server, installed here
+# when missing and apt-get can (root); elsewhere those tests skip and say why.
+test-deps:
+	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	        openssh-server openssh-client >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	        --no-install-recommends openssh-server openssh-client >/dev/null; }; \
+	    else echo "note: no sshd; the bench --remote tests will skip (apt-get install openssh-server)"; fi; }
+
+# The device loop for CI: build, measure on the device over SSH, gate on the target's budgets.
+DEVICE ?= pi@raspberrypi.local
+device: $(OUT)/$(NAME)-$(TARGET).tar.gz
+	$(BIN)/edgepipe bench --remote $(DEVICE) $(OUT)/$(NAME)-$(TARGET)
+	$(BIN)/edgepipe check $(OUT)/$(NAME)-$(TARGET)
 
 lint: $(STAMP)
 	$(BIN)/ruff check edgepipe tests

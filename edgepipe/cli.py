@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import click
-from rich.table import Table
 
-from . import __version__, catalog, tables
+from . import __version__, catalog, device_cli, tables
+from .cli_cache import cache
 from .cli_common import (
     dirs_option,
     err,
@@ -310,6 +310,7 @@ def bench(
 
     from .bench import host, report
     from .build.publish import record_bench
+    from .runtime import generation_bench
     from .runtime.measure import BenchSettings, incomplete_message
     from .runtime.signature import is_signed
     from .stages.bundle import DOCUMENTS
@@ -350,6 +351,9 @@ def bench(
     if as_json:
         click.echo(json.dumps(result, ensure_ascii=False))
         return
+    if result["schema"] == generation_bench.SCHEMA:  # a text-generation bundle's
+        out.print(f"Generation {report.where(result)}\n{generation_bench.text(result)}")
+        return
     m = result["models"]["model"]
     out.print(f"Latency {report.where(result)}")
     out.print(
@@ -359,39 +363,6 @@ def bench(
         f"{result['peak_rss_mb']} MB"
     )
     out.print(tables.bench_table(result))
-
-
-@main.group()
-def cache() -> None:
-    """Inspect or empty the stage cache (EDGEPIPE_CACHE_DIR, default ~/.cache/edgepipe)."""
-
-
-@cache.command("info")
-@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-@handle_errors
-def cache_info(as_json: bool) -> None:
-    """Where the cache is and what it holds."""
-    from .cache import StageCache, default_dir
-
-    info = StageCache(default_dir()).info()
-    if as_json:
-        click.echo(json.dumps(info))
-        return
-    table = Table("stage", "entries", "MB", title=info["path"])
-    for stage, s in info["stages"].items():
-        table.add_row(stage, str(s["entries"]), f"{s['bytes'] / 1e6:.1f}")
-    table.add_row("total", str(info["entries"]), f"{info['bytes'] / 1e6:.1f}")
-    out.print(table)
-
-
-@cache.command("clear")
-@handle_errors
-def cache_clear() -> None:
-    """Remove every cache entry."""
-    from .cache import StageCache, default_dir
-
-    store = StageCache(default_dir())
-    err.print(f"removed {store.clear()} entries from {store.root}")
 
 
 @main.command()
@@ -416,3 +387,7 @@ def matrix(
         for t in chosen
     ]
     click.echo(json.dumps({"include": rows} if fmt == "github" else rows))
+
+
+device_cli.register(main, handle_errors, out, err)  # check, compare, bench --import/--remote
+main.add_command(cache)

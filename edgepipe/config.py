@@ -72,12 +72,17 @@ class Budgets(Strict):
     model_size_mb: float = Field(gt=0, description="Largest model file the device should carry.")
     ram_mb: float = Field(gt=0, description="Memory the model may use on the device.")
     latency_ms: float = Field(
-        gt=0, description="p50 latency goal on the device (batch 1, 128 tokens); checked on device."
+        gt=0, description="p95 latency goal on the device (batch 1, 128 tokens); `edgepipe check`."
     )
     generation_model_size_mb: float | None = Field(
         default=None,
         gt=0,
         description="Largest text-generation model file the device should carry; none: no limit.",
+    )
+    decode_tokens_per_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Slowest text-generation decode the device may show (`edgepipe check`).",
     )
 
 

@@ -52,3 +52,9 @@ class ResourceError(EdgepipeError):
     """The machine ran out of something (disk space) or the output is locked by another build."""
 
     exit_code = 8
+
+
+class BudgetError(EdgepipeError):
+    """A measured bundle breaks one of its target's budgets, or a comparison's limits."""
+
+    exit_code = 9

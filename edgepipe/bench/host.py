@@ -12,8 +12,8 @@ from typing import Any
 
 from ..cache import StageCache, default_dir
 from ..errors import ConfigError, ModelError, StageError, VerifyError
-from ..runtime import measure
-from ..runtime.integrity import read_manifest
+from ..runtime import measure, probe
+from ..runtime.integrity import TEXT_GENERATION, read_manifest
 
 MEASURED_ON = "build host"
 
@@ -112,7 +112,17 @@ def run(
     progress: measure.Progress | None = None,
     baseline_shown: str | None = None,
 ) -> dict[str, Any]:
-    """The edgepipe.bench/1 document for the bundle at ``root``, labelled as host-measured."""
+    """The edgepipe.bench/1 document for the bundle at ``root`` (a text-generation bundle's:
+    edgepipe.bench/2), labelled as host-measured."""
+    if manifest_of(root).get("task") == TEXT_GENERATION:  # measured alone: no fp32 baseline
+        request = {
+            "root": str(root),
+            "settings": {"runs": settings.runs, "warmup": settings.warmup,
+                         "threads": settings.threads},
+            "measured_on": MEASURED_ON,
+        }  # fmt: skip
+        result = run_isolated(request, module="edgepipe.runtime.generation_bench")
+        return {**result, "probe": probe.probe()}
     try:
         request = measure.bundle_request(
             root,
@@ -125,4 +135,5 @@ def run(
         raise VerifyError(str(exc)) from None
     except (OSError, TypeError) as exc:  # runtime.json missing or malformed
         raise VerifyError(f"{root}: not a runnable edgepipe bundle ({exc})") from None
-    return run_isolated(request, progress)
+    # The machine's probe, as `python BUNDLE bench` adds it on the device.
+    return {**run_isolated(request, progress), "probe": probe.probe()}

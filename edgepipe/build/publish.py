@@ -85,6 +85,7 @@ def write_bundle(
     fp32_onnx: dict[str, Any],
     bench_fields: dict[str, Any],
     example: str,
+    selftest: dict[str, bytes] | None = None,
 ) -> BuildResult:
     """The bundle of the chosen attempt in ``staging/name``, its manifest and its archive."""
     target, stage, name = ctx.spec.target, ctx.stage, ctx.name
@@ -97,6 +98,9 @@ def write_bundle(
         dest, chosen.model, tokenizer_dir, runtime, ctx.requirements_txt, ctx.wheel_dir,
         task=ctx.source.task,
     )  # fmt: skip
+    for file, data in (selftest or {}).items():  # what `python BUNDLE selftest` re-evaluates
+        (dest / "selftest").mkdir(exist_ok=True)
+        (dest / "selftest" / file).write_bytes(data)
     records = _chosen_records(stage, chosen)
     chosen_profile = next(p for p in ctx.profiles if p.name == chosen.profile)
     table = attempts_table(attempts)
@@ -192,8 +196,9 @@ def rewrite_bundle(
     return archived
 
 
-def record_bench(root: Path, result: dict[str, Any]) -> bool:
-    """Write ``result`` into the bundle's manifest and documents (``rewrite_bundle``).
+def record_bench(root: Path, result: dict[str, Any], key: str = "bench") -> bool:
+    """Write ``result`` into the bundle's manifest (as ``key``: the device's is "device_bench")
+    and documents (``rewrite_bundle``).
 
     A signature is left out: it signed the old manifest (`edgepipe sign` the bundle again).
     """
@@ -202,7 +207,7 @@ def record_bench(root: Path, result: dict[str, Any]) -> bool:
         if manifest["model"]["sha256"] != result["models"]["model"]["sha256"]:
             raise ResourceError(f"{root}: the bundle's model changed while it was benchmarked")
         manifest = {k: v for k, v in manifest.items() if k != "files"}
-        bundle.finish(new, {**manifest, "bench": result})
+        bundle.finish(new, {**manifest, key: result})
 
     return rewrite_bundle(root, edit, (*bundle.DOCUMENTS, SIGNATURE), "recording a benchmark in it")
 

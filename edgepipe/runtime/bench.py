@@ -60,6 +60,7 @@ def summarize(ms: list[float], batch_size: int = 1) -> dict[str, float | int]:
         "runs": len(ms),
         "p50_ms": round(percentile(ms, 50), 3),
         "p90_ms": round(percentile(ms, 90), 3),
+        "p95_ms": round(percentile(ms, 95), 3),
         "p99_ms": round(percentile(ms, 99), 3),
         "mean_ms": round(mean, 3),
         "stdev_ms": round(math.sqrt(var), 3),

@@ -1,4 +1,4 @@
-"""The bundle's command line: ``python <bundle> embed|generate|bench|info|verify|serve``."""
+"""The bundle's command line: ``python <bundle> embed|generate|bench|probe|selftest|...``."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ EXIT_SETUP = 3
 # What requirements.txt installs; `verify` and `info` run without them.
 RUNTIME_REQUIREMENTS = ("onnxruntime", "numpy", "tokenizers")
 EXIT_INPUT = 4
+EXIT_ACCURACY = 5
 EXIT_VERIFY = 6
 # What a shell reports for SIGINT and SIGPIPE.
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
@@ -181,13 +182,36 @@ def _bench_text(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _bench(root: Path, args: argparse.Namespace) -> int:
-    from . import measure
+def _bench_generation(root: Path, args: argparse.Namespace) -> int:
+    from . import generation_bench as gb
+    from . import measure, probe
 
-    if integrity.bundle_task(root) != EMBEDDING:
-        raise UsageError(
-            "`bench` measures embedding bundles; `generate --json` reports this one's timings"
+    if args.seq_lens or args.baseline_model or args.batch_sizes != "1":
+        raise UsageError("a text-generation bundle takes --contexts, not shapes or a baseline")
+    try:
+        settings = gb.GenerationSettings(
+            contexts=measure.parse_sizes(args.contexts, "--contexts") if args.contexts else None,
+            new_tokens=args.new_tokens,
+            runs=3 if args.runs is None else args.runs,
+            warmup=1 if args.warmup is None else args.warmup,
+            threads=args.threads,
         )
+        result = gb.measure(root, settings)
+    except measure.BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return measure.EXIT_LOAD if isinstance(exc, measure.LoadError) else measure.EXIT_SHAPE
+    result["probe"] = probe.probe()
+    print(json.dumps(result, indent=2) if args.json else gb.text(result))
+    return 0
+
+
+def _bench(root: Path, args: argparse.Namespace) -> int:
+    from . import measure, probe
+
+    if integrity.bundle_task(root) == TEXT_GENERATION:
+        return _bench_generation(root, args)
+    if args.contexts:
+        raise UsageError("--contexts is for text-generation bundles; use --seq-lens")
 
     def progress(done: int, total: int) -> None:
         print(f"\rbench: {done}/{total} runs", end="" if done < total else "\n", file=sys.stderr)
@@ -196,8 +220,8 @@ def _bench(root: Path, args: argparse.Namespace) -> int:
         settings = measure.BenchSettings(
             batch_sizes=measure.parse_sizes(args.batch_sizes, "--batch-sizes"),
             seq_lens=measure.parse_sizes(args.seq_lens, "--seq-lens") if args.seq_lens else None,
-            runs=args.runs,
-            warmup=args.warmup,
+            runs=30 if args.runs is None else args.runs,
+            warmup=5 if args.warmup is None else args.warmup,
             threads=args.threads,
             max_seconds=args.max_seconds,
         )
@@ -211,11 +235,40 @@ def _bench(root: Path, args: argparse.Namespace) -> int:
     except measure.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return measure.EXIT_LOAD if isinstance(exc, measure.LoadError) else measure.EXIT_SHAPE
+    result["probe"] = probe.probe()
     print(json.dumps(result, indent=2) if args.json else _bench_text(result))
     message = measure.incomplete_message(result)
     if message:
         print(f"warning: {message}", file=sys.stderr)
     return 0
+
+
+def _probe(root: Path, args: argparse.Namespace) -> int:
+    from . import probe
+
+    manifest = integrity.read_manifest(root)
+    found = probe.probe()
+    target = manifest.get("target") or {}
+    problems = probe.mismatches(found, target, manifest.get("profile"))
+    if args.json:
+        print(json.dumps({**found, "target": target.get("name"), "mismatches": problems}, indent=2))
+    else:
+        print(probe.describe(found))
+        print(f"target      {target.get('name')}: " + ("fits" if not problems else "does not fit"))
+        for line in problems:
+            print(f"mismatch: {line}")
+    return EXIT_SETUP if problems and args.strict else 0
+
+
+def _selftest(root: Path, args: argparse.Namespace) -> int:
+    from . import selftest
+
+    try:
+        result = selftest.run(root)
+    except selftest.SelftestError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(result, indent=2) if args.json else selftest.text(result))
+    return 0 if result["passed"] else EXIT_ACCURACY
 
 
 def _info(root: Path, args: argparse.Namespace) -> int:
@@ -291,14 +344,21 @@ def parser() -> argparse.ArgumentParser:
         help='print {"text", "token_ids", "stop_reason", "timings"} instead of streaming',
     )
     bench = sub.add_parser("bench", help="measure the model's latency on this machine")
-    bench.add_argument("--json", action="store_true", help="print the edgepipe.bench/1 JSON")
+    bench.add_argument("--json", action="store_true", help="print the edgepipe.bench JSON")
     bench.add_argument("--batch-sizes", default="1", help="comma-separated (default: 1)")
     bench.add_argument("--seq-lens", help="comma-separated tokens (default: 128 or the maximum)")
-    bench.add_argument("--runs", type=int, default=30, help="timed runs per shape (default: 30)")
-    bench.add_argument("--warmup", type=int, default=5, help="untimed runs first (default: 5)")
+    bench.add_argument("--contexts", help="text generation: positions (default: 128,512,1024)")
+    bench.add_argument("--new-tokens", type=int, default=32, help="text generation: per run (32)")
+    bench.add_argument("--runs", type=int, help="timed runs per shape (30; text generation: 3)")
+    bench.add_argument("--warmup", type=int, help="untimed runs first (5; text generation: 1)")
     bench.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
     bench.add_argument("--max-seconds", type=float, help="stop early past this time limit")
     bench.add_argument("--baseline-model", help="an fp32 ONNX file to time beside it")
+    probe = sub.add_parser("probe", help="describe this machine and what of it misses the target")
+    probe.add_argument("--json", action="store_true", help="print the edgepipe.probe/1 JSON")
+    probe.add_argument("--strict", action="store_true", help="exit 3 when something does not fit")
+    selftest = sub.add_parser("selftest", help="re-run the build's accuracy check on this machine")
+    selftest.add_argument("--json", action="store_true", help="print the edgepipe.selftest/1 JSON")
     sub.add_parser("info", help="print the bundle's model, target, accuracy and benchmark")
     check = sub.add_parser("verify", help="check every file against manifest.json")
     trust = check.add_mutually_exclusive_group()
@@ -324,6 +384,8 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
         "generate": _generate,
         "bench": _bench,
         "info": _info,
+        "probe": _probe,
+        "selftest": _selftest,
         "verify": _verify,
         "serve": serve.run,
     }

@@ -26,6 +26,7 @@ from .embedder import (
     open_session,
 )
 from .integrity import read_manifest, sha256_file
+from .probe import arch
 
 SCHEMA = "edgepipe.bench/1"
 # Exit codes of ``python -m edgepipe.runtime.measure`` (the bundle's own: usage, bad input).
@@ -104,10 +105,6 @@ def _load(
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LoadError(f"{path}: onnxruntime cannot load this model: {reason}") from None
     return session, round((time.perf_counter() - start) * 1000, 3)
-
-
-def _arch(name: str) -> str:
-    return {"arm64": "aarch64", "amd64": "x86_64", "x64": "x86_64"}.get(name.lower(), name.lower())
 
 
 def _across_shapes(
@@ -197,8 +194,8 @@ def measure(
         "measured_on": measured_on,
         "machine": machine,
         "target": target,
-        "machine_matches_target_arch": _arch(str(machine["machine"]))
-        == _arch(str(target.get("arch", ""))),
+        "machine_matches_target_arch": arch(str(machine["machine"]))
+        == arch(str(target.get("arch", ""))),
         "onnxruntime": ort.__version__,
         "provider": sessions["model"].get_providers()[0],
         "threads": threads,

@@ -33,6 +33,9 @@ RUNTIME_MODULES = (
     "kvcache.py",
     "bench.py",
     "measure.py",
+    "probe.py",
+    "generation_bench.py",
+    "selftest.py",
     "cli.py",
     "serve.py",
     "http_json.py",
@@ -125,9 +128,39 @@ def speed(bench: dict[str, Any] | None) -> str:
     )
 
 
+def device_speed(measured: dict[str, Any] | None) -> str:
+    """The README's line for a device's measurement (`edgepipe bench --remote/--import`)."""
+    if not measured:
+        return ""
+    cpu = (measured.get("probe") or measured["machine"]).get("cpu")
+    head = f"\nOn the device ({cpu}, onnxruntime {measured['onnxruntime']}, {measured['threads']} threads): "
+    if measured.get("schema") == "edgepipe.bench/2":
+        return head + generation_line(measured)
+    r = measured["results"][0]
+    return head + (
+        f"p50 {r['model']['p50_ms']} ms, p95 {r['model'].get('p95_ms')} ms at batch "
+        f"{r['batch_size']}, {r['seq_len']} tokens; peak RSS {measured['peak_rss_mb']} MB."
+    )
+
+
+def generation_line(measured: dict[str, Any]) -> str:
+    """An edgepipe.bench/2 document's shortest context, in words."""
+    r = measured["results"][0]
+    return (
+        f"context {r['context_len']}: time to first token {r['time_to_first_token_ms']} ms, "
+        f"prefill {r['prefill_tokens_per_s']} tokens/s, decode {r['decode_tokens_per_s']} "
+        f"tokens/s; peak RSS {measured['peak_rss_mb']} MB."
+    )
+
+
 def generation_speed(bench: dict[str, Any] | None) -> str:
     if bench is None:
         return "Not measured at build time (built with --no-bench)."
+    if bench.get("schema") == "edgepipe.bench/2":  # `edgepipe bench` on the build host
+        return (
+            f"Measured on the {bench['measured_on']}, not on the device, with {bench['threads']} "
+            f"threads: {generation_line(bench)}"
+        )
     m, f = bench["model"], bench["fp32"]
     return (
         f"Measured on the {bench['measured_on']}, not on the device, with {bench['threads']} "
@@ -166,7 +199,7 @@ The fp32 export itself agrees with PyTorch on {acc["fp32_onnx"]["agreement"]} of
 (largest logit difference {acc["fp32_onnx"]["max_abs_logit_diff"]}).
 
 ## Speed
-{generation_speed(manifest["bench"])}
+{generation_speed(manifest["bench"])}{device_speed(manifest.get("device_bench"))}
 """
 
 
@@ -200,7 +233,7 @@ Cosine similarity to the fp32 PyTorch model over {acc["model"]["n"]} texts: min 
 p5 {acc["model"]["p5"]}, mean {acc["model"]["mean"]} (bar: {acc["metric"]} >= {acc["bar"]}).
 
 ## Speed
-{speed(bench)}
+{speed(bench)}{device_speed(manifest.get("device_bench"))}
 """
 
 

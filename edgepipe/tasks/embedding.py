@@ -240,8 +240,16 @@ def run(ctx: BuildContext) -> BuildResult:
     return write_bundle(
         ctx, chosen, search.attempts, runtime=runtime, tokenizer_dir=tokenizer_dir,
         fp32_onnx=referenced["fp32_onnx"], bench_fields=bench_summary(chosen.bench),
-        example=EXAMPLE,
+        example=EXAMPLE, selftest=selftest_files(ctx.texts, work / "reference" / "reference.npy"),
     )  # fmt: skip
+
+
+def selftest_files(texts: list[str], reference: Path) -> dict[str, bytes]:
+    """The evaluation texts and their fp32 reference embeddings, for the device to re-score."""
+    return {
+        "texts.json": json.dumps(texts, ensure_ascii=False).encode("utf-8"),
+        "reference.npy": reference.read_bytes(),
+    }
 
 
 def _has_output(model: Path, name: str) -> bool:

@@ -280,7 +280,18 @@ def run(ctx: BuildContext) -> BuildResult:
     return write_bundle(
         ctx, chosen, search.attempts, runtime=runtime, tokenizer_dir=tokenizer_dir,
         fp32_onnx=fp32_onnx, bench_fields=bench_summary(chosen.bench), example=EXAMPLE,
+        selftest=selftest_files(next_token.token_ids(tokenizer, ctx.texts, ref_cfg.max_tokens),
+                                work / "reference" / "next_tokens.npy"),
     )  # fmt: skip
+
+
+def selftest_files(ids: list[list[int]], next_tokens: Path) -> dict[str, bytes]:
+    """The evaluation texts' ids and the fp32 ONNX model's next token at each position (the
+    reference stage's), for the device to re-score its own model's agreement."""
+    return {
+        "ids.json": json.dumps(ids).encode("utf-8"),
+        "next_tokens.npy": next_tokens.read_bytes(),
+    }
 
 
 def _graph_summary(graph: dict[str, Any]) -> str:

@@ -138,6 +138,14 @@ def main() -> int:
     print("worst texts on arm64: " + "; ".join(f"{vs_ref[i]:.4f} {texts[i][:30]!r}" for i in worst))
     bar, recorded = manifest["accuracy"]["bar"], manifest["accuracy"]["model"]["min"]
     print(f"manifest (evaluated on the x86 host): min {recorded}, bar {bar}")
+    # The bundle's own check from the data it ships, as a device runs it.
+    selftest = emulated(root, site, str(bundle), "selftest", "--json")
+    if selftest.returncode in (0, 5):
+        device = json.loads(selftest.stdout)["device"]
+        print(f"python BUNDLE selftest under qemu: min {device['min']} (host: {recorded}), "
+              f"exit {selftest.returncode}")  # fmt: skip
+    else:
+        print(f"error: selftest failed under qemu: {selftest.stderr.strip()[-300:]}")
     # The device must meet the profile's bar and what the manifest claims (as tests/test_e2e.py).
     low = vs_ref.min()
     ok = low >= bar and low >= recorded - 1e-4

@@ -22,7 +22,7 @@ def test_summary_matches_numpy():
 
 def test_single_run_has_zero_stdev():
     assert bench.summarize([5.0]) == {
-        "runs": 1, "p50_ms": 5.0, "p90_ms": 5.0, "p99_ms": 5.0, "mean_ms": 5.0, "stdev_ms": 0.0,
+        "runs": 1, "p50_ms": 5.0, "p90_ms": 5.0, "p95_ms": 5.0, "p99_ms": 5.0, "mean_ms": 5.0, "stdev_ms": 0.0,
         "items_per_s": 200.0,
     }  # fmt: skip
 

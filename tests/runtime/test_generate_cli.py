@@ -100,7 +100,7 @@ def test_bad_prompts_are_one_line_and_exit_4(decoder_bundle):
 def test_commands_of_the_other_task_are_refused(decoder_bundle, tiny_bundle):
     root = decoder_bundle("llama").root
     one_line_error(run_bundle(root, "embed", "hi"), 2, "text-generation bundle: it does `generate`")
-    one_line_error(run_bundle(root, "bench"), 2, "`bench` measures embedding bundles")
+    one_line_error(run_bundle(root, "bench", "--seq-lens", "8"), 2, "takes --contexts, not shapes")
     embedding = tiny_bundle.bundle_dir
     one_line_error(run_bundle(embedding, "generate", "hi"), 2, "embedding bundle: it does `embed`")
 
