@@ -73,13 +73,13 @@ def run(
 
 
 def within(ranked: list[dict[str, Any]], int4_bytes: int, share: float) -> list[str]:
-    """The ranking's first MatMuls whose 8 bits together add at most ``share`` of ``int4_bytes``."""
+    """MatMuls in ranking order whose 8 bits together add at most ``share`` of ``int4_bytes``:
+    one that no longer fits is passed over for smaller ones further down (a greedy knapsack)."""
     kept, spent = [], 0
     for entry in ranked:
-        if spent + entry["extra_bytes"] > share * int4_bytes:
-            break
-        kept.append(entry["node"])
-        spent += entry["extra_bytes"]
+        if spent + entry["extra_bytes"] <= share * int4_bytes:
+            kept.append(entry["node"])
+            spent += entry["extra_bytes"]
     return kept
 
 
