@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 from collections import Counter
@@ -77,6 +78,27 @@ class CalibrationData:
     texts: list[str]
     tokenizer: Path
     max_length: int
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the texts: what a stage calibrated on them puts in its cache key."""
+        return hashlib.sha256("\n".join(self.texts).encode()).hexdigest()
+
+
+def run_profile(
+    stage: Any, profile: Profile, keep: list[str] | None, label: str, kind: str, fp32_model: Path,
+    digests: dict[str, str], calibration: CalibrationData,
+) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """The quantize stage of ``profile`` (``keep`` nodes kept at higher precision), through the
+    build's stage runner: its model file and record."""
+    config = QuantizeConfig.from_profile(profile, keep, calibration.digest, task_kind=kind)
+    return stage.quantize(
+        label,
+        profile.method,
+        config,
+        {"fp32": digests["fp32"], "tokenizer": digests["tokenizer"]},
+        lambda d: run(config, fp32_model, d, calibration),
+    )
 
 
 def decoder_calibration(calibration: CalibrationData, model: Path) -> weight_only.Feeds:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,20 +46,13 @@ class EmbeddingRecipes:
 
     @property
     def calibration_digest(self) -> str:
-        return hashlib.sha256("\n".join(self.calibration.texts).encode()).hexdigest()
+        return self.calibration.digest
 
     def quantize(
         self, profile: Profile, keep: list[str] | None, label: str
     ) -> tuple[Path, dict[str, Any]]:
-        config = quantize.QuantizeConfig.from_profile(
-            profile, keep, self.calibration_digest, task_kind=KIND
-        )
-        return self.stage.quantize(
-            label,
-            profile.method,
-            config,
-            {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
-            lambda d: quantize.run(config, self.fp32_model, d, self.calibration),
+        return quantize.run_profile(
+            self.stage, profile, keep, label, KIND, self.fp32_model, self.digests, self.calibration
         )
 
     def score(

@@ -48,22 +48,20 @@ class GenerationRecipes:
 
     @property
     def calibration_digest(self) -> str:
-        return hashlib.sha256("\n".join(self.calibration.texts).encode()).hexdigest()
+        return self.calibration.digest
 
     def quantize(
         self, profile: Profile, keep: list[str] | None, label: str
     ) -> tuple[Path, dict[str, Any]]:
-        config = quantize.QuantizeConfig.from_profile(
-            profile, keep, self.calibration_digest, task_kind=KIND
-        )
-        return self.stage.quantize(
+        return quantize.run_profile(
+            self.stage,
+            profile,
+            keep,
             label,
-            profile.method,
-            config,
-            {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
-            lambda d: quantize.run(
-                config, self.work / "export" / "model.onnx", d, self.calibration
-            ),
+            KIND,
+            self.work / "export" / "model.onnx",
+            self.digests,
+            self.calibration,
         )
 
     def score(
