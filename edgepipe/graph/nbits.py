@@ -56,6 +56,7 @@ def hessians(
         if name not in known:
             probe.graph.output.append(onnx.helper.make_tensor_value_info(name, 1, None))
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # its warnings are about the probe graph, not the model
     options.intra_op_num_threads = threads
     # Basic optimisation only: full fusion could fold a probed tensor into a fused kernel.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
