@@ -294,3 +294,20 @@ def test_guard_fails_below_the_bar_with_the_table(decoders, tmp_path):
     assert result.exit_code == 5
     assert "no recipe met its bar" in result.stderr and "agreement" in result.stderr
     assert not (tmp_path / "o" / "tiny-gpt2-rpi5").exists()
+
+
+def test_search_keeps_the_fastest_passing_decoder_recipe(decoders, tmp_path):
+    """--search on a decoder: every fitting generation profile tried, each passing one benchmarked
+    (decode tok/s), the fastest kept (the shared recipe search, issue 15)."""
+    summary = summary_of(
+        cli("build", "--model", str(decoders["llama"]), "--target", "laptop-avx2", "--search",
+            "--bench-runs", "2", "--out", str(tmp_path), "--json")
+    )  # fmt: skip
+    tried = {a["profile"] for a in summary["attempts"]}
+    assert {"x86-int4", "cpu-int8-llm", "fp32"} <= tried
+    # Each profile's last attempt (after its 8-bit bisection) is the one measured.
+    measured = [a for a in summary["attempts"] if "decode_tokens_per_s" in a]
+    assert "fp32" in {a["profile"] for a in measured} <= tried  # fp32 always meets its bar
+    assert all(a["result"] == "ok" and a["decode_tokens_per_s"] > 0 for a in measured)
+    fastest = max(measured, key=lambda a: a["decode_tokens_per_s"])
+    assert summary["profile"] == fastest["profile"]
