@@ -16,7 +16,8 @@ import numpy as np
 from . import nbits
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """In float64 along the last axis (the next-token scores use it too)."""
     x = x.astype(np.float64)
     shifted = x - x.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
@@ -48,7 +49,7 @@ def rank(
         probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     texts = [dict(f) for f in feeds]
-    reference = [_log_softmax(session.run(["logits"], {**f, **fp32})[0][0]) for f in texts]
+    reference = [log_softmax(session.run(["logits"], {**f, **fp32})[0][0]) for f in texts]
     ranking = []
     for node in nodes:
         bits = next(b for (w, b) in codes if w == node.input[1])
@@ -56,7 +57,7 @@ def rank(
             fp32[node.input[1]].shape[0])}  # fmt: skip
         kls = []
         for feed, lp in zip(texts, reference, strict=True):
-            lq = _log_softmax(session.run(["logits"], {**feed, **swapped})[0][0])
+            lq = log_softmax(session.run(["logits"], {**feed, **swapped})[0][0])
             kls.append(np.sum(np.exp(lp) * (lp - lq), axis=-1))
         ranking.append({"node": node.name, "mean_kl": round(float(np.concatenate(kls).mean()), 8)})
     ranking.sort(key=lambda r: (-r["mean_kl"], r["node"]))

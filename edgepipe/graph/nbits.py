@@ -79,15 +79,13 @@ def quantize(
     bits: Mapping[str, int],
     block: int,
     accuracy_level: int,
-    algorithm: str = "gptq",
-    stats: Mapping[str, np.ndarray] | None = None,
     codes: Codes | None = None,
 ) -> dict[str, int]:
     """Replace each weight MatMul named in ``bits`` (node name -> 4 or 8) by MatMulNBits.
 
-    ``algorithm`` "gptq" needs ``stats`` (X^T X per MatMul input); "rtn" uses their diagonals to
-    weight the clip search when given. ``codes`` keeps each (weight, bits)'s codes for the next
-    call, so trying several precision plans quantizes every weight once per bit width.
+    Each (weight, bits) takes its codes from ``codes`` (e.g. gptq_codes), or is rounded to
+    nearest with a searched clip when they have none; those are added to ``codes``, so trying
+    several precision plans quantizes every weight once per bit width.
     """
     from onnx import helper, numpy_helper
 
@@ -107,11 +105,7 @@ def quantize(
         key = (name, nbits)
         if key not in done:
             if key not in codes:
-                h = stats.get(node.input[0]) if stats is not None else None
-                if algorithm == "gptq" and h is not None:
-                    codes[key] = gptq.gptq(weight, h, nbits, block)
-                else:
-                    codes[key] = gptq.rtn(weight, nbits, block, None if h is None else np.diag(h))
+                codes[key] = gptq.rtn(weight, nbits, block)
             data, scales, zeros = codes[key].packed()
             names = [f"{name}_Q{nbits}", f"{name}_Q{nbits}_scales", f"{name}_Q{nbits}_zp"]
             for array, init_name in zip((data, scales, zeros), names, strict=True):

@@ -224,7 +224,7 @@ def quantize(
         high = set(settings.int8_nodes)
         plan = {n.name: 8 if n.name in high else bits for n in nbits.weight_matmuls(model.graph)}
         counts = nbits.quantize(
-            model.graph, plan, settings.block_size, settings.accuracy_level, "rtn", None, codes
+            model.graph, plan, settings.block_size, settings.accuracy_level, codes
         )
         return _finish(settings, model, dst, {"gemm_rewritten": gemms, "matmuls": counts})
     return _finish(

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..graph.damage import log_softmax
 from ..runtime.generator import GenerationConfig, Generator
 from . import digests
 from .export import quiet
@@ -83,12 +84,6 @@ def token_ids(tokenizer: Path, texts: list[str], max_tokens: int) -> list[list[i
 def onnx_logits(model: Path, tokenizer: Path, runtime: GenerationConfig) -> Logits:
     """``ids`` -> [len(ids), vocab] float32 logits of ``model`` (the bundle's own runtime)."""
     return Generator(model, tokenizer, runtime).logits
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def compare(

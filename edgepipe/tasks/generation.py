@@ -127,8 +127,7 @@ class GenerationRecipes:
             return []
         if w.keep_8bit.extra_size is None:
             return []
-        record = self._rank(profile)
-        ranked = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
+        record, ranked = self._rank(profile)
         kept = decoder_sensitivity.within(ranked, record["int4_bytes"], w.keep_8bit.extra_size)
         return kept[: w.keep_8bit.max_nodes]
 
@@ -137,12 +136,11 @@ class GenerationRecipes:
         w = profile.weight_only
         if profile.method != "int4" or w is None or w.keep_8bit is None:
             return None
-        self._rank(profile)
-        ranked = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
+        _, ranked = self._rank(profile)
         return [r["node"] for r in ranked], w.keep_8bit.max_nodes
 
-    def _rank(self, profile: Profile) -> dict[str, Any]:
-        """The sensitivity stage's record for an int4 profile (ranking.json in its work dir)."""
+    def _rank(self, profile: Profile) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The sensitivity stage's record for an int4 profile, and its ranking.json."""
         w = profile.weight_only
         assert w is not None and w.keep_8bit is not None
         config = decoder_sensitivity.DecoderSensitivityConfig(
@@ -151,8 +149,9 @@ class GenerationRecipes:
             probe_texts=w.keep_8bit.probe_texts,
         )
         label = f"sensitivity/{profile.name}"
+        ranking = self.work / label / "ranking.json"
         if label in self.stage.records:
-            return self.stage.records[label]
+            return self.stage.records[label], json.loads(ranking.read_text())
         record = self.stage(
             "sensitivity",
             config,
@@ -164,7 +163,7 @@ class GenerationRecipes:
         )
         worst = record["worst"][0]["node"] if record["worst"] else "none"
         self.stage.summary(label, f"{record['nodes']} MatMuls ranked, most worth 8 bits: {worst}")
-        return record
+        return record, json.loads(ranking.read_text())
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
         config = bench_generation.GenerationBenchConfig

@@ -93,7 +93,7 @@ def test_mixed_precision_plan_and_hessians_from_the_graph() -> None:
     np.testing.assert_allclose(stats["x"], x.T @ x, rtol=1e-5)
     codes = nbits.gptq_codes(model, lambda: iter(feeds), 4, 32)
     assert set(codes) == {("w1", 4), ("w2", 4)}
-    counts = nbits.quantize(model.graph, {"first": 8, "second": 4}, 32, 4, "rtn", None, codes)
+    counts = nbits.quantize(model.graph, {"first": 8, "second": 4}, 32, 4, codes)
     assert counts == {"int4": 1, "int8": 1}
     ops = {n.name: (n.op_type, {a.name: a.i for a in n.attribute}) for n in model.graph.node}
     assert ops["first_Q8"][1]["bits"] == 8 and ops["second_Q4"][1]["bits"] == 4
