@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import __version__, catalog, device_cli, tables
+from . import __version__, catalog, device_cli, families, tables
 from .cli_cache import cache
 from .cli_common import (
     dirs_option,
@@ -52,6 +52,17 @@ def targets(targets_dirs: tuple[Path, ...]) -> None:
 def profiles(profiles_dirs: tuple[Path, ...]) -> None:
     """List the quantization recipes."""
     out.print(tables.profiles_table(catalog.profiles(profiles_dirs).all()))
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="The README's table, as Markdown.")
+@handle_errors
+def models(markdown: bool) -> None:
+    """List the model families (Hugging Face model_type) edgepipe builds."""
+    if markdown:
+        click.echo(families.markdown_table(), nl=False)
+    else:
+        out.print(tables.models_table(list(families.FAMILIES.values())))
 
 
 @main.command()

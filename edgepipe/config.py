@@ -18,7 +18,7 @@ from pydantic import (
 from .errors import ConfigError
 
 TaskKind = Literal["embedding", "generation"]
-# The task a model is built for (sources.SUPPORTED_MODEL_TYPES) -> the kind of profile it takes.
+# The task a model is built for (families.FAMILIES' tasks) -> the kind of profile it takes.
 TASK_KINDS: dict[str, TaskKind] = {"embedding": "embedding", "text-generation": "generation"}
 # The accuracy metrics that make sense for each task kind.
 KIND_METRICS: dict[str, tuple[str, ...]] = {

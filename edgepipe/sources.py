@@ -11,31 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import gguf_source
+from . import families, gguf_source
 from .cache import StageCache, default_dir
 from .config import TASK_KINDS
 from .errors import ModelError
 from .runtime.integrity import sha256_file
 
 DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
-
-# model_type -> task. Encoders that optimum-onnx exports for feature-extraction, and decoders it
-# exports for text-generation-with-past (KV cache).
-SUPPORTED_MODEL_TYPES: dict[str, str] = {
-    "bert": "embedding",
-    "distilbert": "embedding",
-    "roberta": "embedding",
-    "xlm-roberta": "embedding",
-    "mpnet": "embedding",
-    "electra": "embedding",
-    "llama": "text-generation",
-    "mistral": "text-generation",
-    "qwen2": "text-generation",
-    "phi3": "text-generation",
-    "gpt2": "text-generation",
-}
-# The optimum-onnx export task of each model task.
-EXPORT_TASKS = {"embedding": "feature-extraction", "text-generation": "text-generation-with-past"}
 
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -184,14 +166,15 @@ def peek_task(model: str | None) -> str | None:
     if model is None:
         return "embedding"
     if gguf_source.is_gguf(model):
-        return SUPPORTED_MODEL_TYPES[gguf_source.ARCHITECTURES[0]]
+        return families.FAMILIES[gguf_source.ARCHITECTURES[0]].tasks[0]
     try:
         config = json.loads((Path(model).expanduser() / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(config, dict):
         return None
-    return SUPPORTED_MODEL_TYPES.get(str(config.get("model_type", "")))
+    found = families.FAMILIES.get(str(config.get("model_type", "")))
+    return found.tasks[0] if found else None
 
 
 def resolve(
@@ -227,11 +210,7 @@ def resolve(
             "pass --trust-remote-code to run it"
         )
     model_type = str(config.get("model_type", ""))
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ModelError(
-            f"{config_path}: model_type '{model_type or '?'}' is not supported; supported: "
-            f"{', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
-        )
+    entry = families.family(model_type, str(config_path))
     _check_weights(root, allow_pickle)
     _check_tokenizer(root, config)
     return ModelSource(
@@ -239,7 +218,7 @@ def resolve(
         name=slug(name or (DEFAULT_MODEL_NAME if model is None else root.name)),
         kind=kind,
         model_type=model_type,
-        task=SUPPORTED_MODEL_TYPES[model_type],
+        task=entry.tasks[0],
         digest=directory_digest(root),
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
@@ -259,7 +238,7 @@ def _resolve_gguf(path: Path, name: str | None) -> ModelSource:
         name=slug(name or path.stem),
         kind="gguf",
         model_type=model_type,
-        task=SUPPORTED_MODEL_TYPES[model_type],
+        task=families.family(model_type).tasks[0],
         digest=digest,
         ref=path,
         origin=info.describe(),

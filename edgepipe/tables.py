@@ -7,6 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from .config import Profile, Target
+from .families import Family
 
 
 def rows_table(rows: list[dict[str, Any]], title: str) -> Table:
@@ -33,6 +34,13 @@ def targets_table(found: list[Target]) -> Table:
             t.default_generation_profile or "-",
             t.description,
         )
+    return table
+
+
+def models_table(found: list[Family]) -> Table:
+    table = Table("model_type", "family", "tasks", "attention", "e.g.")
+    for f in found:
+        table.add_row(f.model_type, f.name, ", ".join(f.tasks), f.attention(), ", ".join(f.examples))
     return table
 
 

@@ -86,7 +86,7 @@ def test_modules_are_small():
 
 def test_every_task_kind_is_registered_once_under_its_names():
     from edgepipe.config import KIND_METRICS, TASK_KINDS
-    from edgepipe.sources import EXPORT_TASKS
+    from edgepipe.families import EXPORT_TASKS
     from edgepipe.tasks import TASKS
 
     assert set(TASKS) == set(KIND_METRICS) == set(TASK_KINDS.values())

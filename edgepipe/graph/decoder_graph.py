@@ -26,11 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from .. import families
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
 
 MS_DOMAIN = "com.microsoft"
-# Llama-style layers (q/k/v/o_proj, RoPE); phi3 packs qkv_proj and gpt2 has no RoPE.
-FUSABLE = ("llama", "mistral", "qwen2")
 _PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
 
 
@@ -122,11 +121,10 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
 
     graph = model.graph
     model_type = config.get("model_type")
-    if model_type not in FUSABLE:
-        return (
-            0,
-            f"no attention rewrite for model_type {model_type!r} ({', '.join(FUSABLE)} have one)",
-        )
+    if not families.fused(str(model_type)):
+        entry = families.FAMILIES.get(str(model_type))
+        why = f": {entry.plain_because}" if entry else ""
+        return 0, f"no attention rewrite for model_type {model_type!r}{why}"
     window = config.get("sliding_window")
     windowed = model_type == "mistral" or config.get("use_sliding_window")
     if windowed and window and window < config.get("max_position_embeddings", 0):

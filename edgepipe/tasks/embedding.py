@@ -16,7 +16,7 @@ from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
 from ..graph.checks import check_runtime_support
 from ..runtime.embedder import EmbeddingConfig
-from ..sources import EXPORT_TASKS
+from ..families import EXPORT_TASKS
 from ..stages import bench, evaluate, export, quantize, reference, sensitivity
 from .texts import builtin_calibration_texts, load_texts
 

@@ -17,7 +17,7 @@ from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
 from ..graph.checks import check_runtime_support
 from ..runtime.generator import GenerationConfig
-from ..sources import EXPORT_TASKS
+from ..families import EXPORT_TASKS
 from ..stages import bench_generation, decoder_sensitivity, export, next_token, quantize
 from .decoder_runtime import runtime_config
 from .texts import builtin_calibration_texts, load_texts
