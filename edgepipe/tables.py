@@ -40,7 +40,9 @@ def targets_table(found: list[Target]) -> Table:
 def models_table(found: list[Family]) -> Table:
     table = Table("model_type", "family", "tasks", "attention", "e.g.")
     for f in found:
-        table.add_row(f.model_type, f.name, ", ".join(f.tasks), f.attention(), ", ".join(f.examples))
+        table.add_row(
+            f.model_type, f.name, ", ".join(f.tasks), f.attention(), ", ".join(f.examples)
+        )
     return table
 
 

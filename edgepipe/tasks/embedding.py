@@ -14,9 +14,9 @@ from ..build.runner import StageRunner, bench_labels
 from ..build.search import Attempt, Search
 from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
+from ..families import EXPORT_TASKS
 from ..graph.checks import check_runtime_support
 from ..runtime.embedder import EmbeddingConfig
-from ..families import EXPORT_TASKS
 from ..stages import bench, evaluate, export, quantize, reference, sensitivity
 from .texts import builtin_calibration_texts, load_texts
 

@@ -15,9 +15,9 @@ from ..build.runner import StageRunner, bench_labels
 from ..build.search import Attempt, Search
 from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
+from ..families import EXPORT_TASKS
 from ..graph.checks import check_runtime_support
 from ..runtime.generator import GenerationConfig
-from ..families import EXPORT_TASKS
 from ..stages import bench_generation, decoder_sensitivity, export, next_token, quantize
 from .decoder_runtime import runtime_config
 from .texts import builtin_calibration_texts, load_texts
