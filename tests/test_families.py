@@ -3,10 +3,12 @@
 import re
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from edgepipe import families
 from edgepipe.cli import main
+from tests.families import TINY
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -36,3 +38,95 @@ def test_unsupported_type_is_one_line_with_the_list(tmp_path):
     line = result.output.strip().splitlines()[-1]
     assert "model_type 'mamba' is not supported" in line
     assert all(t in line for t in families.supported())
+
+
+# ---- every family, built from its tiny model --------------------------------------------------
+
+
+GENERATION, EMBEDDING = families.GENERATION, families.EMBEDDING
+
+
+def test_every_family_has_a_tiny_model():
+    assert sorted(set(families.FAMILIES) - set(TINY)) == []
+
+
+def _build(model: Path, out: Path, *args: str) -> dict:
+    import json
+
+    result = CliRunner().invoke(
+        main, ["build", "--model", str(model), "--out", str(out), "--no-bench", "--json", *args]
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    summary["manifest"] = json.loads((Path(summary["bundle_dir"]) / "manifest.json").read_text())
+    return summary
+
+
+def _greedy_equals_transformers(bundle: Path, model_dir: Path) -> None:
+    """The fp32 bundle generates exactly transformers' greedy tokens (EOS off on both sides)."""
+    import dataclasses
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgepipe.runtime.generator import Generator
+
+    generator = Generator.from_bundle(bundle)
+    generator.config = dataclasses.replace(generator.config, eos_token_ids=())
+    generator.eos = frozenset()
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    for prompt in ("The kitchen lights are", "12 + 30 ="):
+        ids = generator.encode(prompt)
+        got = generator.generate(ids, max_new_tokens=12).token_ids
+        with torch.inference_mode():
+            want = model.generate(
+                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=12, min_new_tokens=12, do_sample=False,
+            )[0, len(ids):].tolist()  # fmt: skip
+        assert got == want, f"{model_dir.name}: {prompt!r}"
+
+
+def _embeddings_match_transformers(bundle: Path, model_dir: Path) -> None:
+    """The fp32 bundle embeds at cosine >= 0.9999 to the PyTorch model (sentence-transformers
+    where the model is one, else transformers with mean pooling)."""
+    import numpy as np
+
+    from edgepipe.runtime.embedder import Embedder
+    from edgepipe.stages.reference import reference_embeddings
+    from edgepipe.tasks.texts import builtin_texts
+
+    texts = builtin_texts("embedding")[:12]
+    embedder = Embedder.from_bundle(bundle)
+    got = embedder.embed(texts)
+    want = reference_embeddings(model_dir, texts, embedder.config.max_length)
+    cos = (got * want).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.9999, (model_dir.name, cos.min())
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("families")
+    return {t: TINY[t](root / f"tiny-{t.replace('_', '-')}") for t in sorted(TINY)}
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_family_fp32_bundle_matches_pytorch(model_type, tiny_models, tmp_path):
+    """Every family's tiny model: the fp32 bundle reproduces the PyTorch model, with its attention
+    fused exactly where the registry says."""
+    entry, model = families.family(model_type), tiny_models[model_type]
+    summary = _build(model, tmp_path, "--target", "laptop-avx2", "--profile", "fp32")
+    bundle = Path(summary["bundle_dir"])
+    if entry.tasks[0] == GENERATION:
+        graph = summary["manifest"]["stages"]["export"]["graph"]
+        assert bool(graph["attention_layers_fused"]) == entry.fused, graph["skipped"]
+        _greedy_equals_transformers(bundle, model)
+    else:
+        _embeddings_match_transformers(bundle, model)
+
+
+@pytest.mark.parametrize("model_type", sorted(TINY))
+def test_family_default_build_passes_its_guard(model_type, tiny_models, tmp_path):
+    """The target's default profile for the family's task builds and passes its guard (a
+    fallback the target names may be the one kept)."""
+    summary = _build(tiny_models[model_type], tmp_path, "--target", "rpi5")
+    assert summary["profile"] and Path(summary["archive"]).is_file()

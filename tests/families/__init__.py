@@ -1,0 +1,16 @@
+"""Tiny random models of every registry family, one module per group of families.
+
+Each group module defines ``TINY: dict[str, Callable[[Path], Path]]``: model_type -> a function that
+saves a tiny random model of that family (config.json copying the real checkpoint's fields, scaled
+down; a tokenizer trained in code) into the given directory and returns it. tests/test_families.py
+checks that every entry of edgepipe.families.FAMILIES has one, and builds each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from . import seeds
+
+TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY}
