@@ -212,7 +212,7 @@ def resolve(
     if not root.exists():
         if str(model).lower().endswith(".gguf"):
             raise ModelError(f"{model}: GGUF file does not exist")
-        hint = "" if "/" in str(model) else "; a hub model is named org/name[@revision]"
+        hint = "" if "/" in str(model) else "; a hub model is named org/name or org/name@revision"
         raise ModelError(f"{model}: model directory does not exist{hint}")
     if not root.is_dir():
         raise ModelError(f"{model}: not a directory; pass a Hugging Face model directory")

@@ -78,7 +78,10 @@ def test_an_existing_path_wins(env, tiny_bert_master, tmp_path, monkeypatch):
 
 
 def test_a_name_without_org_is_a_path(env):
-    with pytest.raises(ModelError, match="gpt2: model directory does not exist; a hub model is"):
+    with pytest.raises(
+        ModelError,
+        match="gpt2: model directory does not exist; a hub model is named org/name or org/name@revision",
+    ):
         sources.resolve("gpt2")
 
 
