@@ -64,6 +64,11 @@ def test_resolve_by_id_by_revision_and_by_commit(env, tiny_bert_master, model, r
     assert sources.peek_task(model) == "embedding"
 
 
+def test_offline_download_takes_the_cache_as_it_is(env):
+    assert sources.download("org/tiny@main", offline=True) == MAIN
+    assert sources.download(f"org/tiny@{OLD}", offline=True) == OLD
+
+
 def test_the_targets_default_profile_comes_from_the_cached_config(env):
     target = catalog.targets().load("rpi5")
     chosen, _ = choose_profiles(target, catalog.profiles(), "org/tiny", None, False)
