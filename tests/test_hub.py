@@ -150,8 +150,9 @@ def test_not_cached_is_one_line_exit_4_and_nothing_written(env, tmp_path):
         )
         assert ("HF_HUB_OFFLINE is set, which forbids --download" in errors[0]) == bool(extra)
         assert "Traceback" not in result.output and not list(tmp_path.iterdir())
-    result = build("--model", "org/ti--ny", "--target", "rpi5", "--out", str(tmp_path))
-    assert result.exit_code == 4 and "not a Hugging Face hub id" in result.output
+    result = build("--model", "org/x[1]", "--target", "rpi5", "--out", str(tmp_path))
+    assert result.exit_code == 4 and "not a Hugging Face hub id ('x[1]' must be" in result.output
+    assert "a hub id is org/name or org/name@revision" in result.output  # brackets shown as text
 
 
 def test_build_from_the_hub_cache(env, profiles_dir, tmp_path):
