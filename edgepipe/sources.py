@@ -1,5 +1,5 @@
-"""Resolves the model to build (a local directory, a GGUF file or the packaged default) and checks
-it is safe."""
+"""Resolves the model to build (a local directory, a GGUF file, a Hugging Face hub id through the
+hub's cache, or the packaged default) and checks it is safe."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import families, gguf_source
+from . import families, gguf_source, hub
 from .cache import StageCache, default_dir
 from .config import TASK_KINDS
 from .errors import ModelError
@@ -29,13 +29,14 @@ class ModelSource:
 
     path: Path  # a GGUF's converted Hugging Face directory
     name: str
-    kind: str  # "package", "directory" or "gguf"
+    kind: str  # "package", "directory", "hub" or "gguf"
     model_type: str
     task: str
     digest: str
     allow_pickle: bool = False
     trust_remote_code: bool = False
-    ref: Path | None = None  # the file the directory was converted from (a GGUF)
+    # The file the directory was converted from (a GGUF), or the hub id pinned to its commit.
+    ref: Path | str | None = None
     origin: dict[str, Any] = field(default_factory=lambda: {"format": "huggingface"})
 
     @property
@@ -161,14 +162,24 @@ def _check_tokenizer(root: Path, config: dict[str, Any]) -> None:
 
 
 def peek_task(model: str | None) -> str | None:
-    """The task of ``model`` from its config.json alone (no checks; resolve() does them), or None
-    when that cannot be told: the CLI picks the target's default profile for the task with it."""
+    """The task of ``model`` from its config.json alone (no checks, no download; resolve() does
+    them), or None when that cannot be told: the CLI picks the target's default profile with it."""
     if model is None:
         return "embedding"
     if gguf_source.is_gguf(model):
         return families.FAMILIES[gguf_source.ARCHITECTURES[0]].tasks[0]
+    root = Path(model).expanduser()
     try:
-        config = json.loads((Path(model).expanduser() / "config.json").read_text(encoding="utf-8"))
+        hub_id = hub.parse(model)
+    except ModelError:
+        return None
+    if hub_id is not None:
+        snapshot = hub.cached(hub_id)
+        if snapshot is None:
+            return None
+        root = snapshot[0]
+    try:
+        config = json.loads((root / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     if not isinstance(config, dict):
@@ -183,18 +194,53 @@ def resolve(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
 ) -> ModelSource:
-    """Check ``model`` (a directory, a GGUF file, or None for the packaged default) and describe
-    it; a GGUF is converted into the cache first (once per file content)."""
+    """Check ``model`` (a directory, a GGUF file, a hub id org/name[@revision], or None for the
+    packaged default) and describe it; a GGUF is converted into the cache first (once per file
+    content); a hub id is its snapshot in the Hugging Face cache (download() fetches one)."""
     if model is not None and gguf_source.is_gguf(model):
         return _resolve_gguf(Path(model).expanduser().resolve(), name)
+    hub_id = None if model is None else hub.parse(model)
+    if hub_id is not None:
+        root, commit = hub.snapshot(hub_id)
+        origin = {"repo_id": hub_id.repo_id, "revision": hub_id.revision, "commit": commit}
+        return _checked(
+            root, "hub", name or hub_id.name, allow_pickle, trust_remote_code,
+            ref=f"{hub_id.repo_id}@{commit}", origin={"format": "huggingface", **origin},
+        )  # fmt: skip
     kind = "package" if model is None else "directory"
     root = packaged_default() if model is None else Path(model).expanduser().resolve()
     if not root.exists():
         if str(model).lower().endswith(".gguf"):
             raise ModelError(f"{model}: GGUF file does not exist")
-        raise ModelError(f"{model}: model directory does not exist")
+        hint = "" if "/" in str(model) else "; a hub model is named org/name or org/name@revision"
+        raise ModelError(f"{model}: model directory does not exist{hint}")
     if not root.is_dir():
         raise ModelError(f"{model}: not a directory; pass a Hugging Face model directory")
+    default_name = DEFAULT_MODEL_NAME if model is None else root.name
+    return _checked(root, kind, name or default_name, allow_pickle, trust_remote_code)
+
+
+def download(
+    model: str | None, offline: bool, allow_pickle: bool = False, trust_remote_code: bool = False
+) -> str | None:
+    """Fetch ``model`` into the Hugging Face cache when it is a hub id (hub.fetch: never with
+    ``offline``, never pickle or code unless allowed); its commit, or None for a local model."""
+    hub_id = None if model is None or gguf_source.is_gguf(model) else hub.parse(model)
+    if hub_id is None:
+        return None
+    return hub.fetch(hub_id, offline, allow_pickle, trust_remote_code)[1]
+
+
+def _checked(
+    root: Path,
+    kind: str,
+    name: str,
+    allow_pickle: bool,
+    trust_remote_code: bool,
+    ref: str | None = None,
+    origin: dict[str, Any] | None = None,
+) -> ModelSource:
+    """The ModelSource of the Hugging Face model directory ``root``, once it passed every check."""
     config_path = root / "config.json"
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
@@ -215,13 +261,15 @@ def resolve(
     _check_tokenizer(root, config)
     return ModelSource(
         path=root,
-        name=slug(name or (DEFAULT_MODEL_NAME if model is None else root.name)),
+        name=slug(name),
         kind=kind,
         model_type=model_type,
         task=entry.tasks[0],
         digest=directory_digest(root),
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
+        ref=ref,
+        origin=origin or {"format": "huggingface"},
     )
 
 
