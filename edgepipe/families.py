@@ -50,8 +50,15 @@ FAMILIES: dict[str, Family] = {
         _encoder("xlm-roberta", "XLM-RoBERTa", "intfloat/multilingual-e5-small"),
         _encoder("mpnet", "MPNet", "sentence-transformers/all-mpnet-base-v2"),
         _encoder("electra", "ELECTRA", "google/electra-small-discriminator"),
-        _decoder("llama", "Llama, SmolLM2", "HuggingFaceTB/SmolLM2-135M-Instruct"),
-        _decoder("mistral", "Mistral", "mistralai/Mistral-7B-Instruct-v0.3"),
+        _decoder(
+            "llama",
+            "Llama, Llama 3.2, SmolLM2",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "meta-llama/Llama-3.2-1B-Instruct",
+        ),
+        _decoder(
+            "mistral", "Mistral", "mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.1"
+        ),
         _decoder("qwen2", "Qwen2, Qwen2.5", "Qwen/Qwen2.5-0.5B-Instruct"),
         _decoder(
             "phi3",
@@ -59,6 +66,8 @@ FAMILIES: dict[str, Family] = {
             "microsoft/Phi-3-mini-4k-instruct",
             plain="packed qkv_proj (no rewrite for it yet)",
         ),
+        _decoder("granite", "Granite 3", "ibm-granite/granite-3.3-2b-instruct"),
+        _decoder("smollm3", "SmolLM3", "HuggingFaceTB/SmolLM3-3B"),
         _decoder("gpt2", "GPT-2", "openai-community/gpt2", plain="learned positions, no RoPE"),
     )
 }
