@@ -25,20 +25,26 @@ class Family:
     examples: tuple[str, ...] = ()  # hub ids of real checkpoints
     fused: bool = False  # decoders: attention rewritten to GroupQueryAttention
     plain_because: str = ""  # decoders on the exported attention: why
+    plain_for: str = ""  # fused decoders: the configs that keep the exported attention, and why
 
     def attention(self) -> str:
         """The README's attention column."""
         if GENERATION not in self.tasks:
             return "encoder (as exported)"
-        return "fused (GroupQueryAttention)" if self.fused else f"as exported: {self.plain_because}"
+        if not self.fused:
+            return f"as exported: {self.plain_because}"
+        note = f"; as exported: {self.plain_for}" if self.plain_for else ""
+        return "fused (GroupQueryAttention)" + note
 
 
 def _encoder(model_type: str, name: str, *examples: str) -> Family:
     return Family(model_type, name, (EMBEDDING,), examples)
 
 
-def _decoder(model_type: str, name: str, *examples: str, plain: str = "") -> Family:
-    return Family(model_type, name, (GENERATION,), examples, fused=not plain, plain_because=plain)
+def _decoder(
+    model_type: str, name: str, *examples: str, plain: str = "", plain_for: str = ""
+) -> Family:
+    return Family(model_type, name, (GENERATION,), examples, not plain, plain, plain_for)
 
 
 FAMILIES: dict[str, Family] = {
@@ -64,7 +70,8 @@ FAMILIES: dict[str, Family] = {
             "phi3",
             "Phi-3, Phi-3.5, Phi-4-mini",
             "microsoft/Phi-3-mini-4k-instruct",
-            plain="packed qkv_proj (no rewrite for it yet)",
+            plain_for="longrope past its original length (Phi-3.5, Phi-4-mini: transformers "
+            "recomputes the cache when a generation crosses it)",
         ),
         _decoder("granite", "Granite 3", "ibm-granite/granite-3.3-2b-instruct"),
         _decoder("smollm3", "SmolLM3", "HuggingFaceTB/SmolLM3-3B"),

@@ -32,7 +32,8 @@ from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP,
 from . import attention_layers, rope
 
 MS_DOMAIN = "com.microsoft"
-_PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
+# q/k/v/o, or Phi-3's packed qkv (GroupQueryAttention reads it as packed QKV) and o.
+_PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/(qkv|[qkvo])_proj/MatMul$")
 
 
 def optimize(
@@ -144,10 +145,12 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         proj = projections[layer]
         past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
         present_k, present_v = f"present.{layer}.key", f"present.{layer}.value"
-        if set(proj) != {"q", "k", "v", "o"} or not {past_k, past_v} <= inputs:
+        packed = set(proj) == {"qkv", "o"}
+        if not (packed or set(proj) == {"q", "k", "v", "o"}) or not {past_k, past_v} <= inputs:
             return 0, f"layer {layer}: missing projections or past inputs"
-        if len({proj[x].input[0] for x in "qkv"}) != 1:
+        if not packed and len({proj[x].input[0] for x in "qkv"}) != 1:
             return 0, f"layer {layer}: q/k/v projections read different inputs"
+        qkv = [projected(proj["qkv"]), "", ""] if packed else [projected(proj[x]) for x in "qkv"]
         for name, past in ((present_k, past_k), (present_v, past_v)):
             concat = producer.get(name)
             if concat is None or concat.op_type != "Concat" or concat.input[0] != past:
@@ -161,7 +164,7 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         new_nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [projected(proj["q"]), projected(proj["k"]), projected(proj["v"]), past_k, past_v,
+                [*qkv, past_k, past_v,
                  f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length", *rotary],
                 [attn_out, present_k, present_v],
                 name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",

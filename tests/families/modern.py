@@ -22,9 +22,9 @@ def _save(dest: Path, config_class: str, tokenizer_kind: str, **fields: Any) -> 
     tokenizer = train_bpe(tokenizer_kind)
     config = getattr(transformers, config_class)(
         vocab_size=len(tokenizer), hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=1, bos_token_id=tokenizer.bos_token_id,
+        num_attention_heads=4, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.eos_token_id,
-        initializer_range=0.2, **fields,
+        initializer_range=0.2, **{"num_key_value_heads": 1, **fields},
     )  # fmt: skip
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
