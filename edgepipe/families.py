@@ -70,8 +70,7 @@ FAMILIES: dict[str, Family] = {
             "phi3",
             "Phi-3, Phi-3.5, Phi-4-mini",
             "microsoft/Phi-3-mini-4k-instruct",
-            plain_for="longrope past its original length (Phi-3.5, Phi-4-mini: transformers "
-            "recomputes the cache when a generation crosses it)",
+            "microsoft/Phi-3.5-mini-instruct",
         ),
         _decoder("granite", "Granite 3", "ibm-granite/granite-3.3-2b-instruct"),
         _decoder("smollm3", "SmolLM3", "HuggingFaceTB/SmolLM3-3B"),

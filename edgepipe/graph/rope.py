@@ -15,7 +15,8 @@ float32, step for step, for the types a static table expresses exactly:
   than that length is prefilled in chunks by the runtime, where transformers takes it in one pass:
   its first chunks then rotate with the short factors (not exact for such prompts). Phi-3's
   generate() goes further (it recomputes the whole cache with the long factors when a generation
-  crosses the switch): no cache kept across steps matches that, so those models are refused.
+  crosses the switch): no cache kept across steps matches that, and optimum's export (traced with
+  the short factors alone) does not either; the fused path is exact below the switch, so it is kept.
 """
 
 from __future__ import annotations
@@ -27,9 +28,6 @@ from typing import Any
 import numpy as np
 
 STATIC_TYPES = ("default", "linear", "dynamic", "llama3", "yarn", "longrope")
-# Models whose generate() drops the cache once a generation crosses longrope's switch
-# (prepare_inputs_for_generation: Phi-3, Phi-3.5, Phi-4-mini, PhiMoE).
-RESETS_CACHE = ("phi3", "phimoe")
 
 
 @dataclass(frozen=True)
@@ -51,15 +49,6 @@ def unsupported(config: dict[str, Any]) -> str | None:
     if kind not in STATIC_TYPES:
         return f"rope_scaling type {kind!r} has no static cos/sin table (supported: " + (
             f"{', '.join(STATIC_TYPES)})"
-        )
-    original = config.get("original_max_position_embeddings")
-    longer = original and int(config["max_position_embeddings"]) > int(original)
-    if kind == "longrope" and config.get("model_type") in RESETS_CACHE and longer:
-        return (
-            f"longrope past original_max_position_embeddings ({original} of "
-            f"{config['max_position_embeddings']}): transformers' {config['model_type']} "
-            "recomputes the whole KV cache with the long factors when a generation crosses it, "
-            "which a cache kept across steps cannot"
         )
     return None
 
