@@ -13,7 +13,8 @@ the bundle's runtime then binds one buffer per layer for the whole generation (r
 Limits (checked, or the model is left alone): fp32 or fp16 MatMul projections (run it before
 int4 quantization), default RoPE (no rope_scaling), head_dim a multiple of 16 (onnxruntime's CPU
 kernel), batch entries without left padding (GQA reads
-each row's length from ``attention_mask`` and assumes the valid tokens come first).
+each row's length from ``attention_mask`` and assumes the valid tokens come first). q/k norms,
+soft-capped scores, sliding windows per layer and Gemma 3's local RoPE table: attention_variants.py.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import numpy as np
 
 from .. import families
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
+from . import attention_variants
 
 MS_DOMAIN = "com.microsoft"
 _PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
@@ -133,16 +135,23 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
             f"sliding-window attention ({window} of {config['max_position_embeddings']} tokens)",
         )
     scaling = config.get("rope_scaling") or {}
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
+    rope_type = scaling.get("rope_type", scaling.get("type"))
+    if rope_type not in (None, "default") and not attention_variants.owns_rope(config):
         return 0, f"rope_scaling {scaling} is not the default RoPE"
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     if head_dim % 16:  # onnxruntime's CPU kernel refuses other sizes at run time
         return 0, f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention needs it)"
+    why_not = attention_variants.unsupported(config)
+    if why_not:
+        return 0, why_not
     inputs = {i.name for i in graph.input}
-    if not {"attention_mask", "position_ids"} <= inputs:
-        return 0, "the model has no attention_mask/position_ids input"
+    if "attention_mask" not in inputs:
+        return 0, "the model has no attention_mask input"
+    # Without position_ids (Gemma's export), GroupQueryAttention rotates row s of a step at
+    # seqlens_k + 1 - sequence_length + s, the same positions as long as nothing is left-padded.
+    positions = "position_ids" if "position_ids" in inputs else ""
 
     producer = {out: n for n in graph.node for out in n.output}
     consumers: dict[str, list[Any]] = {}
@@ -189,6 +198,13 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         numpy_helper.from_array(np.array(1, np.int64), f"{prefix}/one"),
         *rope_inits,
     ]
+    variants = attention_variants.Variants(config, head_dim, prefix, dtype)
+    why_not = variants.prepare(
+        graph, {n: (projected(p["q"]), projected(p["k"])) for n, p in projections.items()
+                if {"q", "k"} <= set(p)}
+    )  # fmt: skip
+    if why_not:
+        return 0, why_not
     new_nodes = []
     for layer in sorted(projections):
         proj = projections[layer]
@@ -209,19 +225,20 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
                 "GroupQueryAttention",
                 [projected(proj["q"]), projected(proj["k"]), projected(proj["v"]), past_k, past_v,
                  f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length",
-                 f"{prefix}/cos_cache", f"{prefix}/sin_cache", "position_ids"],
+                 f"{prefix}/cos_cache", f"{prefix}/sin_cache", positions],
                 [attn_out, present_k, present_v],
                 name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
                 domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
                 rotary_interleaved=0, scale=float(head_dim**-0.5),
             )
         )  # fmt: skip
+        variants.apply(new_nodes[-1], layer, rope_caches)
         # The old Concats lose their outputs (the GQA node now writes present.*); o_proj reads GQA.
         producer[present_k].output[0] = f"{prefix}/dead/{layer}/k"
         producer[present_v].output[0] = f"{prefix}/dead/{layer}/v"
         proj["o"].input[0] = attn_out
-    graph.initializer.extend(shared_init)
-    graph.node.extend(shared + rope_nodes + new_nodes)
+    graph.initializer.extend(shared_init + variants.initializers)
+    graph.node.extend(shared + rope_nodes + variants.nodes + new_nodes)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     _topological_sort(graph)
@@ -246,7 +263,12 @@ def keep_last_logits(graph: Any) -> bool:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    head = next((n for n in graph.node if "logits" in n.output), None)
+    producer = {out: n for n in graph.node for out in n.output}
+    head = producer.get("logits")
+    # A soft-cap after the lm_head (Gemma 2: Div, Tanh, Mul) acts on each position alone.
+    while head is not None and head.op_type in ("Div", "Tanh", "Mul", "Cast"):
+        head = next((producer[i] for i in head.input
+                     if i in producer and producer[i].op_type != "Constant"), None)  # fmt: skip
     if head is None or head.op_type != "MatMul" or LOGITS_TO_KEEP in {i.name for i in graph.input}:
         return False
     prefix = "edgepipe_logits"
@@ -296,6 +318,21 @@ def pack_projections(graph: Any) -> int:
         graph.node.append(node)
         return node, [int(a.shape[1]) for a in arrays]  # type: ignore[union-attr]
 
+    def packed_split(nodes: list[Any], name: str) -> int:
+        """One MatMul for ``nodes`` whose Split writes their outputs; MatMuls removed."""
+        made = packed_matmul(nodes, name)
+        if not made:
+            return 0
+        split = numpy_helper.from_array(np.array(made[1], np.int64), f"{name}/split")
+        graph.initializer.append(split)
+        graph.node.append(
+            helper.make_node("Split", [made[0].output[0], split.name],
+                             [n.output[0] for n in nodes], axis=-1, name=f"{name}/Split")
+        )  # fmt: skip
+        for old in nodes:
+            old.output[0] = f"{old.output[0]}/unpacked"
+        return len(nodes) - 1
+
     for gqa in [n for n in graph.node if n.op_type == "GroupQueryAttention"]:
         layer = gqa.name.split("/")[2]  # "/model/layers.N/self_attn/GroupQueryAttention"
         qkv = [by_name.get(f"/model/{layer}/self_attn/{x}_proj/MatMul") for x in "qkv"]
@@ -305,22 +342,13 @@ def pack_projections(graph: Any) -> int:
         if made:
             gqa.input[0], gqa.input[1], gqa.input[2] = made[0].output[0], "", ""
             removed += 2
+        elif qkv[2] is not None and qkv[2].output[0] == gqa.input[2]:
+            # q and k normed before the attention (Qwen3, OLMo 2, Gemma 3): split for the norms.
+            removed += packed_split(qkv, f"/model/{layer}/self_attn/qkv_proj")
         mlp = [by_name[f"/model/{layer}/mlp/{x}_proj/MatMul"] for x in ("gate", "up")
                if f"/model/{layer}/mlp/{x}_proj/MatMul" in by_name]  # fmt: skip
-        made = packed_matmul(mlp, f"/model/{layer}/mlp/gate_up_proj") if len(mlp) == 2 else None
-        if made:
-            split = numpy_helper.from_array(
-                np.array(made[1], np.int64), f"/model/{layer}/mlp/split"
-            )
-            graph.initializer.append(split)
-            graph.node.append(
-                helper.make_node("Split", [made[0].output[0], split.name],
-                                 [mlp[0].output[0], mlp[1].output[0]], axis=-1,
-                                 name=f"/model/{layer}/mlp/gate_up_proj/Split")
-            )  # fmt: skip
-            for old in mlp:
-                old.output[0] = f"{old.output[0]}/unpacked"
-            removed += 1
+        if len(mlp) == 2:
+            removed += packed_split(mlp, f"/model/{layer}/mlp/gate_up_proj")
     _topological_sort(graph)
     return removed
 
