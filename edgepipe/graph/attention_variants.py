@@ -3,7 +3,9 @@
 - **q/k RMSNorm before RoPE** (Qwen3 and Gemma 3 per head, OLMo 2 over the whole projection): the
   attention reads q and k after the exported norm, put back to [batch, seq, heads x head_dim].
   onnxruntime 1.32's own ``q_norm_weight``/``k_norm_weight`` inputs are honoured by its CUDA and
-  WebGPU kernels only (the CPU kernel rejects a node that sets them), so the norm stays in the graph.
+  WebGPU kernels only (CPU: "q_norm_weight / k_norm_weight inputs are not supported. The per-head
+  Q/K RMS normalization prologue is implemented only on the CUDA and WebGPU EPs."), and Gemma's
+  norm scales by 1 + weight: the exported norm stays in the graph.
 - **Soft-capped scores** (Gemma 2's ``attn_logit_softcapping``) -> ``softcap``: cap x tanh(s / cap)
   after the scale and before the mask, as transformers does. ``query_pre_attn_scalar`` -> ``scale``.
 - **Sliding windows per layer** (``layer_types``; Gemma 2: every other layer, Gemma 3: five of six
@@ -49,6 +51,8 @@ def unsupported(config: dict[str, Any]) -> str | None:
         kind = scaling.get("rope_type", scaling.get("type", "default"))
         if kind not in SCALINGS:
             return f"rope_scaling {kind!r} beside a local RoPE base (only linear is rebuilt)"
+    if config.get("use_bidirectional_attention"):  # Gemma 3 as an encoder (EmbeddingGemma)
+        return "bidirectional attention (GroupQueryAttention here is causal)"
     if any(t == LOCAL for t in layer_types(config)) and not config.get("sliding_window"):
         return "sliding_attention layers without a sliding_window"
     return None

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from edgepipe import families
-from edgepipe.graph import decoder_graph
+from edgepipe.graph import attention_variants, decoder_graph
 from tests.decoders import export_decoder
 from tests.families.norms import TINY, WINDOW
 
@@ -106,3 +106,25 @@ def test_rewrite_matches_pytorch(model_type: str, tmp_path: Path) -> None:
     got_logits, got_tokens = run_steps(rewritten, PROMPT, split=15, steps=steps)
     np.testing.assert_allclose(got_logits, want_logits, atol=2e-4, rtol=1e-4)
     assert got_tokens == want_tokens
+
+
+def test_layer_kinds_of_real_configs_and_what_is_refused() -> None:
+    """Configs as the hub ships them (no ``layer_types``): Gemma 2 slides on every other layer,
+    Gemma 3 on five of six; what the rewrite cannot express is refused in one line."""
+    gemma2 = {"model_type": "gemma2", "num_hidden_layers": 4, "sliding_window": 4096}
+    assert attention_variants.layer_types(gemma2) == ["sliding_attention", "full_attention"] * 2
+    gemma3 = {"model_type": "gemma3_text", "num_hidden_layers": 7, "sliding_window_pattern": 6,
+              "sliding_window": 512, "rope_local_base_freq": 10000.0}  # fmt: skip
+    kinds = attention_variants.layer_types(gemma3)
+    assert kinds.count("full_attention") == 1 and kinds[5] == "full_attention"
+    assert attention_variants.unsupported(gemma3) is None
+    assert (
+        attention_variants.unsupported({**gemma3, "rope_scaling": {"rope_type": "linear"}}) is None
+    )
+    yarn = {**gemma3, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
+    assert "'yarn'" in str(attention_variants.unsupported(yarn))
+    both_ways = {**gemma3, "use_bidirectional_attention": True}
+    assert "bidirectional" in str(attention_variants.unsupported(both_ways))
+    llama = {"model_type": "llama", "num_hidden_layers": 2}
+    assert attention_variants.layer_types(llama) == ["full_attention"] * 2
+    assert attention_variants.unsupported(llama) is None
