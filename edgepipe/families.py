@@ -75,6 +75,17 @@ FAMILIES: dict[str, Family] = {
         _decoder("granite", "Granite 3", "ibm-granite/granite-3.3-2b-instruct"),
         _decoder("smollm3", "SmolLM3", "HuggingFaceTB/SmolLM3-3B"),
         _decoder("gpt2", "GPT-2", "openai-community/gpt2", plain="learned positions, no RoPE"),
+        # q/k RMSNorm before RoPE stays in the graph (GroupQueryAttention reads its output):
+        # onnxruntime 1.32's q_norm_weight/k_norm_weight inputs are CUDA/WebGPU-only.
+        _decoder("qwen3", "Qwen3", "Qwen/Qwen3-0.6B", "Qwen/Qwen3-1.7B"),
+        _decoder("olmo2", "OLMo 2", "allenai/OLMo-2-0425-1B", "allenai/OLMo-2-0425-1B-Instruct"),
+        _decoder("gemma", "Gemma", "google/gemma-2b", "google/gemma-2b-it"),
+        # Soft-capped scores -> softcap, query_pre_attn_scalar -> scale, sliding layers ->
+        # local_window_size; the final logit soft-cap stays in the graph after the lm_head.
+        _decoder("gemma2", "Gemma 2", "google/gemma-2-2b-it", "google/gemma-2-2b"),
+        # Local layers: a second cos/sin table (rope_local_base_freq) and a window; global layers:
+        # rope_theta with linear scaling (4B and up).
+        _decoder("gemma3_text", "Gemma 3 (text)", "google/gemma-3-1b-it", "google/gemma-3-270m-it"),
     )
 }
 
@@ -110,6 +121,12 @@ def family(model_type: str, where: str = "config.json") -> Family:
 def fused(model_type: str) -> bool:
     found = FAMILIES.get(model_type)
     return bool(found and found.fused)
+
+
+def torch_attention(config: dict[str, object]) -> str | None:
+    """The transformers attention implementation a PyTorch reference of ``config`` loads with:
+    eager where the default (sdpa) drops the scores' soft-cap (Gemma 2), else the default."""
+    return "eager" if config.get("attn_logit_softcapping") else None
 
 
 # The optimum-onnx export task of each model task.

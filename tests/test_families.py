@@ -65,6 +65,7 @@ def _build(model: Path, out: Path, *args: str) -> dict:
 def _greedy_equals_transformers(bundle: Path, model_dir: Path) -> None:
     """The fp32 bundle generates exactly transformers' greedy tokens (EOS off on both sides)."""
     import dataclasses
+    import json
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -74,7 +75,10 @@ def _greedy_equals_transformers(bundle: Path, model_dir: Path) -> None:
     generator = Generator.from_bundle(bundle)
     generator.config = dataclasses.replace(generator.config, eos_token_ids=())
     generator.eos = frozenset()
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    config = json.loads((model_dir / "config.json").read_text())
+    attention = families.torch_attention(config)  # eager where sdpa drops Gemma 2's soft-cap
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), attn_implementation=attention)
+    model.eval()
     for prompt in ("The kitchen lights are", "12 + 30 ="):
         ids = generator.encode(prompt)
         got = generator.generate(ids, max_new_tokens=12).token_ids

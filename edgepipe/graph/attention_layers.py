@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import attention_variants
+from .attention_variants import LOCAL
+
 
 def window(config: dict[str, Any], layer: int) -> int | None:
     """The layer's sliding window in tokens (transformers: a query sees the last ``window`` keys,
@@ -19,9 +22,11 @@ def window(config: dict[str, Any], layer: int) -> int | None:
         return None
     types = config.get("layer_types")
     if types:
-        return int(size) if types[layer] == "sliding_attention" else None
+        return int(size) if types[layer] == LOCAL else None
     if config.get("model_type") == "qwen2":  # configs saved before layer_types
         return int(size) if layer >= int(config.get("max_window_layers", 28)) else None
+    if config.get("model_type") in attention_variants.PATTERNS:  # Gemma 2/3's alternation
+        return int(size) if attention_variants.layer_types(config)[layer] == LOCAL else None
     return int(size)  # Phi-3 style: every layer
 
 

@@ -15,6 +15,8 @@ the cos/sin tables from graph/rope.py. Limits (checked, or the model is left alo
 MatMul projections (run it before int4 quantization), RoPE whose cos/sin table is static (see
 graph/rope.py), head_dim a multiple of 16 (onnxruntime's CPU kernel), batch entries without left
 padding (GQA reads each row's length from ``attention_mask`` and assumes the valid tokens come first).
+q/k norms, soft-capped scores and Gemma's per-layer windows and local RoPE table:
+attention_variants.py.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from .. import families
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
-from . import attention_layers, rope
+from . import attention_layers, attention_variants, rope
 
 MS_DOMAIN = "com.microsoft"
 # q/k/v/o, or Phi-3's packed qkv (GroupQueryAttention reads it as packed QKV) and o.
@@ -91,9 +93,15 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
     if head_dim % 16:  # onnxruntime's CPU kernel refuses other sizes at run time
         return 0, f"head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention needs it)"
+    why_not = attention_variants.unsupported(config)
+    if why_not:
+        return 0, why_not
     inputs = {i.name for i in graph.input}
-    if not {"attention_mask", "position_ids"} <= inputs:
-        return 0, "the model has no attention_mask/position_ids input"
+    if "attention_mask" not in inputs:
+        return 0, "the model has no attention_mask input"
+    # Without position_ids (Gemma's export), GroupQueryAttention rotates row s of a step at
+    # seqlens_k + 1 - sequence_length + s, the same positions as long as nothing is left-padded.
+    positions = "position_ids" if "position_ids" in inputs else ""
 
     producer = {out: n for n in graph.node for out in n.output}
     consumers: dict[str, list[Any]] = {}
@@ -120,7 +128,10 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
 
     dtype: int = TensorProto.FLOAT
     prefix = "edgepipe_gqa"
-    rope_nodes, rope_inits, positions = rope.rope_caches(config, head_dim, prefix, dtype)
+    rope_nodes, rope_inits, rope_positions = rope.rope_caches(config, head_dim, prefix, dtype)
+    if not positions and rope_positions != "position_ids":
+        return 0, "longrope without a position_ids input"
+    positions = positions and rope_positions
     shared = [
         helper.make_node("ReduceSum", ["attention_mask", f"{prefix}/axis1"], [f"{prefix}/lengths"],
                          keepdims=0, name=f"{prefix}/ReduceSum"),
@@ -140,6 +151,13 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         numpy_helper.from_array(np.array(1, np.int64), f"{prefix}/one"),
         *rope_inits,
     ]
+    variants = attention_variants.Variants(config, head_dim, prefix, dtype)
+    why_not = variants.prepare(
+        graph, {n: (projected(p["q"]), projected(p["k"])) for n, p in projections.items()
+                if {"q", "k"} <= set(p)}
+    )  # fmt: skip
+    if why_not:
+        return 0, why_not
     new_nodes = []
     for layer in sorted(projections):
         proj = projections[layer]
@@ -172,12 +190,13 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
                 **attrs,
             )
         )  # fmt: skip
+        variants.apply(new_nodes[-1], layer, rope.rope_caches)
         # The old Concats lose their outputs (the GQA node now writes present.*); o_proj reads GQA.
         producer[present_k].output[0] = f"{prefix}/dead/{layer}/k"
         producer[present_v].output[0] = f"{prefix}/dead/{layer}/v"
         proj["o"].input[0] = attn_out
-    graph.initializer.extend(shared_init)
-    graph.node.extend(shared + rope_nodes + new_nodes)
+    graph.initializer.extend(shared_init + variants.initializers)
+    graph.node.extend(shared + rope_nodes + variants.nodes + new_nodes)
     if not any(op.domain == MS_DOMAIN for op in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     _topological_sort(graph)
@@ -202,7 +221,12 @@ def keep_last_logits(graph: Any) -> bool:
     """
     from onnx import TensorProto, helper, numpy_helper
 
-    head = next((n for n in graph.node if "logits" in n.output), None)
+    producer = {out: n for n in graph.node for out in n.output}
+    head = producer.get("logits")
+    # A soft-cap after the lm_head (Gemma 2: Div, Tanh, Mul) acts on each position alone.
+    while head is not None and head.op_type in ("Div", "Tanh", "Mul", "Cast"):
+        head = next((producer[i] for i in head.input
+                     if i in producer and producer[i].op_type != "Constant"), None)  # fmt: skip
     if head is None or head.op_type != "MatMul" or LOGITS_TO_KEEP in {i.name for i in graph.input}:
         return False
     prefix = "edgepipe_logits"
@@ -252,6 +276,21 @@ def pack_projections(graph: Any) -> int:
         graph.node.append(node)
         return node, [int(a.shape[1]) for a in arrays]  # type: ignore[union-attr]
 
+    def packed_split(nodes: list[Any], name: str) -> int:
+        """One MatMul for ``nodes`` whose Split writes their outputs; MatMuls removed."""
+        made = packed_matmul(nodes, name)
+        if not made:
+            return 0
+        split = numpy_helper.from_array(np.array(made[1], np.int64), f"{name}/split")
+        graph.initializer.append(split)
+        graph.node.append(
+            helper.make_node("Split", [made[0].output[0], split.name],
+                             [n.output[0] for n in nodes], axis=-1, name=f"{name}/Split")
+        )  # fmt: skip
+        for old in nodes:
+            old.output[0] = f"{old.output[0]}/unpacked"
+        return len(nodes) - 1
+
     for gqa in [n for n in graph.node if n.op_type == "GroupQueryAttention"]:
         layer = gqa.name.split("/")[2]  # "/model/layers.N/self_attn/GroupQueryAttention"
         qkv = [by_name.get(f"/model/{layer}/self_attn/{x}_proj/MatMul") for x in "qkv"]
@@ -261,22 +300,13 @@ def pack_projections(graph: Any) -> int:
         if made:
             gqa.input[0], gqa.input[1], gqa.input[2] = made[0].output[0], "", ""
             removed += 2
+        elif qkv[2] is not None and qkv[2].output[0] == gqa.input[2]:
+            # q and k normed before the attention (Qwen3, OLMo 2, Gemma 3): split for the norms.
+            removed += packed_split(qkv, f"/model/{layer}/self_attn/qkv_proj")
         mlp = [by_name[f"/model/{layer}/mlp/{x}_proj/MatMul"] for x in ("gate", "up")
                if f"/model/{layer}/mlp/{x}_proj/MatMul" in by_name]  # fmt: skip
-        made = packed_matmul(mlp, f"/model/{layer}/mlp/gate_up_proj") if len(mlp) == 2 else None
-        if made:
-            split = numpy_helper.from_array(
-                np.array(made[1], np.int64), f"/model/{layer}/mlp/split"
-            )
-            graph.initializer.append(split)
-            graph.node.append(
-                helper.make_node("Split", [made[0].output[0], split.name],
-                                 [mlp[0].output[0], mlp[1].output[0]], axis=-1,
-                                 name=f"/model/{layer}/mlp/gate_up_proj/Split")
-            )  # fmt: skip
-            for old in mlp:
-                old.output[0] = f"{old.output[0]}/unpacked"
-            removed += 1
+        if len(mlp) == 2:
+            removed += packed_split(mlp, f"/model/{layer}/mlp/gate_up_proj")
     _topological_sort(graph)
     return removed
 

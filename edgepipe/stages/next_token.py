@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import families
 from ..graph.damage import log_softmax
 from ..runtime.generator import GenerationConfig, Generator
 from . import digests
@@ -137,10 +138,12 @@ def torch_logits(model_dir: Path) -> Logits:
     import torch
     from transformers import AutoModelForCausalLM
 
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     with quiet():
         model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), local_files_only=True, torch_dtype=torch.float32
-        ).eval()
+            str(model_dir), local_files_only=True, torch_dtype=torch.float32,
+            attn_implementation=families.torch_attention(config),
+        ).eval()  # fmt: skip
 
     def run(ids: list[int]) -> np.ndarray:
         with torch.inference_mode():

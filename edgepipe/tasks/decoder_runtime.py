@@ -19,7 +19,8 @@ from ..stages.export import quiet
 
 log = logging.getLogger(__name__)
 # A user message that no template can mistake for anything else; the rendering is split at it.
-SENTINEL = "\x1fEDGEPIPE-USER-MESSAGE\x1f"
+# Letters only: templates that trim each message (Gemma's, Llama 3's) strip "\x1f" as whitespace.
+SENTINEL = "EDGEPIPEUSERMESSAGE"
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 

@@ -13,6 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import modern, seeds
+from . import modern, norms, seeds
 
-TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY, **modern.TINY}
+TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY, **modern.TINY, **norms.TINY}

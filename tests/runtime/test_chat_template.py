@@ -6,7 +6,7 @@ import pytest
 
 from edgepipe.runtime.chat import SYSTEM_FOLD, SYSTEM_NONE, SYSTEM_TURN, ChatError, ChatTemplate
 from edgepipe.runtime.generator import GenerationConfig
-from edgepipe.tasks.decoder_runtime import multi_turn_template
+from edgepipe.tasks.decoder_runtime import chat_template, multi_turn_template
 from tests.decoders import TEMPLATES, train_bpe, with_chat_template
 
 # Not the build's own check conversations: other texts, lengths and turn counts.
@@ -58,6 +58,15 @@ def expected(tokenizer, conversation):
 @pytest.fixture(scope="module")
 def tokenizers():
     return {kind: train_bpe(kind) for kind in TEMPLATES}
+
+
+@pytest.mark.parametrize("kind", sorted(TEMPLATES))
+def test_one_message_chat_survives_templates_that_trim(tokenizers, kind):
+    """Gemma's and Llama 3's templates trim each message; the one-message affixes still come out."""
+    tokenizer = tokenizers[kind]
+    prefix, suffix = chat_template(None, tokenizer)
+    text = "What is the capital of France?"
+    assert prefix + text + suffix == expected(tokenizer, [("user", text)])
 
 
 @pytest.mark.parametrize("kind", sorted(TEMPLATES))
