@@ -46,7 +46,12 @@ def _sentence_transformers(dest: Path, dim: int, pooling: str, max_seq_length: i
     (dest / "modules.json").write_text(
         json.dumps(
             [
-                {"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{t}"}
+                {
+                    "idx": i,
+                    "name": str(i),
+                    "path": path,
+                    "type": f"sentence_transformers.models.{t}",
+                }
                 for i, (path, t) in enumerate(modules)
             ],
             indent=2,

@@ -140,7 +140,9 @@ def test_smoothing_leaves_a_shared_weight_alone(exported, tmp_path):
     after = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, feeds)
     for a, b in zip(after, before, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    rescaled = [n.name for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "Mul"]
+    rescaled = [
+        n.name for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "Mul"
+    ]
     assert rescaled == ["y_smooth"]  # the MatMul whose weight is its own still is
 
 
