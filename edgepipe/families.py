@@ -10,6 +10,7 @@ builds a tiny random model of every entry (its config.json copies the real model
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ModelError
 
@@ -26,6 +27,9 @@ class Family:
     fused: bool = False  # decoders: attention rewritten to GroupQueryAttention
     plain_because: str = ""  # decoders on the exported attention: why
     plain_for: str = ""  # fused decoders: the configs that keep the exported attention, and why
+    # Encoders whose learned positions start after the padding id (RoBERTa's padding_idx + 1): of
+    # max_position_embeddings rows, pad_token_id + 1 are never used for a token.
+    positions_after_pad: bool = False
 
     def attention(self) -> str:
         """The README's attention column."""
@@ -37,8 +41,8 @@ class Family:
         return "fused (GroupQueryAttention)" + note
 
 
-def _encoder(model_type: str, name: str, *examples: str) -> Family:
-    return Family(model_type, name, (EMBEDDING,), examples)
+def _encoder(model_type: str, name: str, *examples: str, after_pad: bool = False) -> Family:
+    return Family(model_type, name, (EMBEDDING,), examples, positions_after_pad=after_pad)
 
 
 def _decoder(
@@ -50,12 +54,29 @@ def _decoder(
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in (
-        _encoder("bert", "BERT, MiniLM, BGE, E5", "sentence-transformers/all-MiniLM-L6-v2"),
+        _encoder(
+            "bert",
+            "BERT, MiniLM, BGE, E5",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "BAAI/bge-small-en-v1.5",
+            "intfloat/multilingual-e5-small",
+        ),
         _encoder("distilbert", "DistilBERT", "sentence-transformers/msmarco-distilbert-base-v4"),
-        _encoder("roberta", "RoBERTa", "sentence-transformers/all-distilroberta-v1"),
-        _encoder("xlm-roberta", "XLM-RoBERTa", "intfloat/multilingual-e5-small"),
-        _encoder("mpnet", "MPNet", "sentence-transformers/all-mpnet-base-v2"),
+        _encoder(
+            "roberta", "RoBERTa", "sentence-transformers/all-distilroberta-v1", after_pad=True
+        ),
+        _encoder(
+            "xlm-roberta",
+            "XLM-RoBERTa, BGE-M3, multilingual E5",
+            "BAAI/bge-m3",
+            "intfloat/multilingual-e5-base",
+            after_pad=True,
+        ),
+        _encoder("camembert", "CamemBERT", "almanach/camembert-base", after_pad=True),
+        _encoder("mpnet", "MPNet", "sentence-transformers/all-mpnet-base-v2", after_pad=True),
         _encoder("electra", "ELECTRA", "google/electra-small-discriminator"),
+        _encoder("deberta-v2", "DeBERTa-v2, DeBERTa-v3", "microsoft/deberta-v3-small"),
+        _encoder("modernbert", "ModernBERT", "answerdotai/ModernBERT-base"),
         _decoder(
             "llama",
             "Llama, Llama 3.2, SmolLM2",
@@ -116,6 +137,16 @@ def family(model_type: str, where: str = "config.json") -> Family:
             f"{', '.join(supported())}"
         )
     return FAMILIES[model_type]
+
+
+def max_positions(config: dict[str, Any]) -> int:
+    """The most tokens an encoder's config allows: its position rows, less those before the first
+    position where they start after the padding id."""
+    rows = int(config.get("max_position_embeddings") or 512)
+    found = FAMILIES.get(str(config.get("model_type", "")))
+    if found and found.positions_after_pad:
+        rows -= int(config.get("pad_token_id") or 0) + 1
+    return rows
 
 
 def fused(model_type: str) -> bool:

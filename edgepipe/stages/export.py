@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import families
 from ..errors import StageError
 from ..graph import decoder_graph, tied
 from . import digests
@@ -73,7 +74,7 @@ def max_length(model_dir: Path) -> int:
         if isinstance(value, int) and value > 0:
             return value
     config = json.loads((model_dir / "config.json").read_text())
-    limits = [config.get("max_position_embeddings", 512)]
+    limits = [families.max_positions(config)]
     tok_config = model_dir / "tokenizer_config.json"
     if tok_config.is_file():
         value = json.loads(tok_config.read_text()).get("model_max_length")

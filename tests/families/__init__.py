@@ -13,6 +13,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import modern, norms, seeds
+from . import encoders, modern, norms, seeds
 
-TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY, **modern.TINY, **norms.TINY}
+TINY: dict[str, Callable[[Path], Path]] = {
+    **seeds.TINY,
+    **modern.TINY,
+    **norms.TINY,
+    **encoders.TINY,
+}

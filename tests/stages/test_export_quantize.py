@@ -97,6 +97,55 @@ def test_smoothing_is_exact_in_fp32(exported, tmp_path):
     np.testing.assert_allclose(after, before, rtol=1e-4, atol=1e-4)
 
 
+def test_smoothing_leaves_a_shared_weight_alone(exported, tmp_path):
+    """A weight that another node reads too (DeBERTa's query projection, which also projects the
+    relative position embeddings through a Transpose) is not rescaled for one MatMul's input."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(400, 8)).astype(np.float32)
+    table[:, 3] *= 30  # an outlier channel, which smoothing would move into W
+    weight = rng.normal(size=(8, 8)).astype(np.float32)
+    positions = rng.normal(size=(4, 8)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "input_ids"], ["x"], name="embed"),
+            helper.make_node("MatMul", ["x", "w"], ["y"], name="proj"),
+            helper.make_node("Transpose", ["w"], ["wt"], name="wt", perm=[1, 0]),
+            helper.make_node("MatMul", ["positions", "wt"], ["p"], name="pos_proj"),
+            helper.make_node("MatMul", ["y", "w2"], ["z"], name="out"),
+        ],
+        "shared",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [1, "s"])],
+        [
+            helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, "s", 8]),
+            helper.make_tensor_value_info("p", TensorProto.FLOAT, [4, 8]),
+        ],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(weight, "w"),
+            numpy_helper.from_array(positions, "positions"),
+            numpy_helper.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w2"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    out, _ = exported
+    tokenizer = out / "tokenizer" / "tokenizer.json"
+    smooth(tmp_path / "m.onnx", tmp_path / "s.onnx", 0.65, ["turn on the lights"], tokenizer, 64)
+    feeds = {"input_ids": np.array([[2, 40, 41, 3]], dtype=np.int64)}
+    before = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, feeds)
+    after = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, feeds)
+    for a, b in zip(after, before, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    rescaled = [
+        n.name for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "Mul"
+    ]
+    assert rescaled == ["y_smooth"]  # the MatMul whose weight is its own still is
+
+
 def test_excluded_nodes_stay_float(exported, tmp_path):
     out, _ = exported
     graph = onnx.load(str(out / "model.onnx")).graph
