@@ -75,6 +75,12 @@ def models(markdown: bool) -> None:
     "-m",
     help="Hugging Face model directory or llama.cpp .gguf file; default: all-MiniLM-L6-v2.",
 )
+@click.option(
+    "--task",
+    type=click.Choice(["embedding", "text-generation", "text-classification", "reranking"]),
+    help="Build the model for this task; default: what its config.json says (a "
+    "*ForSequenceClassification head: text-classification, or reranking with one output).",
+)
 @click.option("--name", help="Model name in the bundle's name; default: the directory's name.")
 @click.option("--out", "-o", default="dist", type=click.Path(path_type=Path), show_default=True)
 @click.option("--work-dir", type=click.Path(path_type=Path), help="Keep stage files here.")
@@ -124,6 +130,7 @@ def build(
     target: str,
     profile: str | None,
     model: str | None,
+    task: str | None,
     name: str | None,
     out: Path,
     work_dir: Path | None,
@@ -156,7 +163,7 @@ def build(
     target_cfg = catalog.targets(targets_dirs).load(target)
     profile_cfg, candidates = choose_profiles(
         target_cfg, catalog.profiles(profiles_dirs), model, profile, search, allow_pickle,
-        trust_remote_code,
+        trust_remote_code, task,
     )  # fmt: skip
     spec = BuildSpec(
         target=target_cfg,
@@ -177,6 +184,7 @@ def build(
         with_wheels=with_wheels,
         runtime_version=runtime_version,
         sign_with=signing_key(sign_key, sign_certificate, sign_certificate_chain, "--sign-"),
+        task=task,
     )
     started: dict[str, float] = {}
 

@@ -15,6 +15,11 @@ from .errors import ModelError
 
 EMBEDDING = "embedding"
 GENERATION = "text-generation"
+CLASSIFICATION = "text-classification"
+RERANKING = "reranking"
+# What a *ForSequenceClassification checkpoint of the family can be built for: labels (intents,
+# sentiment) or, with one output, a cross-encoder's relevance score.
+HEADS = (CLASSIFICATION, RERANKING)
 
 
 @dataclass(frozen=True)
@@ -33,8 +38,8 @@ class Family:
         return "fused (GroupQueryAttention)" if self.fused else f"as exported: {self.plain_because}"
 
 
-def _encoder(model_type: str, name: str, *examples: str) -> Family:
-    return Family(model_type, name, (EMBEDDING,), examples)
+def _encoder(model_type: str, name: str, *examples: str, heads: bool = False) -> Family:
+    return Family(model_type, name, (EMBEDDING, *(HEADS if heads else ())), examples)
 
 
 def _decoder(model_type: str, name: str, *examples: str, plain: str = "") -> Family:
@@ -44,10 +49,22 @@ def _decoder(model_type: str, name: str, *examples: str, plain: str = "") -> Fam
 FAMILIES: dict[str, Family] = {
     f.model_type: f
     for f in (
-        _encoder("bert", "BERT, MiniLM, BGE, E5", "sentence-transformers/all-MiniLM-L6-v2"),
+        _encoder(
+            "bert",
+            "BERT, MiniLM, BGE, E5",
+            "sentence-transformers/all-MiniLM-L6-v2",
+            "cross-encoder/ms-marco-MiniLM-L-6-v2",
+            heads=True,
+        ),
         _encoder("distilbert", "DistilBERT", "sentence-transformers/msmarco-distilbert-base-v4"),
-        _encoder("roberta", "RoBERTa", "sentence-transformers/all-distilroberta-v1"),
-        _encoder("xlm-roberta", "XLM-RoBERTa", "intfloat/multilingual-e5-small"),
+        _encoder("roberta", "RoBERTa", "sentence-transformers/all-distilroberta-v1", heads=True),
+        _encoder(
+            "xlm-roberta",
+            "XLM-RoBERTa",
+            "intfloat/multilingual-e5-small",
+            "BAAI/bge-reranker-base",
+            heads=True,
+        ),
         _encoder("mpnet", "MPNet", "sentence-transformers/all-mpnet-base-v2"),
         _encoder("electra", "ELECTRA", "google/electra-small-discriminator"),
         _decoder("llama", "Llama, SmolLM2", "HuggingFaceTB/SmolLM2-135M-Instruct"),
@@ -98,4 +115,9 @@ def fused(model_type: str) -> bool:
 
 
 # The optimum-onnx export task of each model task.
-EXPORT_TASKS = {EMBEDDING: "feature-extraction", GENERATION: "text-generation-with-past"}
+EXPORT_TASKS = {
+    EMBEDDING: "feature-extraction",
+    GENERATION: "text-generation-with-past",
+    CLASSIFICATION: "text-classification",
+    RERANKING: "text-classification",
+}
