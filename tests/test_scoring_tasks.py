@@ -212,8 +212,20 @@ def test_default_int8_reranker_passes_its_guard_and_benches(models, tmp_path):
     assert proc.returncode == 0 and b"passes" in proc.stdout, proc.stdout + proc.stderr
 
 
-def test_xlm_roberta_reranker_matches_transformers(tmp_path):
-    """bge-reranker-base's family: no token_type_ids, positions past the padding id."""
+EXACT_RANK = """\
+name: exact-rank
+description: int8 MatMuls, the worst MatMuls float until every query's order is fp32's
+method: dynamic-int8
+task_kinds: [reranking]
+quantization: {op_types: [MatMul], per_channel: true, keep_float: {max_nodes: 12}}
+accuracy: {metric: rank_correlation, min: 1.0}
+"""
+
+
+def test_xlm_roberta_reranker_matches_transformers_and_keeps_floats(tmp_path):
+    """bge-reranker-base's family: no token_type_ids, positions past the padding id. Held to an
+    exact order, int8 misses and the build keeps the MatMuls the sensitivity stage ranks worst
+    float (the classification head is float in every attempt) until the order is fp32's."""
     model = make_tiny_xlmr_reranker(tmp_path / "tiny-xlmr-reranker")
     summary = _build(model, tmp_path / "dist", "-t", "laptop-avx2", "-p", "fp32", "--no-bench")
     assert summary["manifest"]["accuracy"]["passed"] is True
@@ -222,6 +234,18 @@ def test_xlm_roberta_reranker_matches_transformers(tmp_path):
     got = {r["index"]: r["score"] for r in map(json.loads, proc.stdout.decode().splitlines())}
     want = _torch_logits(model, [(QUERY, d) for d in DOCS])[:, 0]
     np.testing.assert_allclose([got[i] for i in range(len(DOCS))], want, atol=1e-4)
+
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "exact-rank.yaml").write_text(EXACT_RANK)
+    summary = _build(
+        model, tmp_path / "dist", "-t", "laptop-avx2", "-p", "exact-rank", "--no-bench",
+        "--profiles-dir", str(tmp_path / "profiles"),
+    )  # fmt: skip
+    first, kept = summary["attempts"][0], summary["kept_float"]
+    assert first["kept_float"] == 0 and first["result"].startswith("worst-query Spearman")
+    assert summary["accuracy"]["min_spearman"] == 1.0 and 1 <= len(kept) <= 12
+    ranking = summary["manifest"]["stages"]["sensitivity"]
+    assert ranking["nodes"] == 12 and ranking["worst"][0]["node"] == kept[0]
 
 
 # ---- evaluation pairs --------------------------------------------------------------------------

@@ -160,6 +160,20 @@ def run_evaluate(
     return {"outputs": digests(out), **result}
 
 
+def head_nodes(model: Path) -> list[str]:
+    """Names that keep the classification head float: its Gemm nodes with a constant weight (a
+    pooler or dense layer, then the projection to the labels). quantize_dynamic first rewrites
+    every Gemm to a MatMul named NAME_MatMul (onnxruntime's replace_gemm_with_matmul), then
+    quantizes it even when asked for MatMul alone, so both names are given. Kept float, the head
+    costs a few KB and spares the logits int8's error."""
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    gemms = [n.name for n in graph.node if n.op_type == "Gemm" and n.input[1] in weights]
+    return [name for gemm in gemms for name in (gemm, f"{gemm}_MatMul")]
+
+
 def _damage(ref: np.ndarray, got: np.ndarray, labels: bool) -> np.ndarray:
     """Per item, how far ``got`` is from fp32: a label's KL, a relevance score's difference."""
     return label_metrics(ref, got)[1] if labels else np.abs(ref[:, 0] - got[:, 0])

@@ -46,8 +46,10 @@ class ScoringRecipes:
     bench_runs: int = 30
     kept_as: str = field(default="float", init=False)
     score_name: str = field(default="", init=False)
+    head: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
+        self.head = scores.head_nodes(self.fp32_model)
         self.score_name = (
             "label agreement" if self.kind == CLASSIFICATION else "worst-query Spearman"
         )
@@ -55,9 +57,11 @@ class ScoringRecipes:
     def quantize(
         self, profile: Profile, keep: list[str] | None, label: str
     ) -> tuple[Path, dict[str, Any]]:
+        """The profile's model, with the classification head always float (scores.head_nodes)
+        besides the ``keep`` nodes."""
         return quantize.run_profile(
-            self.stage, profile, keep, label, self.kind, self.fp32_model, self.digests,
-            self.calibration,
+            self.stage, profile, [*self.head, *(keep or [])], label, self.kind, self.fp32_model,
+            self.digests, self.calibration,
         )  # fmt: skip
 
     def score(
