@@ -114,7 +114,7 @@ def check(root: Path) -> dict[str, Any]:
     selftest = (manifest.get("device_bench") or {}).get("selftest")
     if selftest and selftest.get("bar") is not None:
         rows.append(_row(f"device {selftest['metric']}", f">= {selftest['bar']:g}",
-                         selftest["device"]["min"], not selftest["passed"],
+                         _device_score(selftest["device"]), not selftest["passed"],
                          "python BUNDLE selftest on the device"))  # fmt: skip
     return {
         "bundle": str(root),
@@ -127,10 +127,19 @@ def check(root: Path) -> dict[str, Any]:
     }
 
 
+def _device_score(device: dict[str, Any]) -> float | None:
+    """The number a selftest's bar applies to: min cosine, agreement or worst-query Spearman."""
+    return next((device[k] for k in ("min", "agreement", "min_spearman") if k in device), None)
+
+
 def _accuracy(manifest: dict[str, Any]) -> tuple[str, float | None]:
     model = (manifest.get("accuracy") or {}).get("model") or {}
     if is_generation(manifest):
         return "next-token agreement", model.get("agreement")
+    if manifest.get("task") == "text-classification":
+        return "label agreement", model.get("agreement")
+    if manifest.get("task") == "reranking":
+        return "worst-query Spearman", model.get("min_spearman")
     return "min cosine", model.get("min")
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import click
 
-from . import __version__, catalog, device_cli, families, tables
+from . import __version__, catalog, device_cli, tables
 from .cli_cache import cache
+from .cli_catalog import matrix, models, profiles, targets
 from .cli_common import (
     dirs_option,
     err,
@@ -36,35 +37,8 @@ def main() -> None:
     """Export, quantize, verify, benchmark and bundle a model for one edge device."""
 
 
-for trust_command in (keygen, sign, sbom_command):
-    main.add_command(trust_command)
-
-
-@main.command()
-@dirs_option("targets")
-@handle_errors
-def targets(targets_dirs: tuple[Path, ...]) -> None:
-    """List the devices edgepipe can build for."""
-    out.print(tables.targets_table(catalog.targets(targets_dirs).all()))
-
-
-@main.command()
-@dirs_option("profiles")
-@handle_errors
-def profiles(profiles_dirs: tuple[Path, ...]) -> None:
-    """List the quantization recipes."""
-    out.print(tables.profiles_table(catalog.profiles(profiles_dirs).all()))
-
-
-@main.command()
-@click.option("--markdown", is_flag=True, help="The README's table, as Markdown.")
-@handle_errors
-def models(markdown: bool) -> None:
-    """List the model families (Hugging Face model_type) edgepipe builds."""
-    if markdown:
-        click.echo(families.markdown_table(), nl=False)
-    else:
-        out.print(tables.models_table(list(families.FAMILIES.values())))
+for command in (keygen, sign, sbom_command, targets, profiles, models, matrix):
+    main.add_command(command)
 
 
 @main.command()
@@ -77,6 +51,12 @@ def models(markdown: bool) -> None:
     "-m",
     help="Hugging Face model directory, llama.cpp .gguf file, or hub id org/name[@revision] (from "
     "the Hugging Face cache); default: all-MiniLM-L6-v2.",
+)
+@click.option(
+    "--task",
+    type=click.Choice(["embedding", "text-generation", "text-classification", "reranking"]),
+    help="Build the model for this task; default: what its config.json says (a "
+    "*ForSequenceClassification head: text-classification, or reranking with one output).",
 )
 @click.option("--name", help="Model name in the bundle's name; default: the directory's name.")
 @click.option("--out", "-o", default="dist", type=click.Path(path_type=Path), show_default=True)
@@ -128,6 +108,7 @@ def build(
     target: str,
     profile: str | None,
     model: str | None,
+    task: str | None,
     name: str | None,
     out: Path,
     work_dir: Path | None,
@@ -167,7 +148,7 @@ def build(
             err.print(f"{model}: snapshot {commit} in the Hugging Face cache")
     profile_cfg, candidates = choose_profiles(
         target_cfg, catalog.profiles(profiles_dirs), model, profile, search, allow_pickle,
-        trust_remote_code,
+        trust_remote_code, task,
     )  # fmt: skip
     spec = BuildSpec(
         target=target_cfg,
@@ -188,6 +169,7 @@ def build(
         with_wheels=with_wheels,
         runtime_version=runtime_version,
         sign_with=signing_key(sign_key, sign_certificate, sign_certificate_chain, "--sign-"),
+        task=task,
     )
     started: dict[str, float] = {}
 
@@ -385,30 +367,6 @@ def bench(
         f"{result['peak_rss_mb']} MB"
     )
     out.print(tables.bench_table(result))
-
-
-@main.command()
-@click.option("--target", "-t", "target_names", multiple=True, help="Targets (default: all).")
-@click.option(
-    "--model", "-m", "models", multiple=True, help="Model dirs (default: the packaged one)."
-)
-@click.option(
-    "--format", "fmt", type=click.Choice(["json", "github"]), default="json", show_default=True
-)
-@dirs_option("targets")
-@handle_errors
-def matrix(
-    target_names: tuple[str, ...], models: tuple[str, ...], fmt: str, targets_dirs: tuple[Path, ...]
-) -> None:
-    """Print the target x model build matrix for CI systems that fan out across machines."""
-    store = catalog.targets(targets_dirs)
-    chosen = [store.load(n) for n in target_names] if target_names else store.all()
-    rows = [
-        {"target": t.name, "profile": t.default_profile, "model": m, "arch": t.platform.arch}
-        for m in (models or ("default",))
-        for t in chosen
-    ]
-    click.echo(json.dumps({"include": rows} if fmt == "github" else rows))
 
 
 device_cli.register(main, handle_errors, out, err)  # check, compare, bench --import/--remote

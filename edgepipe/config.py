@@ -17,13 +17,20 @@ from pydantic import (
 
 from .errors import ConfigError
 
-TaskKind = Literal["embedding", "generation"]
+TaskKind = Literal["embedding", "generation", "classification", "reranking"]
 # The task a model is built for (families.FAMILIES' tasks) -> the kind of profile it takes.
-TASK_KINDS: dict[str, TaskKind] = {"embedding": "embedding", "text-generation": "generation"}
+TASK_KINDS: dict[str, TaskKind] = {
+    "embedding": "embedding",
+    "text-generation": "generation",
+    "text-classification": "classification",
+    "reranking": "reranking",
+}
 # The accuracy metrics that make sense for each task kind.
 KIND_METRICS: dict[str, tuple[str, ...]] = {
     "embedding": ("min_cosine",),
     "generation": ("next_token_agreement",),
+    "classification": ("label_agreement",),
+    "reranking": ("rank_correlation",),
 }
 
 
@@ -97,7 +104,8 @@ class Target(Strict):
     accelerator: str | None = Field(default=None, description="GPU/NPU, if any.")
     runtime: Runtime
     default_profile: str = Field(
-        description="Profile used for embedding models when --profile is not given."
+        description="Profile used for embedding, classification and reranking models when "
+        "--profile is not given."
     )
     default_generation_profile: str | None = Field(
         default=None,
@@ -233,16 +241,28 @@ class WeightOnly(Strict):
 
 
 class Accuracy(Strict):
-    metric: Literal["min_cosine", "next_token_agreement"] = Field(
-        default="min_cosine",
-        description="min_cosine: worst-case cosine to the fp32 model over the texts (embeddings); "
-        "next_token_agreement: share of positions whose top-1 next token matches fp32 (generation).",
+    metric: Literal["min_cosine", "next_token_agreement", "label_agreement", "rank_correlation"] = (
+        Field(
+            default="min_cosine",
+            description="min_cosine: worst-case cosine to the fp32 model over the texts "
+            "(embeddings); next_token_agreement: share of positions whose top-1 next token matches "
+            "fp32 (generation); label_agreement: share of texts given fp32's label "
+            "(classification); rank_correlation: the worst query's Spearman correlation of the "
+            "documents' scores with fp32's (reranking).",
+        )
     )
     min: float = Field(gt=0, le=1, description="The bar: the build fails below it.")
     max_kl: float | None = Field(
         default=None,
         gt=0,
-        description="next_token_agreement only: the largest mean KL(fp32 || model) in nats allowed.",
+        description="next_token_agreement and label_agreement: the largest mean KL(fp32 || model) "
+        "in nats allowed (next tokens' or labels' probabilities).",
+    )
+    max_score_error: float | None = Field(
+        default=None,
+        gt=0,
+        description="rank_correlation only: the largest difference of a relevance score (the "
+        "model's raw logit) from fp32's allowed.",
     )
     max_perplexity_ratio: float | None = Field(
         default=None,

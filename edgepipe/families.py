@@ -16,6 +16,11 @@ from .errors import ModelError
 
 EMBEDDING = "embedding"
 GENERATION = "text-generation"
+CLASSIFICATION = "text-classification"
+RERANKING = "reranking"
+# What a *ForSequenceClassification checkpoint of the family can be built for: labels (intents,
+# sentiment) or, with one output, a cross-encoder's relevance score.
+HEADS = (CLASSIFICATION, RERANKING)
 
 
 @dataclass(frozen=True)
@@ -41,8 +46,11 @@ class Family:
         return "fused (GroupQueryAttention)" + note
 
 
-def _encoder(model_type: str, name: str, *examples: str, after_pad: bool = False) -> Family:
-    return Family(model_type, name, (EMBEDDING,), examples, positions_after_pad=after_pad)
+def _encoder(
+    model_type: str, name: str, *examples: str, after_pad: bool = False, heads: bool = False
+) -> Family:
+    tasks = (EMBEDDING, *(HEADS if heads else ()))
+    return Family(model_type, name, tasks, examples, positions_after_pad=after_pad)
 
 
 def _decoder(
@@ -60,17 +68,25 @@ FAMILIES: dict[str, Family] = {
             "sentence-transformers/all-MiniLM-L6-v2",
             "BAAI/bge-small-en-v1.5",
             "intfloat/multilingual-e5-small",
+            "cross-encoder/ms-marco-MiniLM-L-6-v2",
+            heads=True,
         ),
         _encoder("distilbert", "DistilBERT", "sentence-transformers/msmarco-distilbert-base-v4"),
         _encoder(
-            "roberta", "RoBERTa", "sentence-transformers/all-distilroberta-v1", after_pad=True
+            "roberta",
+            "RoBERTa",
+            "sentence-transformers/all-distilroberta-v1",
+            after_pad=True,
+            heads=True,
         ),
         _encoder(
             "xlm-roberta",
             "XLM-RoBERTa, BGE-M3, multilingual E5",
             "BAAI/bge-m3",
             "intfloat/multilingual-e5-base",
+            "BAAI/bge-reranker-base",
             after_pad=True,
+            heads=True,
         ),
         _encoder("camembert", "CamemBERT", "almanach/camembert-base", after_pad=True),
         _encoder("mpnet", "MPNet", "sentence-transformers/all-mpnet-base-v2", after_pad=True),
@@ -161,4 +177,9 @@ def torch_attention(config: dict[str, object]) -> str | None:
 
 
 # The optimum-onnx export task of each model task.
-EXPORT_TASKS = {EMBEDDING: "feature-extraction", GENERATION: "text-generation-with-past"}
+EXPORT_TASKS = {
+    EMBEDDING: "feature-extraction",
+    GENERATION: "text-generation-with-past",
+    CLASSIFICATION: "text-classification",
+    RERANKING: "text-classification",
+}

@@ -21,13 +21,17 @@ __all__ = ["BuildResult", "BuildSpec", "Progress", "build"]
 
 def _texts(spec: BuildSpec, kind: str) -> list[str]:
     """The evaluation texts: --eval-data, or the task kind's built-in set."""
+    if kind == "reranking":  # (query, document) pairs, which tasks/reranking.py reads
+        return []
     return load_texts(spec.eval_data) if spec.eval_data else builtin_texts(kind)
 
 
 def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     """Run every stage and publish ``<out>/<model>-<target>/`` and its ``.tar.gz``."""
     report = progress or (lambda stage, summary: None)
-    source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code)
+    source = sources.resolve(
+        spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task
+    )
     check_fits(spec.target, spec.profile, source.task)
     if spec.with_wheels and bundle.gpu_target(spec.target):
         raise ConfigError(

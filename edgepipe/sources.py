@@ -21,6 +21,9 @@ DEFAULT_MODEL_NAME = "all-minilm-l6-v2"
 
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+# sentence-transformers' CrossEncoder marks its config.json with "sentence_transformers" (v4+) or
+# this key (before).
+CROSS_ENCODER_MARK = "sbert_ce_default_activation_function"
 
 
 @dataclass(frozen=True)
@@ -41,7 +44,7 @@ class ModelSource:
 
     @property
     def task_kind(self) -> str:
-        """The kind of profile the model takes: embedding or generation."""
+        """The kind of profile the model takes: embedding, generation, classification, reranking."""
         return TASK_KINDS[self.task]
 
     def describe(self) -> dict[str, Any]:
@@ -161,9 +164,61 @@ def _check_tokenizer(root: Path, config: dict[str, Any]) -> None:
         )
 
 
-def peek_task(model: str | None) -> str | None:
+def _head(config: dict[str, Any]) -> int | None:
+    """Outputs of the model's sequence-classification head; None when it has none."""
+    architectures = config.get("architectures") or []
+    if not any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return None
+    labels = config.get("id2label")
+    return len(labels) if isinstance(labels, dict) and labels else int(config.get("num_labels", 2))
+
+
+def model_task(
+    config: dict[str, Any], entry: families.Family, requested: str | None, where: str
+) -> str:
+    """The task to build: ``requested`` (--task) if the model can do it, else what config.json
+    says: a sequence-classification head with one output is a reranker, with more a classifier;
+    any other model its family's default task. ModelError when the model cannot do the task."""
+    head = _head(config)
+    found = entry.tasks[0]
+    if head is not None and entry.tasks[0] == families.EMBEDDING:
+        found = families.RERANKING if head == 1 else families.CLASSIFICATION
+    task = requested or found
+    if task not in entry.tasks:
+        raise ModelError(
+            f"{where}: {entry.model_type} models are not built for {task}; "
+            f"--task one of: {', '.join(entry.tasks)}"
+        )
+    if task in families.HEADS:
+        if head is None:
+            raise ModelError(
+                f"{where}: {task} needs a sequence-classification head (architectures "
+                f"{config.get('architectures')}); use a *ForSequenceClassification checkpoint"
+            )
+        if (head == 1) != (task == families.RERANKING):
+            right = families.RERANKING if head == 1 else families.CLASSIFICATION
+            raise ModelError(
+                f"{where}: the head has {head} output{'s' * (head != 1)}, which makes it a "
+                f"{right} model, not {task}; pass --task {right} or leave --task out"
+            )
+        if config.get("problem_type") == "multi_label_classification":
+            raise ModelError(
+                f"{where}: multi-label classification (independent sigmoids) is not supported "
+                "yet; only single-label heads (softmax over id2label)"
+            )
+        if head > 1 and ({"sentence_transformers", CROSS_ENCODER_MARK} & config.keys()):
+            raise ModelError(
+                f"{where}: a cross-encoder with {head} labels classifies text pairs, which is not "
+                "supported yet; rerankers (one output) are"
+            )
+    return task
+
+
+def peek_task(model: str | None, requested: str | None = None) -> str | None:
     """The task of ``model`` from its config.json alone (no checks, no download; resolve() does
     them), or None when that cannot be told: the CLI picks the target's default profile with it."""
+    if requested is not None:
+        return requested
     if model is None:
         return "embedding"
     if gguf_source.is_gguf(model):
@@ -185,7 +240,12 @@ def peek_task(model: str | None) -> str | None:
     if not isinstance(config, dict):
         return None
     found = families.FAMILIES.get(str(config.get("model_type", "")))
-    return found.tasks[0] if found else None
+    if found is None:
+        return None
+    try:
+        return model_task(config, found, None, "config.json")
+    except ModelError:
+        return found.tasks[0]
 
 
 def resolve(
@@ -193,18 +253,20 @@ def resolve(
     name: str | None = None,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    task: str | None = None,
 ) -> ModelSource:
     """Check ``model`` (a directory, a GGUF file, a hub id org/name[@revision], or None for the
     packaged default) and describe it; a GGUF is converted into the cache first (once per file
-    content); a hub id is its snapshot in the Hugging Face cache (download() fetches one)."""
+    content); a hub id is its snapshot in the Hugging Face cache (download() fetches one).
+    ``task`` (--task) overrides the task config.json implies, where the model can do it."""
     if model is not None and gguf_source.is_gguf(model):
-        return _resolve_gguf(Path(model).expanduser().resolve(), name)
+        return _resolve_gguf(Path(model).expanduser().resolve(), name, task)
     hub_id = None if model is None else hub.parse(model)
     if hub_id is not None:
         root, commit = hub.snapshot(hub_id)
         origin = {"repo_id": hub_id.repo_id, "revision": hub_id.revision, "commit": commit}
         return _checked(
-            root, "hub", name or hub_id.name, allow_pickle, trust_remote_code,
+            root, "hub", name or hub_id.name, allow_pickle, trust_remote_code, task,
             ref=f"{hub_id.repo_id}@{commit}", origin={"format": "huggingface", **origin},
         )  # fmt: skip
     kind = "package" if model is None else "directory"
@@ -217,7 +279,7 @@ def resolve(
     if not root.is_dir():
         raise ModelError(f"{model}: not a directory; pass a Hugging Face model directory")
     default_name = DEFAULT_MODEL_NAME if model is None else root.name
-    return _checked(root, kind, name or default_name, allow_pickle, trust_remote_code)
+    return _checked(root, kind, name or default_name, allow_pickle, trust_remote_code, task)
 
 
 def download(
@@ -237,6 +299,7 @@ def _checked(
     name: str,
     allow_pickle: bool,
     trust_remote_code: bool,
+    task: str | None = None,
     ref: str | None = None,
     origin: dict[str, Any] | None = None,
 ) -> ModelSource:
@@ -257,6 +320,7 @@ def _checked(
         )
     model_type = str(config.get("model_type", ""))
     entry = families.family(model_type, str(config_path))
+    chosen = model_task(config, entry, task, str(config_path))
     _check_weights(root, allow_pickle)
     _check_tokenizer(root, config)
     return ModelSource(
@@ -264,7 +328,7 @@ def _checked(
         name=slug(name),
         kind=kind,
         model_type=model_type,
-        task=entry.tasks[0],
+        task=chosen,
         digest=directory_digest(root),
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,
@@ -273,7 +337,7 @@ def _checked(
     )
 
 
-def _resolve_gguf(path: Path, name: str | None) -> ModelSource:
+def _resolve_gguf(path: Path, name: str | None, task: str | None) -> ModelSource:
     info = gguf_source.inspect(path)
     digest = sha256_file(path)
     root = gguf_source.converted(info, digest, StageCache(default_dir()))
@@ -286,7 +350,7 @@ def _resolve_gguf(path: Path, name: str | None) -> ModelSource:
         name=slug(name or path.stem),
         kind="gguf",
         model_type=model_type,
-        task=families.family(model_type).tasks[0],
+        task=model_task(config, families.family(model_type), task, str(path)),
         digest=digest,
         ref=path,
         origin=info.describe(),

@@ -52,6 +52,7 @@ def profiles_table(found: list[Profile]) -> Table:
         bar = ", ".join(
             f"{p.bar(kind).metric} >= {p.bar(kind).min}"
             + (f", KL <= {p.bar(kind).max_kl}" if p.bar(kind).max_kl else "")
+            + (f", error <= {p.bar(kind).max_score_error}" if p.bar(kind).max_score_error else "")
             for kind in p.task_kinds
         )
         table.add_row(p.name, p.method, bar, ",".join(p.task_kinds), p.description)

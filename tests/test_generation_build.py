@@ -258,7 +258,7 @@ def test_default_profile_comes_from_the_task_and_falls_back(decoders, tmp_path):
 @pytest.mark.parametrize(
     ("model_kind", "profile", "message"),
     [
-        ("llama", "arm64-int8", "is for embedding models, not generation"),
+        ("llama", "arm64-int8", "classification, reranking models, not generation"),
         ("bert", "arm64-int4", "is for generation models, not embedding"),
     ],
 )

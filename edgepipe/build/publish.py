@@ -18,6 +18,7 @@ from .. import sbom, signing
 from ..config import Target
 from ..errors import ResourceError, VerifyError
 from ..graph.checks import check_external_data, check_runtime_support
+from ..runtime.classifier import ScoringConfig
 from ..runtime.embedder import EmbeddingConfig
 from ..runtime.generator import GenerationConfig
 from ..runtime.integrity import SIGNATURE, read_manifest, verify_dir
@@ -80,7 +81,7 @@ def write_bundle(
     chosen: Attempt,
     attempts: list[Attempt],
     *,
-    runtime: EmbeddingConfig | GenerationConfig,
+    runtime: EmbeddingConfig | GenerationConfig | ScoringConfig,
     tokenizer_dir: Path,
     fp32_onnx: dict[str, Any],
     bench_fields: dict[str, Any],

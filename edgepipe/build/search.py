@@ -49,8 +49,11 @@ class Attempt:
             "size_mb": round(self.size_bytes / 1e6, 1),
         }
         score = self.accuracy["model"]
-        if self.accuracy["metric"] == "next_token_agreement":
+        metric = self.accuracy["metric"]
+        if metric in ("next_token_agreement", "label_agreement"):
             row.update(agreement=score["agreement"], mean_kl=score["mean_kl"])
+        elif metric == "rank_correlation":
+            row.update(min_spearman=score["min_spearman"], max_score_error=score["max_score_error"])
         else:
             row.update(min_cosine=score["min"], mean_cosine=score["mean"])
         row.update(bar=self.accuracy["bar"], result=self.problem or "ok")

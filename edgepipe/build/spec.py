@@ -47,6 +47,8 @@ class BuildSpec:
     runtime_version: str | None = None
     # The bundle is signed with it (model.sig) before it is archived.
     sign_with: SigningKey | None = None
+    # --task: what to build the model for instead of what its config.json implies.
+    task: str | None = None
 
 
 def choose_profiles(
@@ -57,12 +59,15 @@ def choose_profiles(
     search: bool,
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    task: str | None = None,
 ) -> tuple[Profile, tuple[Profile, ...]]:
     """The profile to build with (``profile``, or the target's default for the model's task) and
     the candidates tried after it: its fallbacks, or every other profile with ``search``."""
     from ..sources import peek_task, resolve
 
-    task = peek_task(model)
+    if task is not None:
+        resolve(model, None, allow_pickle, trust_remote_code, task)  # can the model do it?
+    task = peek_task(model, task)
     if profile is None and task is None:
         resolve(model, None, allow_pickle, trust_remote_code)  # says why the task is unknown
         raise ConfigError(

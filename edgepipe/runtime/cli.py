@@ -1,4 +1,4 @@
-"""The bundle's command line: ``python <bundle> embed|generate|bench|probe|selftest|...``."""
+"""The bundle's command line: ``python <bundle> embed|generate|classify|rerank|bench|...``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import io
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import integrity, serve
+from . import integrity, scoring, serve
+from .cli_input import InputError, UsageError, _decode_lines, _require_task, _texts
 from .integrity import EMBEDDING, TEXT_GENERATION
+
+__all__ = ["InputError", "UsageError", "_decode_lines", "main", "parser"]
 
 EXIT_USAGE = 2
 EXIT_SETUP = 3
@@ -25,58 +28,11 @@ EXIT_VERIFY = 6
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
-class InputError(Exception):
-    """Bad input text: one line for the user, exit code EXIT_INPUT."""
-
-
-class UsageError(Exception):
-    """An option out of range, or a command this bundle's task does not do: exit EXIT_USAGE."""
-
-
 class Parser(argparse.ArgumentParser):
     """argparse with its errors on one line, like every other error here."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"error: {message} (see {self.prog} --help)\n")
-
-
-def _require_task(root: Path, task: str, command: str) -> None:
-    actual = integrity.bundle_task(root)
-    if actual != task:
-        does = {EMBEDDING: "embed", TEXT_GENERATION: "generate"}.get(actual)
-        hint = f": it does `{does}`" if does else ""
-        raise UsageError(f"this is {integrity.a_bundle(actual)}{hint}, not `{command}`")
-
-
-def _decode_lines(data: bytes, source: str) -> Iterator[str]:
-    for number, raw in enumerate(data.splitlines(), start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{source} line {number} is not valid UTF-8") from None
-        if "\x00" in line:
-            raise InputError(f"{source} line {number} contains a NUL byte")
-        yield line
-
-
-def _texts(args: argparse.Namespace) -> list[str]:
-    texts: list[str] = []
-    for text in args.texts:
-        if text == "-":
-            texts.extend(_decode_lines(sys.stdin.buffer.read(), "stdin"))
-        else:
-            texts.append(text)
-    if args.file:
-        try:
-            data = Path(args.file).read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read {args.file}: {exc.strerror}") from None
-        texts.extend(_decode_lines(data, args.file))
-    if not texts:
-        raise InputError(
-            "no text given: pass TEXT arguments, '-' to read lines from stdin, or --file"
-        )
-    return texts
 
 
 def _embed(root: Path, args: argparse.Namespace) -> int:
@@ -320,6 +276,7 @@ def parser() -> argparse.ArgumentParser:
     embed.add_argument(
         "--threads", type=int, default=None, help="intra-op threads (default: target's)"
     )
+    scoring.add_parsers(sub)
     gen = sub.add_parser("generate", help="continue a prompt (text-generation bundles)")
     gen.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="at most this many (64)")
@@ -382,6 +339,8 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
     handlers = {
         "embed": _embed,
         "generate": _generate,
+        "classify": scoring.classify,
+        "rerank": scoring.rerank,
         "bench": _bench,
         "info": _info,
         "probe": _probe,

@@ -27,6 +27,8 @@ MODELS, CHAT, COMPLETIONS = "/v1/models", "/v1/chat/completions", "/v1/completio
 ROUTES = {
     "/embed": "POST",
     "/generate": "POST",
+    "/classify": "POST",
+    "/rerank": "POST",
     "/health": "GET",
     "/manifest": "GET",
     MODELS: "GET",
@@ -118,6 +120,10 @@ class Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, server.embed(self._json_body()))
         elif path == "/generate":
             self._send(HTTPStatus.OK, server.generate(self._json_body()))
+        elif path == "/classify":
+            self._send(HTTPStatus.OK, server.classify(self._json_body()))
+        elif path == "/rerank":
+            self._send(HTTPStatus.OK, server.rerank(self._json_body()))
         elif path == "/v1/embeddings":
             self._send(HTTPStatus.OK, server.openai_embeddings(self._json_body()))
         else:

@@ -18,6 +18,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from . import bench
+from .classifier import CLASSIFICATION, RERANKING, ScoringConfig
 from .embedder import (
     RUNTIME_CONFIG,
     EmbeddingConfig,
@@ -25,10 +26,12 @@ from .embedder import (
     host_threads,
     open_session,
 )
-from .integrity import read_manifest, sha256_file
+from .integrity import EMBEDDING, read_manifest, sha256_file
 from .probe import arch
 
 SCHEMA = "edgepipe.bench/1"
+# Models one encoder pass answers for: the same inputs, the same timing.
+ENCODER_TASKS = (EMBEDDING, CLASSIFICATION, RERANKING)
 # Exit codes of ``python -m edgepipe.runtime.measure`` (the bundle's own: usage, bad input).
 EXIT_SHAPE, EXIT_LOAD = 2, 4
 DEFAULT_SEQ_LEN = 128
@@ -147,9 +150,9 @@ def measure(
 
     ``models`` maps "model"/"fp32" to (the path to show, the file). Returns the SCHEMA document.
     """
-    # Text generation will measure time to first token, prefill and decode tokens/s here.
-    if task != "embedding":
-        raise BenchError(f"bench does not measure {task} models yet")
+    # Encoders only: text generation is measured by generation_bench.
+    if task not in ENCODER_TASKS:
+        raise BenchError(f"bench does not measure {task} models here")
     seq_lens = settings.seq_lens or (min(DEFAULT_SEQ_LEN, runtime.max_length),)
     _check(settings, seq_lens, runtime.max_length)
     threads = settings.threads or host_threads(runtime.intra_op_threads)
@@ -248,14 +251,20 @@ def bundle_request(
     models = {"model": ("model/model.onnx", root / "model" / "model.onnx")}
     if baseline is not None:
         models["fp32"] = (baseline_shown or str(baseline), baseline)
+    task = manifest.get("task", EMBEDDING)
+    runtime = (
+        ScoringConfig.load(root / RUNTIME_CONFIG).session_settings()
+        if task in (CLASSIFICATION, RERANKING)
+        else EmbeddingConfig.load(root / RUNTIME_CONFIG)
+    )
     return request(
         models,
         root / "tokenizer" / "tokenizer.json",
-        EmbeddingConfig.load(root / RUNTIME_CONFIG),
+        runtime,
         settings,
         measured_on=measured_on,
         target={"name": target.get("name"), "arch": target.get("platform", {}).get("arch")},
-        task=manifest.get("task", "embedding"),
+        task=task,
     )
 
 

@@ -2,7 +2,8 @@
 
 A bundle ships what its evaluation compared against (``selftest/``): an embedding bundle its
 evaluation texts and the fp32 PyTorch model's embeddings of them, a text-generation bundle the
-texts' token ids and the fp32 ONNX model's next token at each position. Here the bundle's own model
+texts' token ids and the fp32 ONNX model's next token at each position, a classifier or reranker
+its texts or (query, document) pairs and the fp32 PyTorch model's logits of them. Here the bundle's own model
 runs them again with this machine's onnxruntime and kernels, held against the profile's bar.
 """
 
@@ -78,10 +79,44 @@ def _generation(root: Path, data: Path) -> tuple[dict[str, Any], float, tuple[st
     return device, agreement, ("agreement", "agreement_min_text", "positions", "n")
 
 
+def _scores(root: Path, data: Path) -> tuple[dict[str, Any], float, tuple[str, ...]]:
+    """A classifier's label agreement with the fp32 PyTorch model (and the labels' mean KL), or
+    a reranker's worst per-query Spearman correlation (and largest score error)."""
+    from .classifier import Scorer, label_metrics, query_spearman
+
+    shipped = json.loads((data / "items.json").read_text(encoding="utf-8"))
+    items = [tuple(i) if isinstance(i, list) else i for i in shipped["items"]]
+    queries = shipped["queries"]
+    reference = np.load(data / "reference.npy", allow_pickle=False)
+    got = Scorer.from_bundle(root).logits(items)
+    if got.shape != reference.shape:
+        raise SelftestError(
+            f"{DIR}/reference.npy is {reference.shape}, the model gives {got.shape}"
+        )
+    if queries is None:
+        agree, kl, _ = label_metrics(reference, got)
+        device = {"agreement": round(float(agree.mean()), 6), "mean_kl": round(float(kl.mean()), 6)}
+        return {**device, "n": len(items)}, float(agree.mean()), ("agreement", "mean_kl", "n")
+    per_query = query_spearman(reference, got, queries)
+    device = {
+        "min_spearman": round(min(per_query.values()), 6),
+        "mean_spearman": round(float(np.mean(list(per_query.values()))), 6),
+        "max_score_error": round(float(np.abs(reference - got).max()), 6),
+        "queries": len(per_query),
+        "n": len(items),
+    }
+    return device, min(per_query.values()), tuple(device)
+
+
 def run(root: Path) -> dict[str, Any]:
     """The SCHEMA document: this machine's accuracy beside the build's, and whether it passes."""
     task = bundle_task(root)
-    check = {EMBEDDING: _embedding, TEXT_GENERATION: _generation}.get(task)
+    check = {
+        EMBEDDING: _embedding,
+        TEXT_GENERATION: _generation,
+        "text-classification": _scores,
+        "reranking": _scores,
+    }.get(task)
     if check is None:
         raise SelftestError(f"selftest does not check {task} bundles")
     try:
@@ -109,6 +144,20 @@ def run(root: Path) -> dict[str, Any]:
 def text(result: dict[str, Any]) -> str:
     d, b = result["device"], result["build"]
     verdict = "passes" if result["passed"] else "FAILS"
+    if result["task"] == "text-classification":
+        return (
+            f"label agreement with the fp32 model over {d['n']} texts on this machine: "
+            f"{d['agreement']} (build: {b['agreement']}), mean KL {d['mean_kl']} (build: "
+            f"{b['mean_kl']})\nbar {result['metric']} >= {result['bar']}: {verdict}"
+        )
+    if result["task"] == "reranking":
+        return (
+            f"Spearman correlation with the fp32 model over {d['queries']} queries on this "
+            f"machine: worst {d['min_spearman']} (build: {b['min_spearman']}), mean "
+            f"{d['mean_spearman']} (build: {b['mean_spearman']}); largest score error "
+            f"{d['max_score_error']} (build: {b['max_score_error']})\n"
+            f"bar {result['metric']} >= {result['bar']}: {verdict}"
+        )
     if result["task"] == TEXT_GENERATION:
         return (
             f"next-token agreement with the fp32 model over {d['positions']} positions of "

@@ -2,10 +2,12 @@
 
 POST /embed takes {"texts": [...]} or {"text": "..."} (embedding bundles); POST /generate takes
 {"prompt": "...", "max_new_tokens": ..., ...} and answers like ``generate --json`` (text-generation
-bundles); GET /health and GET /manifest describe the bundle; the OpenAI-compatible /v1/ endpoints
-are in ``openai_api``, the HTTP side in ``http_handler``. Requests are bounded (body size and
-shape, texts per request, timeouts, connections) and only loopback addresses are served: put a
-reverse proxy in front to expose it further.
+bundles); POST /classify takes /embed's body and answers {"results": [{"label", "score",
+"scores"}]}; POST /rerank takes {"query", "documents"} and answers {"results": [{"index",
+"score"}]}, best first; GET /health and GET /manifest describe the bundle; the OpenAI-compatible
+/v1/ endpoints are in ``openai_api``, the HTTP side in ``http_handler``. Requests are bounded
+(body size and shape, texts per request, timeouts, connections) and only loopback addresses are
+served: put a reverse proxy in front to expose it further.
 """
 
 from __future__ import annotations
@@ -29,10 +31,14 @@ from . import integrity, openai_api
 from .http_handler import CHAT, COMPLETIONS, Handler
 from .http_json import RequestError
 from .integrity import EMBEDDING, TEXT_GENERATION
+from .scoring import CLASSIFICATION, RERANKING, rerank_request
 
 __all__ = ["RequestError", "ServeError", "run", "texts_from", "generate_options"]
 
 EXIT_SERVE = 3
+# Each task's own endpoint.
+ROUTES = {EMBEDDING: "/embed", TEXT_GENERATION: "/generate", CLASSIFICATION: "/classify",
+          RERANKING: "/rerank"}  # fmt: skip
 MAX_BODY_BYTES = 1 << 20
 MAX_TEXTS = 64
 MAX_CONNECTIONS = 128
@@ -57,7 +63,8 @@ class ServeError(Exception):
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
-        help="answer /embed or /generate, /health, /manifest and OpenAI's /v1/ API over HTTP",
+        help="answer /embed, /generate, /classify or /rerank, /health, /manifest and OpenAI's "
+        "/v1/ API over HTTP",
     )
     p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="TCP port; 0 picks a free one")
@@ -165,6 +172,7 @@ class BundleServer(ThreadingHTTPServer):
         self.model = openai_api.model_document(self.manifest, int(time.time()))
         self.embedder: Any = None
         self.generator: Any = None
+        self.scorer: Any = None  # a classifier or reranker
         # One generation at a time: each already uses every intra-op thread, and interleaving two
         # would only make both slower.
         self.generate_lock = threading.Lock()
@@ -187,6 +195,10 @@ class BundleServer(ThreadingHTTPServer):
 
             # onnxruntime's run() is thread-safe: requests embed concurrently.
             self.embedder = Embedder.from_bundle(root, threads=args.threads)
+        elif self.task in ROUTES:
+            from .classifier import Scorer
+
+            self.scorer = Scorer.from_bundle(root, threads=args.threads)
         else:
             raise ServeError(f"this bundle's task {self.task!r} has no server")
         if ":" in args.host:
@@ -223,15 +235,30 @@ class BundleServer(ThreadingHTTPServer):
             with self.connections_lock:
                 self.connections -= 1
 
-    def _wrong_task(self, path: str, right: str) -> RequestError:
+    def _wrong_task(self, path: str, right: str | None = None) -> RequestError:
         return RequestError(
             HTTPStatus.NOT_FOUND,
-            f"this is {integrity.a_bundle(self.task)}: POST {right}, not {path}",
+            f"this is {integrity.a_bundle(self.task)}: POST {right or ROUTES[self.task]}, "
+            f"not {path}",
         )
+
+    def classify(self, payload: object) -> dict[str, Any]:
+        if self.task != CLASSIFICATION:
+            raise self._wrong_task("/classify")
+        texts = texts_from(payload, self.max_texts)
+        with self.embed_slots:
+            return {"results": self.scorer.classify(texts)}
+
+    def rerank(self, payload: object) -> dict[str, Any]:
+        if self.task != RERANKING:
+            raise self._wrong_task("/rerank")
+        query, documents = rerank_request(payload, self.max_texts)
+        with self.embed_slots:
+            return {"results": self.scorer.rerank(query, documents)}
 
     def embed(self, payload: object) -> dict[str, Any]:
         if self.embedder is None:
-            raise self._wrong_task("/embed", "/generate")
+            raise self._wrong_task("/embed")
         texts = texts_from(payload, self.max_texts)
         with self.embed_slots:
             vectors = self.embedder.embed(texts)
@@ -242,7 +269,8 @@ class BundleServer(ThreadingHTTPServer):
 
     def openai_embeddings(self, payload: object) -> dict[str, Any]:
         if self.embedder is None:
-            raise self._wrong_task("/v1/embeddings", "/v1/chat/completions or /v1/completions")
+            chat = "/v1/chat/completions or /v1/completions" if self.generator else None
+            raise self._wrong_task("/v1/embeddings", chat)
         texts, encoding = openai_api.embedding_inputs(payload, self.max_texts)
         with self.embed_slots:
             vectors = self.embedder.embed(texts)
@@ -251,7 +279,8 @@ class BundleServer(ThreadingHTTPServer):
 
     def completion_request(self, payload: object, chat: bool) -> openai_api.Completion:
         if self.generator is None:
-            raise self._wrong_task(CHAT if chat else COMPLETIONS, "/v1/embeddings")
+            embeddings = "/v1/embeddings" if self.embedder else None
+            raise self._wrong_task(CHAT if chat else COMPLETIONS, embeddings)
         return openai_api.completion_request(payload, chat, self.model["id"], self.generator)
 
     def run_generation(
@@ -267,7 +296,7 @@ class BundleServer(ThreadingHTTPServer):
 
     def generate(self, payload: object) -> dict[str, Any]:
         if self.generator is None:
-            raise self._wrong_task("/generate", "/embed")
+            raise self._wrong_task("/generate")
         from .generator import GenerationError
 
         options = generate_options(payload)
@@ -280,7 +309,7 @@ class BundleServer(ThreadingHTTPServer):
         return response
 
     def health(self) -> dict[str, Any]:
-        runtime = self.generator or self.embedder
+        runtime = self.generator or self.embedder or self.scorer
         health = {
             "status": "ok",
             "name": self.manifest.get("name"),

@@ -38,6 +38,7 @@ def run(
     tokenizer: Path,
     runtime: EmbeddingConfig,
     out: Path,
+    task: str = "embedding",
 ) -> dict[str, Any]:
     """Time both models on the same ``batch x seq_len`` input; write ``out/bench.json``."""
     settings = measure.BenchSettings(
@@ -48,8 +49,9 @@ def run(
     )
     models = {"model": ("model/model.onnx", model), "fp32": ("export/model.onnx", fp32_model)}
     request = measure.request(
-        models, tokenizer, runtime, settings, measured_on=MEASURED_ON, target=config.target
-    )
+        models, tokenizer, runtime, settings, measured_on=MEASURED_ON, target=config.target,
+        task=task,
+    )  # fmt: skip
     result = run_isolated(request)
     (out / "bench.json").write_text(json.dumps(result, indent=2))
     return {"outputs": digests(out), **result}

@@ -16,6 +16,7 @@ from ..bench import report as bench_report
 from ..config import Target
 from ..errors import ConfigError
 from ..runtime import RUNTIME_PACKAGE
+from ..runtime.classifier import ScoringConfig
 from ..runtime.embedder import RUNTIME_CONFIG, EmbeddingConfig
 from ..runtime.generator import GenerationConfig
 from ..runtime.integrity import MANIFEST, bundle_files, sha256_file
@@ -28,6 +29,8 @@ RUNTIME_MODULES = (
     "__init__.py",
     "integrity.py",
     "embedder.py",
+    "classifier.py",
+    "scoring.py",
     "generator.py",
     "sampling.py",
     "kvcache.py",
@@ -37,6 +40,7 @@ RUNTIME_MODULES = (
     "generation_bench.py",
     "selftest.py",
     "cli.py",
+    "cli_input.py",
     "serve.py",
     "http_json.py",
     "http_handler.py",
@@ -203,6 +207,58 @@ The fp32 export itself agrees with PyTorch on {acc["fp32_onnx"]["agreement"]} of
 """
 
 
+def scoring_readme(manifest: dict[str, Any], install: str) -> str:
+    """A classifier's or reranker's README: how to run it and how close it is to fp32."""
+    acc, target, score = manifest["accuracy"], manifest["target"], manifest["accuracy"]["model"]
+    if manifest["task"] == "reranking":
+        run = (
+            'python . rerank "kitchen lights" "turn on the kitchen lights" "play some jazz"\n'
+            "                                                 # one JSON line per document, best first\n"
+            'python . serve --port 8080                       # POST /rerank {"query", "documents"}'
+        )
+        limit = acc.get("max_score_error")
+        accuracy = (
+            f"Against the fp32 PyTorch model over {score['n']} (query, document) pairs of "
+            f"{score['queries']} queries: Spearman rank correlation of each query's documents "
+            f"worst {score['min_spearman']}, mean {score['mean_spearman']}; largest score error "
+            f"{score['max_score_error']} (bar: worst query >= {acc['bar']}"
+            f"{f', score error <= {limit}' if limit is not None else ''})."
+        )
+    else:
+        run = (
+            'python . classify "turn on the kitchen lights"  # {"label", "score", "scores"} per text\n'
+            'python . serve --port 8080                       # POST /classify {"texts": [...]}'
+        )
+        limit = acc.get("max_kl")
+        accuracy = (
+            f"Against the fp32 PyTorch model over {score['n']} texts: the same label for "
+            f"{score['agreement']} of them, mean KL(fp32 || model) of the labels' probabilities "
+            f"{score['mean_kl']} nats, largest probability difference {score['max_prob_error']} "
+            f"(bar: agreement >= {acc['bar']}{f', mean KL <= {limit}' if limit is not None else ''})."
+        )
+    return f"""# {manifest["name"]}
+
+{manifest["model"]["source"]["name"]} ({manifest["task"]}) built by edgepipe {manifest["versions"]["edgepipe"]}
+for **{target["name"]}** ({target["description"]}) with profile **{manifest["profile"]["name"]}**.
+
+## Run
+```
+{install}
+{run}
+python . selftest                                # the accuracy check, on this machine
+python . verify                                  # every file against manifest.json
+python . bench                                   # latency on this machine (--json: the schema)
+```
+Only onnxruntime, numpy and tokenizers are needed on the device.
+
+## Accuracy
+{accuracy}
+
+## Speed
+{speed(manifest["bench"])}{device_speed(manifest.get("device_bench"))}
+"""
+
+
 def readme(manifest: dict[str, Any]) -> str:
     acc, bench = manifest["accuracy"], manifest["bench"]
     target = manifest["target"]
@@ -211,6 +267,8 @@ def readme(manifest: dict[str, Any]) -> str:
         install = f"{manifest['wheels']['install']}   # offline"
     if manifest["task"] == "text-generation":
         return generation_readme(manifest, install)
+    if manifest["task"] in ("text-classification", "reranking"):
+        return scoring_readme(manifest, install)
     return f"""# {manifest["name"]}
 
 {manifest["model"]["source"]["name"]} ({manifest["task"]}) built by edgepipe {manifest["versions"]["edgepipe"]}
@@ -241,7 +299,7 @@ def assemble(
     dest: Path,
     model: Path,
     tokenizer_dir: Path,
-    runtime: EmbeddingConfig | GenerationConfig,
+    runtime: EmbeddingConfig | GenerationConfig | ScoringConfig,
     requirements_txt: str,
     wheels: Path | None = None,
     *,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 
@@ -12,11 +13,24 @@ from ..errors import ConfigError
 # languages, code, numbers, emoji. Decoders: paragraphs of prose, chat turns, code, German and
 # French, long enough (60-120 tokens) for next-token scores that mean something; their
 # calibration set (GPTQ's statistics) shares no text with the evaluation set.
-_EVAL = {"embedding": "data/eval_texts.txt", "generation": "data/generation_eval_texts.txt"}
+# Classifiers and rerankers read the embeddings' sets: short commands to long paragraphs, many
+# languages, code and numbers are what an intent router or an on-device search sees too.
+_EVAL = {
+    "embedding": "data/eval_texts.txt",
+    "generation": "data/generation_eval_texts.txt",
+    "classification": "data/eval_texts.txt",
+    "reranking": "data/eval_texts.txt",
+}
 _CALIBRATION = {
     "embedding": "data/calibration_texts.txt",
     "generation": "data/generation_calibration_texts.txt",
+    "classification": "data/calibration_texts.txt",
+    "reranking": "data/calibration_texts.txt",
 }
+# Built-in reranking pairs: the evaluation texts in groups of PAIR_GROUP; the first
+# QUERIES_PER_GROUP texts of a group are each a query against every text of the group, itself
+# included (the one exact match gives each query a clearly most relevant document).
+PAIR_GROUP, QUERIES_PER_GROUP = 8, 2
 
 
 def _lines(name: str) -> list[str]:
@@ -58,3 +72,57 @@ def load_texts(path: Path) -> list[str]:
     if not texts:
         raise ConfigError(f"{path}: no evaluation texts in the file")
     return texts
+
+
+# (query, document) pairs and each pair's query number: what a reranker is evaluated on.
+Pairs = tuple[list[tuple[str, str]], list[int]]
+
+
+def builtin_pairs() -> Pairs:
+    """The built-in reranking pairs (see PAIR_GROUP): 14 queries of 8 documents each."""
+    texts = builtin_texts("reranking")
+    pairs: list[tuple[str, str]] = []
+    queries: list[int] = []
+    for start in range(0, len(texts) - PAIR_GROUP + 1, PAIR_GROUP):
+        group = texts[start : start + PAIR_GROUP]
+        for query in group[:QUERIES_PER_GROUP]:
+            pairs.extend((query, document) for document in group)
+            queries.extend([len(set(queries))] * len(group))
+    return pairs, queries
+
+
+def load_pairs(path: Path) -> Pairs:
+    """Reranking pairs from a JSONL file, one {"query": ..., "document": ...} per line; the pairs
+    of one query text are ranked against each other."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read evaluation pairs: {exc}") from None
+    pairs: list[tuple[str, str]] = []
+    numbers: dict[str, int] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            pair = (record["query"], record["document"])
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pair = None
+        if pair is None or not all(isinstance(x, str) for x in pair):
+            raise ConfigError(
+                f'{path}: line {number} is not a JSON object with "query" and "document" strings'
+            )
+        numbers.setdefault(pair[0], len(numbers))
+        pairs.append(pair)
+    if not pairs:
+        raise ConfigError(
+            f'{path}: no pairs in the file (JSONL: {{"query": ..., "document": ...}})'
+        )
+    counts = Counter(q for q, _ in pairs)
+    alone = next((q for q, n in counts.items() if n < 2), None)
+    if alone is not None:
+        raise ConfigError(
+            f"{path}: query {alone[:40]!r} has one document; a reranker is scored on the order it "
+            "gives each query's documents, so give every query two or more"
+        )
+    return pairs, [numbers[q] for q, _ in pairs]
