@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..runtime.kvcache import PAST, PRESENT
+from ..runtime.kvcache import LAST, LOGITS_TO_KEEP, PAST, PRESENT, keeps_last_logits
 
 FLOAT32, INT8 = "float32", "int8"
 ELEM_TYPES = {FLOAT32: 1, INT8: 3}  # TensorProto's numbering
@@ -71,11 +71,15 @@ def calibrate(path: Path, feeds: Feeds) -> Scales:
     """Per-layer key and value scales of the float32-cache model at ``path`` over ``feeds``."""
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs() if o.name.startswith(PRESENT)]
+    # The last position's logits alone, where the model can (a vocabulary x text of floats else).
+    last = {LOGITS_TO_KEEP: LAST} if keeps_last_logits(session) else {}
     bounds: dict[str, np.ndarray] = {}
     for feed in feeds():
-        for name, value in zip(names, session.run(names, dict(feed)), strict=True):
+        for name, value in zip(names, session.run(names, {**feed, **last}), strict=True):
             x = np.abs(np.asarray(value, np.float32))  # [1, kv, positions, head_dim]
             if name.endswith(".key"):
                 half = x.shape[-1] // 2

@@ -21,6 +21,7 @@ from . import bench
 from .embedder import host_threads
 from .generator import GenerationConfig, Generator
 from .integrity import RUNTIME_CONFIG, read_manifest, sha256_file
+from .kvcache import MIN_CONTEXT
 from .measure import SAMPLE_TEXT, BenchError, LoadError, ShapeError
 from .probe import arch
 
@@ -78,7 +79,7 @@ def measure(
     path = root / "model" / "model.onnx"
     start = time.perf_counter()
     # A cache for the longest run, whatever the target's ram_mb would make the default context.
-    longest = max(contexts) + settings.new_tokens
+    longest = min(config.max_length, max(MIN_CONTEXT, max(contexts) + settings.new_tokens))
     try:
         generator = Generator(
             path, root / "tokenizer" / "tokenizer.json", config, threads, max_context=longest
