@@ -75,8 +75,8 @@ def kv_cache_default() -> str:
 
 
 def with_kv_cache(model: Path, dtype: str, hf: Path) -> Path:
-    """``model``, or a copy beside it whose KV cache is ``dtype`` (graph/kv_cache.py: int8's scales
-    from the built-in calibration texts, as the build takes them)."""
+    """``model``, or a copy in the shape's work dir (beside ``hf``) whose KV cache is ``dtype``
+    (graph/kv_cache.py: int8's scales from the built-in calibration texts, as the build takes them)."""
     import shutil
 
     import onnx
@@ -87,8 +87,9 @@ def with_kv_cache(model: Path, dtype: str, hf: Path) -> Path:
 
     if kv_cache.declared(onnx.load(str(model), load_external_data=False)) == dtype:
         return model
-    dst = model.with_name(f"model-kv-{dtype}.onnx")
+    dst = hf.parent / f"int4-kv-{dtype}" / "model.onnx"  # not in a bundle: verify would refuse
     if not dst.exists():
+        dst.parent.mkdir(exist_ok=True)
         texts = builtin_calibration_texts("generation")
         calibration = CalibrationData(texts, hf / "tokenizer.json", 512)
         shutil.copy(model, dst)
