@@ -297,6 +297,12 @@ class Profile(Strict):
         default_factory=list,
         description="fp16 only: ops kept in fp32 because they overflow in fp16.",
     )
+    kv_cache: Literal["float32", "int8"] = Field(
+        default="float32",
+        description="generation only: the KV cache's element type where the attention is "
+        "onnxruntime's GroupQueryAttention (the export's rewrite); int8 (per-channel scales from "
+        "the calibration texts) stores a quarter of the bytes, and a decode step reads a quarter.",
+    )
     accuracy: Accuracy
     task_accuracy: dict[TaskKind, Accuracy] = Field(
         default_factory=dict,
@@ -320,6 +326,8 @@ class Profile(Strict):
             raise ValueError("method int4 needs its weight_only settings")
         if self.method == "int4" and self.task_kinds != ["generation"]:
             raise ValueError("method int4 is for generation models only (task_kinds: [generation])")
+        if self.kv_cache != "float32" and "generation" not in self.task_kinds:
+            raise ValueError("kv_cache is for generation models only (task_kinds: [generation])")
         return self
 
     def bar(self, task_kind: str) -> Accuracy:

@@ -174,12 +174,12 @@ def test_host_bench_of_a_decoder_is_bench_2_recorded_and_checked(decoder_bundle,
     assert result.exit_code == 0, result.output
     doc = json.loads(result.stdout)
     assert (doc["schema"], doc["measured_on"]) == ("edgepipe.bench/2", "build host")
-    assert [r["context_len"] for r in doc["results"]] == [128] and doc["probe"]["cpu"]
+    assert [r["context_len"] for r in doc["results"]] == [64] and doc["probe"]["cpu"]
     assert json.loads((root / "manifest.json").read_text())["bench"] == doc
     speed = (root / "README.md").read_text().split("## Speed")[1]
     assert speed.strip().startswith("Measured on the build host, not on the device, with")
     text = cli("bench", str(root), "--runs", "1", "--warmup", "0", "--no-write")
     assert text.exit_code == 0 and "context" in text.stdout and "decode tok/s" in text.stdout
     rows = {r["budget"]: r for r in json.loads(cli("check", str(root), "--json").stdout)["budgets"]}
-    assert rows["decode tokens/s"]["source"] == "build host (not the device), context 128"
+    assert rows["decode tokens/s"]["source"] == "build host (not the device), context 64"
     assert cli("verify", str(root)).exit_code == 0

@@ -52,6 +52,10 @@ def test_multi_kind_profiles_keep_their_embedding_bar():
          "accuracy metric min_cosine does not measure generation models"),
         ("method: int4\ntask_kinds: [generation]\nweight_only: {block_size: 24}\n"
          "accuracy: {metric: next_token_agreement, min: 0.5}", "block_size must be a power of 2"),
+        ("method: fp32\nkv_cache: int8\naccuracy: {min: 0.5}",
+         "kv_cache is for generation models only"),
+        ("method: fp32\ntask_kinds: [generation]\nkv_cache: float16\n"
+         "accuracy: {metric: next_token_agreement, min: 0.5}", "kv_cache"),
     ],
 )  # fmt: skip
 def test_inconsistent_generation_profiles_are_refused(tmp_path, text, message):

@@ -24,6 +24,7 @@ description: int4 with a bar a random 2-layer, 64-wide decoder can meet
 method: int4
 task_kinds: [generation]
 weight_only: {block_size: 16, accuracy_level: 4, symmetric: true, embedding_bits: 4}
+kv_cache: int8
 accuracy: {metric: next_token_agreement, min: 0.05}
 """
 
@@ -184,8 +185,15 @@ def test_llama_attention_is_fused_in_the_build(int4_builds):
     generator = Generator.from_bundle(Path(int4_builds["llama"][0]["bundle_dir"]))
     assert generator.cache is not None and generator.last_only
     assert generator.config.ram_mb is not None  # the target's budget caps the default context
+    # The profile's int8 KV cache: scales calibrated, buffers bound as int8.
+    kv = manifest(int4_builds["llama"][0])["stages"]["quantize"]["kv_cache"]
+    assert kv["dtype"] == "int8" and kv["skipped"] is None
+    assert all(a.dtype == np.int8 for a in generator.cache.arrays.values())
+    assert len(generator.generate("hello there", max_new_tokens=8).token_ids) >= 1
     gpt2 = manifest(int4_builds["gpt2"][0])["stages"]["export"]["graph"]
     assert gpt2["attention_layers_fused"] == 0 and "gpt2" in gpt2["skipped"]
+    kv = manifest(int4_builds["gpt2"][0])["stages"]["quantize"]["kv_cache"]
+    assert kv["dtype"] == "float32" and "not GroupQueryAttention" in kv["skipped"]
 
 
 @pytest.mark.parametrize("kind", KINDS + MORE_KINDS)

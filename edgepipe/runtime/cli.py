@@ -304,7 +304,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print the edgepipe.bench JSON")
     bench.add_argument("--batch-sizes", default="1", help="comma-separated (default: 1)")
     bench.add_argument("--seq-lens", help="comma-separated tokens (default: 128 or the maximum)")
-    bench.add_argument("--contexts", help="text generation: positions (default: 128,512,1024)")
+    bench.add_argument("--contexts", help="text generation: positions (default: 64,512,1024,2048)")
     bench.add_argument("--new-tokens", type=int, default=32, help="text generation: per run (32)")
     bench.add_argument("--runs", type=int, help="timed runs per shape (30; text generation: 3)")
     bench.add_argument("--warmup", type=int, help="untimed runs first (5; text generation: 1)")

@@ -21,14 +21,16 @@ from . import bench
 from .embedder import host_threads
 from .generator import GenerationConfig, Generator
 from .integrity import RUNTIME_CONFIG, read_manifest, sha256_file
+from .kvcache import MIN_CONTEXT
 from .measure import SAMPLE_TEXT, BenchError, LoadError, ShapeError
 from .probe import arch
 
 # Generation's keys are not an encoder's shapes: a schema version of their own in the same family.
 SCHEMA = "edgepipe.bench/2"
 TASK = "text-generation"
-# Positions in the KV cache when decoding starts: a chat turn, a page, a long document.
-DEFAULT_CONTEXTS = (128, 512, 1024)
+# Positions in the KV cache when decoding starts: a chat turn, a page, a long document, and 2,048
+# (a retrieval prompt), where a decode step reads the most cache and the peak memory is reached.
+DEFAULT_CONTEXTS = (64, 512, 1024, 2048)
 KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
 
 
@@ -76,8 +78,12 @@ def measure(
     threads = settings.threads or host_threads(config.intra_op_threads)
     path = root / "model" / "model.onnx"
     start = time.perf_counter()
+    # A cache for the longest run, whatever the target's ram_mb would make the default context.
+    longest = min(config.max_length, max(MIN_CONTEXT, max(contexts) + settings.new_tokens))
     try:
-        generator = Generator(path, root / "tokenizer" / "tokenizer.json", config, threads)
+        generator = Generator(
+            path, root / "tokenizer" / "tokenizer.json", config, threads, max_context=longest
+        )
     except Exception as exc:  # onnxruntime's own exception types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LoadError(f"{path}: onnxruntime cannot load this model: {reason}") from None

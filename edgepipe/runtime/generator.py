@@ -41,7 +41,8 @@ from .sampling import (
 
 PAST = "past_key_values."
 PRESENT = "present."
-_ONNX_FLOATS = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+# The cache's element types: float, and int8 with scales inside the model (graph/kv_cache.py).
+_CACHE_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8}
 
 
 class PromptError(GenerationError):
@@ -144,7 +145,7 @@ class Generator:
                 f"{model}: not a decoder with a KV cache (no input_ids/past_key_values inputs)"
             )
         self.output_names = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.past_names]
-        self.kv_dtype = _ONNX_FLOATS.get(inputs[self.past_names[0]].type, np.float32)
+        self.kv_dtype = _CACHE_TYPES.get(inputs[self.past_names[0]].type, np.float32)
         self.has_mask = "attention_mask" in inputs
         self.has_positions = "position_ids" in inputs
         per_token = kv_bytes_per_token(

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import Calibration, Profile, Quantization, WeightOnly
 from ..errors import StageError
-from ..graph import nbits, weight_only
+from ..graph import kv_cache, nbits, weight_only
 from ..graph.smooth import smooth
 from . import digests
 from .export import quiet
@@ -37,6 +37,7 @@ class QuantizeConfig(BaseModel):
     )
     weight_only: WeightOnly | None = Field(default=None, description="int4 settings.")
     task_kind: str = Field(description="embedding or generation.")
+    kv_cache: str = Field(default="float32", description="The KV cache's element type (decoders).")
 
     @classmethod
     def from_profile(
@@ -59,6 +60,7 @@ class QuantizeConfig(BaseModel):
             calibration_digest=calibration_digest if uses_calibration(profile) else None,
             weight_only=w,
             task_kind=task_kind,
+            kv_cache=profile.kv_cache,
         )
 
 
@@ -68,6 +70,7 @@ def uses_calibration(profile: Profile) -> bool:
         profile.method == "static-int8"
         or (q is not None and q.smooth_alpha is not None)
         or (profile.method == "int4" and w is not None and w.algorithm == "gptq")
+        or (profile.kv_cache != "float32" and "generation" in profile.task_kinds)
     )
 
 
@@ -248,6 +251,9 @@ def run(
                 _static_int8(config.quantization, model, dst, calibration)
             else:
                 raise StageError(f"quantization method '{config.method}' needs its settings")
+            if config.kv_cache != kv_cache.FLOAT32 and config.task_kind == "generation":
+                feeds = decoder_calibration(calibration, dst) if calibration else None
+                extra["kv_cache"] = kv_cache.apply(dst, config.kv_cache, feeds)
     except StageError:
         raise
     except Exception as exc:

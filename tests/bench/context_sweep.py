@@ -67,6 +67,37 @@ def make_model(shape: dict[str, Any], dest: Path) -> Path:
     return dest
 
 
+def kv_cache_default() -> str:
+    """The KV cache type of the product's int4 profile for the laptop (x86-int4)."""
+    from edgepipe import catalog
+
+    return catalog.profiles().load("x86-int4").kv_cache
+
+
+def with_kv_cache(model: Path, dtype: str, hf: Path) -> Path:
+    """``model``, or a copy in the shape's work dir (beside ``hf``) whose KV cache is ``dtype``
+    (graph/kv_cache.py: int8's scales from the built-in calibration texts, as the build takes them)."""
+    import shutil
+
+    import onnx
+
+    from edgepipe.graph import kv_cache
+    from edgepipe.stages.quantize import CalibrationData, decoder_calibration
+    from edgepipe.tasks.texts import builtin_calibration_texts
+
+    if kv_cache.declared(onnx.load(str(model), load_external_data=False)) == dtype:
+        return model
+    dst = hf.parent / f"int4-kv-{dtype}" / "model.onnx"  # not in a bundle: verify would refuse
+    if not dst.exists():
+        dst.parent.mkdir(exist_ok=True)
+        texts = builtin_calibration_texts("generation")
+        calibration = CalibrationData(texts, hf / "tokenizer.json", 512)
+        shutil.copy(model, dst)
+        record = kv_cache.apply(dst, dtype, decoder_calibration(calibration, dst))
+        assert record["skipped"] is None, record["skipped"]
+    return dst
+
+
 def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> Path:
     """The int4 model: ``build`` is the product's (`edgepipe build --target laptop-avx2`);
     ``quick`` is the attention rewrite, plain int4 MatMulNBits (RTN) and a 4-bit embedding table
@@ -133,21 +164,27 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
 
     hf = make_model(SHAPES[shape], work / "hf")
     how = args.int4 or SHAPES[shape]["int4"]
-    model = edgepipe_int4(hf, work, how, shape)
+    built = edgepipe_int4(hf, work, how, shape)
+    kinds = args.kv_cache.split(",") if args.kv_cache else [kv_cache_default()]
+    models = {kind: with_kv_cache(built, kind, hf) for kind in kinds}
+    model = models[kinds[0]]
     f32 = convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")
     q4 = work / "Q4_0.gguf"
     n_ctx = max(args.lengths) + args.new_tokens
     runtime = decoder_runtime.runtime_config(hf, model, args.threads, 1, ("CPUExecutionProvider",))
-    edge = {"edgepipe int4": Worker(sys.executable, "edgepipe_worker.py")}
+    edge = {f"edgepipe int4, {kind} cache" if len(kinds) > 1 else "edgepipe int4":
+            Worker(sys.executable, "edgepipe_worker.py") for kind in kinds}  # fmt: skip
+    paths = dict(zip(edge, models.values(), strict=True))
     if args.with_plain:
         edge["edgepipe int4, plain loop"] = Worker(sys.executable, "edgepipe_worker.py")
+        paths["edgepipe int4, plain loop"] = model
     llama = Worker(args.llama_python, "llamacpp_worker.py")
     if not q4.exists():
         llama("quantize", src=str(f32), dst=str(q4), ftype="Q4_0")
     llama("load", name="q4", path=str(q4), threads=args.threads, n_ctx=n_ctx)
     loaded = {}
     for name, worker in edge.items():
-        loaded[name] = worker("load", model=str(model), tokenizer=str(hf / "tokenizer.json"),
+        loaded[name] = worker("load", model=str(paths[name]), tokenizer=str(hf / "tokenizer.json"),
                runtime=runtime.to_json(), threads=args.threads, max_context=n_ctx,
                plain=name.endswith("plain loop"))  # fmt: skip
     calls = {
@@ -217,6 +254,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int4", choices=("build", "quick"),
                         help="edgepipe's model: the product's build, or rewrite + plain int4 "
                         "(default: build for SmolLM2, quick for Qwen2.5, over the build's 2 GB)")  # fmt: skip
+    parser.add_argument("--kv-cache", help="edgepipe's KV cache type, or several side by side "
+                        "(float32,int8; default: the x86-int4 profile's)")  # fmt: skip
     parser.add_argument("--with-plain", action="store_true",
                         help="also time the runtime with the in-place cache off")  # fmt: skip
 

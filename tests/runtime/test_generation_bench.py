@@ -37,13 +37,13 @@ def test_bench_times_first_token_prefill_and_decode(decoder_bundle):
 
 
 def test_default_contexts_fit_the_model_and_text_output(decoder_bundle):
-    root = decoder_bundle("llama").root  # 256 positions: of 128/512/1024 only 128 fits
+    root = decoder_bundle("llama").root  # 256 positions: of 64/512/1024/2048 only 64 fits
     proc = run_bundle(root, "bench", "--new-tokens", "2", "--runs", "1", "--warmup", "0")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[2].split() == ["context", "runs", "first", "token", "ms", "prefill", "tok/s",
                                 "decode", "tok/s"]  # fmt: skip
-    assert len(lines) == 4 and lines[3].split()[:2] == ["128", "1"]
+    assert len(lines) == 4 and lines[3].split()[:2] == ["64", "1"]
 
 
 def test_a_context_over_the_model_is_one_line_exit_2(decoder_bundle):
