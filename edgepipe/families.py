@@ -60,6 +60,53 @@ FAMILIES: dict[str, Family] = {
             plain="packed qkv_proj (no rewrite for it yet)",
         ),
         _decoder("gpt2", "GPT-2", "openai-community/gpt2", plain="learned positions, no RoPE"),
+        _decoder(
+            "falcon",
+            "Falcon (7B/40B/180B, Falcon2-11B)",
+            "tiiuae/falcon-7b-instruct",
+            "tiiuae/falcon-11B",
+            plain="fused query_key_value (no rewrite for it yet)",
+        ),
+        _decoder(
+            "bloom",
+            "BLOOM, BLOOMZ",
+            "bigscience/bloom-560m",
+            "bigscience/bloomz-1b1",
+            plain="ALiBi position bias (GroupQueryAttention has no ALiBi)",
+        ),
+        _decoder(
+            "gptj",
+            "GPT-J",
+            "EleutherAI/gpt-j-6b",
+            plain="interleaved partial rotary (no rewrite for it yet)",
+        ),
+        _decoder(
+            "gpt_neo",
+            "GPT-Neo",
+            "EleutherAI/gpt-neo-125m",
+            "EleutherAI/gpt-neo-1.3B",
+            plain="learned positions, local layers (no rewrite for it yet)",
+        ),
+        _decoder(
+            "gpt_neox",
+            "GPT-NeoX, Pythia",
+            "EleutherAI/pythia-160m",
+            "EleutherAI/pythia-1b-deduped",
+            plain="fused query_key_value, partial rotary (no rewrite for it yet)",
+        ),
+        _decoder(
+            "phi",
+            "Phi-1.5, Phi-2",
+            "microsoft/phi-2",
+            "microsoft/phi-1_5",
+            plain="partial rotary (no rewrite for it yet)",
+        ),
+        _decoder(
+            "gpt_oss",
+            "gpt-oss",
+            "openai/gpt-oss-20b",
+            plain="attention sinks, YaRN RoPE (no rewrite for them yet)",
+        ),
     )
 }
 

@@ -79,9 +79,10 @@ def _greedy_equals_transformers(bundle: Path, model_dir: Path) -> None:
         ids = generator.encode(prompt)
         got = generator.generate(ids, max_new_tokens=12).token_ids
         with torch.inference_mode():
+            # No EOS (not min_new_tokens, which masks the EOS logit the bundle may pick).
             want = model.generate(
                 torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                max_new_tokens=12, eos_token_id=None, pad_token_id=0, do_sample=False,
             )[0, len(ids):].tolist()  # fmt: skip
         assert got == want, f"{model_dir.name}: {prompt!r}"
 

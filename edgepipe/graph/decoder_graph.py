@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from .. import families
+from . import attention_patterns
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
 
 MS_DOMAIN = "com.microsoft"
@@ -125,6 +126,10 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         entry = families.FAMILIES.get(str(model_type))
         why = f": {entry.plain_because}" if entry else ""
         return 0, f"no attention rewrite for model_type {model_type!r}{why}"
+    attention = attention_patterns.normalize(model, config)  # other families' names -> Llama's
+    if isinstance(attention, str):
+        return 0, attention
+    config = attention.config
     window = config.get("sliding_window")
     windowed = model_type == "mistral" or config.get("use_sliding_window")
     if windowed and window and window < config.get("max_position_embeddings", 0):
@@ -204,16 +209,19 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
                 return 0, f"layer {layer}: {name} is not Concat({past}, new)"
             dtype = _elem_type(graph, past)
         attn_out = f"{prefix}/layers.{layer}/output"
+        rotary = [f"{prefix}/cos_cache", f"{prefix}/sin_cache", "position_ids"]
+        window = {"local_window_size": attention.window(layer)} if attention.windows else {}
         new_nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
                 [projected(proj["q"]), projected(proj["k"]), projected(proj["v"]), past_k, past_v,
                  f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length",
-                 f"{prefix}/cos_cache", f"{prefix}/sin_cache", "position_ids"],
+                 *(rotary if attention.rotary else [])],
                 [attn_out, present_k, present_v],
                 name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
-                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
-                rotary_interleaved=0, scale=float(head_dim**-0.5),
+                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads,
+                do_rotary=int(attention.rotary), rotary_interleaved=int(attention.interleaved),
+                scale=attention.scale or float(head_dim**-0.5), **window,
             )
         )  # fmt: skip
         # The old Concats lose their outputs (the GQA node now writes present.*); o_proj reads GQA.

@@ -11,6 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import seeds
+from . import classic, seeds
 
-TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY}
+TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY, **classic.TINY}
