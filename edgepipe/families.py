@@ -62,10 +62,9 @@ FAMILIES: dict[str, Family] = {
         _decoder("gpt2", "GPT-2", "openai-community/gpt2", plain="learned positions, no RoPE"),
         _decoder(
             "falcon",
-            "Falcon (7B/40B/180B, Falcon2-11B)",
+            "Falcon-7B (multi-query)",
             "tiiuae/falcon-7b-instruct",
-            "tiiuae/falcon-11B",
-            plain="fused query_key_value (no rewrite for it yet)",
+            "tiiuae/falcon-7b",
         ),
         _decoder(
             "bloom",
@@ -78,28 +77,24 @@ FAMILIES: dict[str, Family] = {
             "gptj",
             "GPT-J",
             "EleutherAI/gpt-j-6b",
-            plain="interleaved partial rotary (no rewrite for it yet)",
         ),
         _decoder(
             "gpt_neo",
             "GPT-Neo",
             "EleutherAI/gpt-neo-125m",
             "EleutherAI/gpt-neo-1.3B",
-            plain="learned positions, local layers (no rewrite for it yet)",
         ),
         _decoder(
             "gpt_neox",
             "GPT-NeoX, Pythia",
             "EleutherAI/pythia-160m",
             "EleutherAI/pythia-1b-deduped",
-            plain="fused query_key_value, partial rotary (no rewrite for it yet)",
         ),
         _decoder(
             "phi",
             "Phi-1.5, Phi-2",
             "microsoft/phi-2",
             "microsoft/phi-1_5",
-            plain="partial rotary (no rewrite for it yet)",
         ),
         _decoder(
             "gpt_oss",
@@ -137,6 +132,27 @@ def family(model_type: str, where: str = "config.json") -> Family:
             f"{', '.join(supported())}"
         )
     return FAMILIES[model_type]
+
+
+# Variants of a family that its optimum-onnx export cannot take: model_type -> (config.json field,
+# its refused value, why). Checked when the model is resolved, before any stage runs.
+REFUSED: dict[str, tuple[tuple[str, object, str], ...]] = {
+    "falcon": (
+        (
+            "new_decoder_architecture",
+            True,
+            "Falcon-40B/180B/Falcon2-11B's layout: optimum-onnx 0.1.0's export feeds a cache of "
+            "num_kv_heads heads where transformers keeps one per query head, and fails",
+        ),
+    ),
+}
+
+
+def check_config(model_type: str, config: dict[str, object], where: str = "config.json") -> None:
+    """One line, naming the field, when ``config`` is a variant of its family that is refused."""
+    for key, value, why in REFUSED.get(model_type, ()):
+        if config.get(key) == value:
+            raise ModelError(f"{where}: {model_type} with {key}: {value} is not supported: {why}")
 
 
 def fused(model_type: str) -> bool:

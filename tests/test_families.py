@@ -40,6 +40,16 @@ def test_unsupported_type_is_one_line_with_the_list(tmp_path):
     assert all(t in line for t in families.supported())
 
 
+def test_refused_variant_is_one_line_naming_the_field(tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "falcon", "new_decoder_architecture": true, "num_kv_heads": 8}'
+    )
+    result = CliRunner().invoke(main, ["build", "--model", str(tmp_path), "--target", "rpi5"])
+    assert result.exit_code == 4
+    line = result.output.strip().splitlines()[-1]
+    assert "falcon with new_decoder_architecture: True is not supported" in line
+
+
 # ---- every family, built from its tiny model --------------------------------------------------
 
 

@@ -11,11 +11,12 @@ and returns the config with the Llama names and how GroupQueryAttention must com
   rotates the first 2 x its width dims of each head and copies the rest; the width must be a
   multiple of 8),
 - GPT-J: partial rotary on interleaved pairs (``rotary_interleaved``),
-- Falcon: multi-query (one KV head) packed projection, or grouped with K/V repeated per query head
-  (``new_decoder_architecture``: the export's cache holds every query head),
+- Falcon: multi-query (one KV head) packed projection; grouped (``new_decoder_architecture``, whose
+  cache holds K/V repeated per query head) is split the same way, though optimum-onnx 0.1.0 does
+  not export it (families.py refuses it),
 - GPT-Neo: no rotary (learned positions), scores not scaled by 1/sqrt(d) (``scale`` 1.0), and a
-  local window on its ``local`` layers (``local_window_size``: onnxruntime attends to that many
-  positions before the current one).
+  local window on its ``local`` layers (``local_window_size``: the positions a query sees, itself
+  included, as GPT-Neo's ``window_size``; tested across the window).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def normalize(model: Any, config: dict[str, Any]) -> Attention | str:
         return attention
     block, out = _FAMILIES[model_type]
     found = _rename(model.graph, block, out, attention.config)
+    _skip_present_casts(model.graph)
     return found or _checked(attention)
 
 
@@ -102,7 +104,7 @@ def _attention(model_type: str, config: dict[str, Any]) -> Attention | str:
     # gpt_neo: "local" layers see the last window_size positions (themselves included).
     layers = config.get("attention_layers") or []
     window = int(config.get("window_size") or 0)
-    windows = {i: window - 1 for i, kind in enumerate(layers) if kind == "local"}
+    windows = {i: window for i, kind in enumerate(layers) if kind == "local"}
     if windows and window < 1:
         return "local attention layers without a window_size"
     return Attention(cfg, rotary=False, scale=1.0, windows=windows)
@@ -153,6 +155,41 @@ def _rename(graph: Any, block: str, out: str, config: dict[str, Any]) -> str | N
     return None
 
 
+def _skip_present_casts(graph: Any) -> None:
+    """``present.N.*`` written by Concat(past, new) itself, not through a Cast to float after it
+    (GPT-J and GPT-Neo cast the cache to the hidden states' type, float already)."""
+    from onnx import TensorProto, helper
+
+    producer = {out: n for n in graph.node for out in n.output}
+    pasts = {i.name for i in graph.input if i.name.startswith("past_key_values.")}
+    for output in graph.output:
+        cast = producer.get(output.name)
+        if cast is None or cast.op_type != "Cast" or not output.name.startswith("present."):
+            continue
+        concat = producer.get(cast.input[0])
+        to = next((a.i for a in cast.attribute if a.name == "to"), None)
+        if concat is None or concat.op_type != "Concat" or concat.input[0] not in pasts:
+            continue
+        if to != TensorProto.FLOAT:  # a float16 cache: left as it is (and the rewrite refuses)
+            continue
+        # The Concat writes the output; its old name (what the attention reads) becomes an Identity.
+        old = concat.output[0]
+        concat.output[0] = output.name
+        cast.output[0] = f"{output.name}/cast"
+        graph.node.append(
+            helper.make_node("Identity", [output.name], [old], name=f"{old}/Identity")
+        )
+
+
+def _constant(graph: Any, name: str) -> Any:
+    """The initializer ``name`` is, through Identity nodes (the exporter shares equal tensors so)."""
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+    while name not in inits and name in producer and producer[name].op_type == "Identity":
+        name = producer[name].input[0]
+    return inits.get(name)
+
+
 def _split(graph: Any, layer: int, matmul: Any, add: Any, config: dict[str, Any]) -> str | None:
     """Replace a packed query_key_value projection by q/k/v MatMuls (and bias Adds).
 
@@ -162,16 +199,17 @@ def _split(graph: Any, layer: int, matmul: Any, add: Any, config: dict[str, Any]
     """
     from onnx import helper, numpy_helper
 
-    inits = {t.name: t for t in graph.initializer}
-    if matmul.input[1] not in inits:
+    stored = _constant(graph, matmul.input[1])
+    if stored is None:
         return "query_key_value weight is not a constant"
-    weight = numpy_helper.to_array(inits[matmul.input[1]])
+    weight = numpy_helper.to_array(stored)
     bias = None
     if add is not None:
-        constant = [name for name in add.input if name in inits]
-        if len(constant) != 1 or matmul.output[0] not in add.input:
+        other = [name for name in add.input if name != matmul.output[0]]
+        stored = _constant(graph, other[0]) if len(other) == 1 else None
+        if stored is None:
             return "query_key_value bias is not one constant"
-        bias = numpy_helper.to_array(inits[constant[0]])
+        bias = numpy_helper.to_array(stored)
     heads, head_dim = int(config["num_attention_heads"]), int(config["head_dim"])
     new_architecture = bool(config.get("new_decoder_architecture"))
     if config.get("model_type") == "gpt_neox":

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from .. import families
-from . import attention_patterns
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
+from . import attention_patterns
 
 MS_DOMAIN = "com.microsoft"
 _PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")

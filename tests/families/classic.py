@@ -93,9 +93,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
 FALCON_NEW = dict(new_decoder_architecture=True, multi_query=False, num_kv_heads=2)
 
 
-def make_tiny_classic(
-    model_type: str, dest: Path, seed: int = 0, **overrides: Any
-) -> Path:
+def make_tiny_classic(model_type: str, dest: Path, seed: int = 0, **overrides: Any) -> Path:
     """Save a tiny random ``model_type`` (a key of CONFIGS, ``overrides`` on top) and a GPT-2-style
     tokenizer to ``dest``."""
     import torch

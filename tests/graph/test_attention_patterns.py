@@ -1,6 +1,6 @@
 """The GroupQueryAttention rewrite of the classic families keeps the export's numbers: partial
-rotary (Pythia, Phi-2), interleaved partial rotary (GPT-J), multi-query and grouped packed
-projections (Falcon), no rotary, no scaling and a local window (GPT-Neo)."""
+rotary (Pythia, Phi-2), interleaved partial rotary (GPT-J), multi-query packed projection
+(Falcon), no rotary, no scaling and a local window (GPT-Neo)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from edgepipe.graph import decoder_graph
 from tests.decoders import export_decoder
-from tests.families.classic import FALCON_NEW, make_tiny_classic
+from tests.families.classic import make_tiny_classic
 from tests.graph.test_decoder_graph import run_steps
 
 CASES = {
@@ -20,7 +20,6 @@ CASES = {
     "gptj": ("gptj", {}),
     "gpt_neo": ("gpt_neo", {}),
     "falcon": ("falcon", {}),
-    "falcon-new": ("falcon", FALCON_NEW),
 }
 
 
