@@ -89,25 +89,24 @@ def eos_token_ids(model_dir: Path) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
-# Models whose positions are an attention bias (ALiBi) have no table to overrun: the context
-# they were trained at, where neither config.json nor the tokenizer states one.
+# Models whose positions are an attention bias (ALiBi) have no table to overrun and no limit in
+# config.json: the tokenizer's model_max_length, else the context they were trained at.
 TRAINED_CONTEXT = {"bloom": 2048}
 
 
-def _positive(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+def _positive(value: object) -> int:
+    """``value`` if it is a positive int, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 def max_length(config: dict[str, Any], model_dir: Path) -> int:
-    for key in ("max_position_embeddings", "n_positions", "n_ctx", "seq_length"):
-        value = config.get(key)
-        if _positive(value):
-            return int(value)  # type: ignore[call-overload]
-    stated = _json(model_dir / "tokenizer_config.json").get("model_max_length")
-    if _positive(stated) and stated < 1 << 20:  # transformers writes 1e30 for "no limit"
-        return int(stated)
-    if str(config.get("model_type")) in TRAINED_CONTEXT:
-        return TRAINED_CONTEXT[str(config.get("model_type"))]
+    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+        if _positive(config.get(key)):
+            return _positive(config.get(key))
+    trained = TRAINED_CONTEXT.get(str(config.get("model_type")))
+    if trained:
+        stated = _positive(_json(model_dir / "tokenizer_config.json").get("model_max_length"))
+        return stated if 0 < stated < 1 << 20 else trained  # 1e30 in transformers: no limit
     raise ModelError(
         f"{model_dir / 'config.json'}: no max_position_embeddings or n_positions; "
         "cannot tell the model's context length"
