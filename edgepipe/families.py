@@ -100,7 +100,8 @@ FAMILIES: dict[str, Family] = {
             "gpt_oss",
             "gpt-oss",
             "openai/gpt-oss-20b",
-            plain="attention sinks, YaRN RoPE (no rewrite for them yet)",
+            plain="attention sinks, YaRN RoPE (no rewrite for them yet); its experts run "
+            "densely and stay float32 (int4 takes 2-D weights, theirs are 3-D)",
         ),
     )
 }
