@@ -99,10 +99,30 @@ def _positive(value: object) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
+# Families whose published config.json leaves the context out (tiiuae/falcon-7b): transformers'
+# config class default is what the model runs with.
+CONFIG_DEFAULT_CONTEXT = ("falcon",)
+
+
+def _config_default(config: dict[str, Any]) -> int:
+    """The context transformers' config class gives a CONFIG_DEFAULT_CONTEXT model, or 0."""
+    from transformers import AutoConfig
+
+    if config.get("model_type") not in CONFIG_DEFAULT_CONTEXT:
+        return 0
+    try:
+        filled = AutoConfig.for_model(str(config.get("model_type")))
+    except (ValueError, KeyError):
+        return 0
+    return _positive(getattr(filled, "max_position_embeddings", None))
+
+
 def max_length(config: dict[str, Any], model_dir: Path) -> int:
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):
         if _positive(config.get(key)):
             return _positive(config.get(key))
+    if _config_default(config):
+        return _config_default(config)
     trained = TRAINED_CONTEXT.get(str(config.get("model_type")))
     if trained:
         stated = _positive(_json(model_dir / "tokenizer_config.json").get("model_max_length"))
