@@ -255,6 +255,8 @@ def keep_last_logits(graph: Any) -> bool:
     from onnx import TensorProto, helper, numpy_helper
 
     head = next((n for n in graph.node if "logits" in n.output), None)
+    while head is not None and head.op_type in ("Add", "Cast"):  # lm_head bias (GPT-J, Phi-2)
+        head = next((n for n in graph.node if n.output[0] in head.input), None)
     if head is None or head.op_type != "MatMul" or LOGITS_TO_KEEP in {i.name for i in graph.input}:
         return False
     prefix = "edgepipe_logits"

@@ -33,6 +33,8 @@ def test_family_rewrite_matches_the_export(case: str, tmp_path: Path) -> None:
 
     assert info["skipped"] is None
     assert info["op_counts"]["GroupQueryAttention"] == 2
+    # GPT-J's and Phi-2's lm_head has a bias: the slice goes before it.
+    assert info["logits_to_keep"] is True
     ids = list(range(3, 27))  # 24 positions: past GPT-Neo's 8-position local window
     expected, expected_tokens = run_steps(original, ids, split=15)
     actual, tokens = run_steps(rewritten, ids, split=15)
