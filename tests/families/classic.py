@@ -4,7 +4,7 @@ OpenAI's gpt-oss.
 Each config copies the real checkpoint's config.json fields (named in ``REAL``) scaled down to 2
 layers and 4 heads. The head size is the real model's where onnxruntime's GroupQueryAttention needs
 it to take the partial rotary step (its rotary width must be a multiple of 16): Pythia 64 (16
-rotary), GPT-J 64 (16 of 256 rotary, the real ratio), Phi-2 80 (32 rotary, as Phi-2); the others
+rotary), GPT-J 64 (16 rotary: 6B's 64-of-256 ratio), Phi-2 80 (32 rotary, as Phi-2); the others
 hidden 64. ``initializer_range`` is 0.2 for the reason tests/decoders.py gives.
 """
 
@@ -86,11 +86,6 @@ CONFIGS: dict[str, dict[str, Any]] = {
         router_aux_loss_coef=0.9, output_router_logits=False, tie_word_embeddings=False,
     ),
 }  # fmt: skip
-
-
-# Falcon-40B's and Falcon2-11B's layout (tiiuae/falcon-40b): grouped query_key_value, 8 KV heads
-# of 128 (here 2 of 4), two LayerNorms feeding attention and MLP in parallel.
-FALCON_NEW = dict(new_decoder_architecture=True, multi_query=False, num_kv_heads=2)
 
 
 def make_tiny_classic(model_type: str, dest: Path, seed: int = 0, **overrides: Any) -> Path:
