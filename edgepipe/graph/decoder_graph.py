@@ -210,7 +210,9 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
             dtype = _elem_type(graph, past)
         attn_out = f"{prefix}/layers.{layer}/output"
         rotary = [f"{prefix}/cos_cache", f"{prefix}/sin_cache", "position_ids"]
-        window = {"local_window_size": attention.window(layer)} if attention.windows else {}
+        local: dict[str, Any] = (
+            {"local_window_size": attention.window(layer)} if attention.windows else {}
+        )
         new_nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
@@ -221,7 +223,7 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
                 name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
                 domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads,
                 do_rotary=int(attention.rotary), rotary_interleaved=int(attention.interleaved),
-                scale=attention.scale or float(head_dim**-0.5), **window,
+                scale=attention.scale or float(head_dim**-0.5), **local,
             )
         )  # fmt: skip
         # The old Concats lose their outputs (the GQA node now writes present.*); o_proj reads GQA.
