@@ -123,6 +123,49 @@ FAMILIES: dict[str, Family] = {
         # Local layers: a second cos/sin table (rope_local_base_freq) and a window; global layers:
         # rope_theta with linear scaling (4B and up).
         _decoder("gemma3_text", "Gemma 3 (text)", "google/gemma-3-1b-it", "google/gemma-3-270m-it"),
+        _decoder(
+            "falcon",
+            "Falcon-7B (multi-query)",
+            "tiiuae/falcon-7b-instruct",
+            "tiiuae/falcon-7b",
+        ),
+        _decoder(
+            "bloom",
+            "BLOOM, BLOOMZ",
+            "bigscience/bloom-560m",
+            "bigscience/bloomz-1b1",
+            plain="ALiBi position bias (GroupQueryAttention has no ALiBi)",
+        ),
+        _decoder(
+            "gptj",
+            "GPT-J",
+            "EleutherAI/gpt-j-6b",
+        ),
+        _decoder(
+            "gpt_neo",
+            "GPT-Neo",
+            "EleutherAI/gpt-neo-125m",
+            "EleutherAI/gpt-neo-1.3B",
+        ),
+        _decoder(
+            "gpt_neox",
+            "GPT-NeoX, Pythia",
+            "EleutherAI/pythia-160m",
+            "EleutherAI/pythia-1b-deduped",
+        ),
+        _decoder(
+            "phi",
+            "Phi-1.5, Phi-2",
+            "microsoft/phi-2",
+            "microsoft/phi-1_5",
+        ),
+        _decoder(
+            "gpt_oss",
+            "gpt-oss",
+            "openai/gpt-oss-20b",
+            plain="attention sinks, YaRN RoPE (no rewrite for them yet); its experts run "
+            "densely and stay float32 (int4 takes 2-D weights, theirs are 3-D)",
+        ),
     )
 }
 
@@ -163,6 +206,27 @@ def max_positions(config: dict[str, Any]) -> int:
     if found and found.positions_after_pad:
         rows -= int(config.get("pad_token_id") or 0) + 1
     return rows
+
+
+# Variants of a family that its optimum-onnx export cannot take: model_type -> (config.json field,
+# its refused value, why). Checked when the model is resolved, before any stage runs.
+REFUSED: dict[str, tuple[tuple[str, object, str], ...]] = {
+    "falcon": (
+        (
+            "new_decoder_architecture",
+            True,
+            "Falcon-40B/180B/Falcon2-11B's layout: optimum-onnx 0.1.0's export feeds a cache of "
+            "num_kv_heads heads where transformers keeps one per query head, and fails",
+        ),
+    ),
+}
+
+
+def check_config(model_type: str, config: dict[str, object], where: str = "config.json") -> None:
+    """One line, naming the field, when ``config`` is a variant of its family that is refused."""
+    for key, value, why in REFUSED.get(model_type, ()):
+        if config.get(key) == value:
+            raise ModelError(f"{where}: {model_type} with {key}: {value} is not supported: {why}")
 
 
 def fused(model_type: str) -> bool:

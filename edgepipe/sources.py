@@ -320,6 +320,7 @@ def _checked(
         )
     model_type = str(config.get("model_type", ""))
     entry = families.family(model_type, str(config_path))
+    families.check_config(model_type, config, str(config_path))
     chosen = model_task(config, entry, task, str(config_path))
     _check_weights(root, allow_pickle)
     _check_tokenizer(root, config)

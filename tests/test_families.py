@@ -40,6 +40,16 @@ def test_unsupported_type_is_one_line_with_the_list(tmp_path):
     assert all(t in line for t in families.supported())
 
 
+def test_refused_variant_is_one_line_naming_the_field(tmp_path):
+    (tmp_path / "config.json").write_text(
+        '{"model_type": "falcon", "new_decoder_architecture": true, "num_kv_heads": 8}'
+    )
+    result = CliRunner().invoke(main, ["build", "--model", str(tmp_path), "--target", "rpi5"])
+    assert result.exit_code == 4
+    line = result.output.strip().splitlines()[-1]
+    assert "falcon with new_decoder_architecture: True is not supported" in line
+
+
 # ---- every family, built from its tiny model --------------------------------------------------
 
 
@@ -83,9 +93,10 @@ def _greedy_equals_transformers(bundle: Path, model_dir: Path) -> None:
         ids = generator.encode(prompt)
         got = generator.generate(ids, max_new_tokens=12).token_ids
         with torch.inference_mode():
+            # No EOS (not min_new_tokens, which masks the EOS logit the bundle may pick).
             want = model.generate(
                 torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                max_new_tokens=12, eos_token_id=None, pad_token_id=0, do_sample=False,
             )[0, len(ids):].tolist()  # fmt: skip
         assert got == want, f"{model_dir.name}: {prompt!r}"
 

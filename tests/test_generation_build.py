@@ -283,12 +283,12 @@ def test_profile_of_the_wrong_task_is_refused(
 
 
 def test_unsupported_decoder_type_is_refused(decoders, tmp_path):
-    model = Path(shutil.copytree(decoders["llama"], tmp_path / "falcon"))
+    model = Path(shutil.copytree(decoders["llama"], tmp_path / "mamba"))
     config = json.loads((model / "config.json").read_text())
-    (model / "config.json").write_text(json.dumps({**config, "model_type": "falcon"}))
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "mamba"}))
     result = cli("build", "--model", str(model), "--target", "rpi5", "--out", str(tmp_path / "o"))
     assert result.exit_code == 4
-    assert "model_type 'falcon' is not supported" in result.stderr and "llama" in result.stderr
+    assert "model_type 'mamba' is not supported" in result.stderr and "llama" in result.stderr
 
 
 def test_guard_fails_below_the_bar_with_the_table(decoders, tmp_path):

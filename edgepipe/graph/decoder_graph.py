@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import families
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
-from . import attention_layers, attention_variants, rope
+from . import attention_layers, attention_patterns, attention_variants, rope
 
 MS_DOMAIN = "com.microsoft"
 # q/k/v/o, or Phi-3's packed qkv (GroupQueryAttention reads it as packed QKV) and o.
@@ -85,6 +85,10 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         entry = families.FAMILIES.get(str(model_type))
         why = f": {entry.plain_because}" if entry else ""
         return 0, f"no attention rewrite for model_type {model_type!r}{why}"
+    attention = attention_patterns.normalize(model, config)  # other families' names -> Llama's
+    if isinstance(attention, str):
+        return 0, attention
+    config = attention.config
     rope_refused = rope.unsupported(config)
     if rope_refused:
         return 0, rope_refused
@@ -176,6 +180,12 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
             dtype = _elem_type(graph, past)
         attn_out = f"{prefix}/layers.{layer}/output"
         attrs = attention_layers.attributes(config, layer, head_dim)
+        if not attention.rotary:  # learned positions (GPT-Neo)
+            attrs["do_rotary"] = 0
+        if attention.scale is not None:
+            attrs["scale"] = attention.scale
+        if attention.windows:
+            attrs["local_window_size"] = attention.window(layer)
         rotary = (
             [f"{prefix}/cos_cache", f"{prefix}/sin_cache", positions] if attrs["do_rotary"] else []
         )
@@ -186,8 +196,8 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
                  f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length", *rotary],
                 [attn_out, present_k, present_v],
                 name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
-                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, rotary_interleaved=0,
-                **attrs,
+                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads,
+                rotary_interleaved=int(attention.interleaved), **attrs,
             )
         )  # fmt: skip
         variants.apply(new_nodes[-1], layer, rope.rope_caches)
@@ -223,8 +233,9 @@ def keep_last_logits(graph: Any) -> bool:
 
     producer = {out: n for n in graph.node for out in n.output}
     head = producer.get("logits")
-    # A soft-cap after the lm_head (Gemma 2: Div, Tanh, Mul) acts on each position alone.
-    while head is not None and head.op_type in ("Div", "Tanh", "Mul", "Cast"):
+    # Per-position ops after the lm_head: a soft-cap (Gemma 2: Div, Tanh, Mul), a bias (GPT-J,
+    # Phi-2: Add), a Cast.
+    while head is not None and head.op_type in ("Div", "Tanh", "Mul", "Cast", "Add"):
         head = next((producer[i] for i in head.input
                      if i in producer and producer[i].op_type != "Constant"), None)  # fmt: skip
     if head is None or head.op_type != "MatMul" or LOGITS_TO_KEEP in {i.name for i in graph.input}:

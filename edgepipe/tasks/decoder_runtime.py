@@ -90,11 +90,44 @@ def eos_token_ids(model_dir: Path) -> tuple[int, ...]:
     return tuple(dict.fromkeys(ids))
 
 
+# Models whose positions are an attention bias (ALiBi) have no table to overrun and no limit in
+# config.json: the tokenizer's model_max_length, else the context they were trained at.
+TRAINED_CONTEXT = {"bloom": 2048}
+
+
+def _positive(value: object) -> int:
+    """``value`` if it is a positive int, else 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+# Families whose published config.json leaves the context out (tiiuae/falcon-7b): transformers'
+# config class default is what the model runs with.
+CONFIG_DEFAULT_CONTEXT = ("falcon",)
+
+
+def _config_default(config: dict[str, Any]) -> int:
+    """The context transformers' config class gives a CONFIG_DEFAULT_CONTEXT model, or 0."""
+    from transformers import AutoConfig
+
+    if config.get("model_type") not in CONFIG_DEFAULT_CONTEXT:
+        return 0
+    try:
+        filled = AutoConfig.for_model(str(config.get("model_type")))
+    except (ValueError, KeyError):
+        return 0
+    return _positive(getattr(filled, "max_position_embeddings", None))
+
+
 def max_length(config: dict[str, Any], model_dir: Path) -> int:
     for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = config.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
+        if _positive(config.get(key)):
+            return _positive(config.get(key))
+    if _config_default(config):
+        return _config_default(config)
+    trained = TRAINED_CONTEXT.get(str(config.get("model_type")))
+    if trained:
+        stated = _positive(_json(model_dir / "tokenizer_config.json").get("model_max_length"))
+        return stated if 0 < stated < 1 << 20 else trained  # 1e30 in transformers: no limit
     raise ModelError(
         f"{model_dir / 'config.json'}: no max_position_embeddings or n_positions; "
         "cannot tell the model's context length"

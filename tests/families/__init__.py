@@ -13,11 +13,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import encoders, modern, norms, seeds
+from . import classic, encoders, modern, norms, seeds
 
 TINY: dict[str, Callable[[Path], Path]] = {
     **seeds.TINY,
     **modern.TINY,
     **norms.TINY,
     **encoders.TINY,
+    **classic.TINY,
 }

@@ -109,3 +109,18 @@ def test_templates_that_cannot_be_split_give_no_chat(decoder_bundle, tmp_path):
         tokenizer.chat_template = template
         tokenizer.save_pretrained(model_dir)
         assert chat_template(model_dir) is None
+
+
+def test_context_of_models_whose_config_states_none(tmp_path):
+    """Falcon-7B's config.json leaves it to FalconConfig's default; BLOOM (ALiBi) has none: its
+    tokenizer's model_max_length, else the length it was trained at."""
+    from edgepipe.tasks.decoder_runtime import max_length
+
+    assert max_length({"model_type": "falcon", "multi_query": True}, tmp_path) == 2048
+    assert max_length({"model_type": "bloom", "n_head": 16}, tmp_path) == 2048
+    (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 300}')
+    assert max_length({"model_type": "bloom"}, tmp_path) == 300
+    (tmp_path / "tokenizer_config.json").write_text('{"model_max_length": 1e30}')
+    assert max_length({"model_type": "bloom"}, tmp_path) == 2048
+    with pytest.raises(ModelError, match="cannot tell the model's context length"):
+        max_length({"model_type": "gpt_neox"}, tmp_path)
