@@ -302,7 +302,7 @@ def measure(models: dict[str, Path], work: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """The rows as a Markdown table."""
-    keys = [k for k in rows[0] if k != "n"] if rows else []
+    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k != "n"]
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(str(r.get(k, "")) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
