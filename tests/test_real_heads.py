@@ -61,7 +61,8 @@ def test_real_head_meets_the_int8_bar(heads, work, name):
     code, summary, stderr = _build(heads[name], work, data)
     assert code == 0, stderr[-3000:]
     assert summary["profile"] == "arm64-int8"
-    got = summary["accuracy"]["model"]
+    got = summary["accuracy"]
+    assert not summary["kept_float"]  # the first attempt meets the bar, nothing kept float
     bar = (
         catalog.profiles()
         .load("arm64-int8")
