@@ -75,8 +75,8 @@ real-llm: $(STAMP)
 
 # Real-weight heads on all-MiniLM-L6-v2 (the packaged default), trained in code in a few CPU
 # minutes: a 5-intent classifier and a distilled cross-encoder reranker, into REAL_HEADS_DIR; then
-# their int8 builds for rpi5 and laptop-avx2 scored against fp32 (how the int8 profiles'
-# classification and reranking bars were set).
+# their int8 builds for rpi5, laptop-avx2 and laptop-vnni scored against fp32 (how the int8
+# profiles' classification and reranking bars were set).
 REAL_HEADS_DIR ?= $(HOME)/.cache/edgepipe/real-heads
 real-heads: $(STAMP)
 	$(BIN)/python tests/bench/real_heads.py --dir $(REAL_HEADS_DIR) --measure

@@ -10,14 +10,14 @@ encoder fine-tuned briefly with it (so every weight and activation is a trained 
   from the bi-encoder: each (query, document) pair of training commands is scored
   ``10 * cosine - 3`` with all-MiniLM-L6-v2's mean-pooled embeddings (2 epochs, 800 pairs).
 
-Then ``--measure`` builds each for rpi5 and laptop-avx2 with `edgepipe build` and reports the int8
-guard's metrics against fp32 PyTorch on held-out texts (data/intents_heldout.tsv, never trained
-on; the reranker's pairs come from them too) and on the built-in evaluation set: the default
+Then ``--measure`` builds each for rpi5, laptop-avx2 and laptop-vnni with `edgepipe build` and
+reports the int8 guard's metrics against fp32 PyTorch on held-out texts (data/intents_heldout.tsv,
+never trained on; the reranker's pairs come from them too) and on the built-in set: the default
 recipe with its first attempt (no MatMul kept float) and a broken recipe (per-tensor s8 weights,
 no outlier rescale, nothing kept float). That is how the int8 profiles' classification and
 reranking bars were set.
 
-    make real-heads                        # REAL_HEADS_DIR=... (default below); --measure too
+    make real-heads                        # REAL_HEADS_DIR=... (default below); with --measure
     python tests/bench/real_heads.py --dir DIR [--measure]
 
 Deterministic: fixed seeds, one thread, deterministic torch algorithms; a model already built is
