@@ -18,7 +18,7 @@ SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
 .PHONY: install build bundles bundle test test-deps test-slow device lint format bench bench-llm \
-	real-llm bench-llm-real fuzz clean e2e-arm64
+	real-llm bench-llm-real real-heads fuzz clean e2e-arm64
 
 install: $(STAMP)
 
@@ -73,6 +73,14 @@ REAL_LLM_DIR ?= $(HOME)/.cache/edgepipe/real-llm
 real-llm: $(STAMP)
 	$(BIN)/python tests/bench/real_llm.py --dir $(REAL_LLM_DIR)
 
+# Real-weight heads on all-MiniLM-L6-v2 (the packaged default), trained in code in a few CPU
+# minutes: a 5-intent classifier and a distilled cross-encoder reranker, into REAL_HEADS_DIR; then
+# their int8 builds for rpi5, laptop-avx2 and laptop-vnni scored against fp32 (how the int8
+# profiles' classification and reranking bars were set).
+REAL_HEADS_DIR ?= $(HOME)/.cache/edgepipe/real-heads
+real-heads: $(STAMP)
+	$(BIN)/python tests/bench/real_heads.py --dir $(REAL_HEADS_DIR) --measure
+
 # edgepipe's default int4 build and int8 profile vs llama.cpp Q4_0/Q4_1/Q4_K_M/Q8_0 on the off-grid
 # SmolLM2, scored against PyTorch fp32 on held-out paragraphs (tens of minutes; not in CI).
 bench-llm-real: real-llm $(LLAMA_VENV)/.installed-stamp
@@ -99,7 +107,7 @@ test: $(STAMP) test-deps
 
 # The slow tests: real SmolLM2 builds (needs `make real-llm` first; skipped without it).
 test-slow: $(STAMP)
-	REAL_LLM_DIR=$(REAL_LLM_DIR) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+	REAL_LLM_DIR=$(REAL_LLM_DIR) REAL_HEADS_DIR=$(REAL_HEADS_DIR) $(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 # The `bench --remote` tests start a real sshd on loopback: Debian's openssh-server, installed here
 # when missing and apt-get can (root); elsewhere those tests skip and say why.

@@ -140,7 +140,7 @@ def test_default_int8_classifier_passes_its_guard(models, tmp_path):
     accuracy = summary["manifest"]["accuracy"]
     assert summary["profile"] == "x86-avx2-int8" and accuracy["passed"] is True
     assert accuracy["metric"] == "label_agreement" and accuracy["bar"] == 0.95
-    assert accuracy["model"]["agreement"] >= 0.95 and accuracy["model"]["mean_kl"] <= 0.05
+    assert accuracy["model"]["agreement"] >= 0.95 and accuracy["model"]["mean_kl"] <= 0.001
     proc = run_bundle(Path(summary["bundle_dir"]), "selftest", "--json")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["device"]["agreement"] >= 0.95
@@ -201,8 +201,8 @@ def test_default_int8_reranker_passes_its_guard_and_benches(models, tmp_path):
     summary = _build(models["reranker"], tmp_path, "-t", "rpi5", "--bench-runs", "3")
     accuracy = summary["manifest"]["accuracy"]
     assert summary["profile"] == "arm64-int8" and accuracy["passed"] is True
-    assert accuracy["metric"] == "rank_correlation" and accuracy["max_score_error"] == 0.5
-    assert accuracy["model"]["min_spearman"] >= 0.9
+    assert accuracy["metric"] == "rank_correlation" and accuracy["max_score_error"] == 0.7
+    assert accuracy["model"]["min_spearman"] >= 0.85
     assert summary["manifest"]["bench"]["task"] == "reranking"
     bundle = Path(summary["bundle_dir"])
     proc = run_bundle(bundle, "bench", "--runs", "2", "--warmup", "0", "--json")
