@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import StageError
-from ..graph import decoder_graph, tied
+from ..graph import decoder_graph, external, tied
 from . import digests
 
 TOKENIZER_FILES = (
@@ -104,28 +104,43 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
     onnx_files = sorted(raw.glob("*.onnx"))
     if len(onnx_files) != 1:
         raise StageError(f"export of {model_dir} wrote {len(onnx_files)} ONNX files, expected 1")
-    shutil.move(str(onnx_files[0]), out / "model.onnx")
-    if any(raw.glob("*.onnx_data")) or any(raw.glob("*.data")):
-        raise StageError(
-            "export wrote external tensor data; models over 2 GB are not supported yet"
-        )
     (out / "tokenizer").mkdir()
     for name in TOKENIZER_FILES:
         src = raw / name if (raw / name).is_file() else model_dir / name
         if src.is_file():
             shutil.copyfile(src, out / "tokenizer" / name)
+    record = _rewrite(config, model_dir, onnx_files[0], out / "model.onnx")
     shutil.rmtree(raw)
+    return {"outputs": digests(out), "max_length": max_length(model_dir), **record}
+
+
+def _rewrite(config: ExportConfig, model_dir: Path, exported: Path, dst: Path) -> dict[str, Any]:
+    """``dst``: the export with the tied table stored once and the attention fused, as asked.
+
+    The model is read once, its external data (a model over 2 GB) mapped rather than loaded, and
+    written once: whole, or with its tensors in ``model.onnx.data`` (graph/external.py).
+    """
+    big = any(p.suffix in (".onnx_data", ".data") for p in exported.parent.iterdir())
+    if not (config.dedupe_tied or config.fuse_attention or big):
+        shutil.move(str(exported), dst)
+        return {}
+    before = sum(p.stat().st_size for p in exported.parent.glob(f"{exported.name}*"))
+    model = external.load(exported)
     record: dict[str, Any] = {}
+    dropped = tied.dedupe_model(model) if config.dedupe_tied else 0
+    graph: dict[str, Any] = {}
+    if config.fuse_attention:
+        hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        graph = decoder_graph.optimize_model(model, hf_config)
+    external.save(model, dst)
     if config.dedupe_tied:
-        before = (out / "model.onnx").stat().st_size
-        dropped = tied.dedupe(out / "model.onnx")
         record["tied"] = {
             "initializers_dropped": dropped,
             "size_bytes_before": before,
-            "size_bytes_after": (out / "model.onnx").stat().st_size,
+            "size_bytes_after": external.size(dst),
         }
     if config.fuse_attention:
-        hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        graph = decoder_graph.optimize(out / "model.onnx", out / "model.onnx", hf_config)
         record["graph"] = {k: v for k, v in graph.items() if k != "op_counts"}
-    return {"outputs": digests(out), "max_length": max_length(model_dir), **record}
+    if external.data_file(dst).exists():
+        record["external_data"] = external.data_file(dst).name
+    return record
