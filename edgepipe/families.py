@@ -25,20 +25,26 @@ class Family:
     examples: tuple[str, ...] = ()  # hub ids of real checkpoints
     fused: bool = False  # decoders: attention rewritten to GroupQueryAttention
     plain_because: str = ""  # decoders on the exported attention: why
+    plain_for: str = ""  # fused decoders: the configs that keep the exported attention, and why
 
     def attention(self) -> str:
         """The README's attention column."""
         if GENERATION not in self.tasks:
             return "encoder (as exported)"
-        return "fused (GroupQueryAttention)" if self.fused else f"as exported: {self.plain_because}"
+        if not self.fused:
+            return f"as exported: {self.plain_because}"
+        note = f"; as exported: {self.plain_for}" if self.plain_for else ""
+        return "fused (GroupQueryAttention)" + note
 
 
 def _encoder(model_type: str, name: str, *examples: str) -> Family:
     return Family(model_type, name, (EMBEDDING,), examples)
 
 
-def _decoder(model_type: str, name: str, *examples: str, plain: str = "") -> Family:
-    return Family(model_type, name, (GENERATION,), examples, fused=not plain, plain_because=plain)
+def _decoder(
+    model_type: str, name: str, *examples: str, plain: str = "", plain_for: str = ""
+) -> Family:
+    return Family(model_type, name, (GENERATION,), examples, not plain, plain, plain_for)
 
 
 FAMILIES: dict[str, Family] = {
@@ -50,15 +56,25 @@ FAMILIES: dict[str, Family] = {
         _encoder("xlm-roberta", "XLM-RoBERTa", "intfloat/multilingual-e5-small"),
         _encoder("mpnet", "MPNet", "sentence-transformers/all-mpnet-base-v2"),
         _encoder("electra", "ELECTRA", "google/electra-small-discriminator"),
-        _decoder("llama", "Llama, SmolLM2", "HuggingFaceTB/SmolLM2-135M-Instruct"),
-        _decoder("mistral", "Mistral", "mistralai/Mistral-7B-Instruct-v0.3"),
+        _decoder(
+            "llama",
+            "Llama, Llama 3.2, SmolLM2",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "meta-llama/Llama-3.2-1B-Instruct",
+        ),
+        _decoder(
+            "mistral", "Mistral", "mistralai/Mistral-7B-Instruct-v0.3", "mistralai/Mistral-7B-v0.1"
+        ),
         _decoder("qwen2", "Qwen2, Qwen2.5", "Qwen/Qwen2.5-0.5B-Instruct"),
         _decoder(
             "phi3",
             "Phi-3, Phi-3.5, Phi-4-mini",
             "microsoft/Phi-3-mini-4k-instruct",
-            plain="packed qkv_proj (no rewrite for it yet)",
+            plain_for="longrope past its original length (Phi-3.5, Phi-4-mini: transformers "
+            "recomputes the cache when a generation crosses it)",
         ),
+        _decoder("granite", "Granite 3", "ibm-granite/granite-3.3-2b-instruct"),
+        _decoder("smollm3", "SmolLM3", "HuggingFaceTB/SmolLM3-3B"),
         _decoder("gpt2", "GPT-2", "openai-community/gpt2", plain="learned positions, no RoPE"),
     )
 }

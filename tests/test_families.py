@@ -106,14 +106,14 @@ def _embeddings_match_transformers(bundle: Path, model_dir: Path) -> None:
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("families")
-    return {t: TINY[t](root / f"tiny-{t.replace('_', '-')}") for t in sorted(TINY)}
+    return {t: TINY[t](root / f"tiny-{re.sub('[_@.]', '-', t)}") for t in sorted(TINY)}
 
 
 @pytest.mark.parametrize("model_type", sorted(TINY))
 def test_family_fp32_bundle_matches_pytorch(model_type, tiny_models, tmp_path):
     """Every family's tiny model: the fp32 bundle reproduces the PyTorch model, with its attention
     fused exactly where the registry says."""
-    entry, model = families.family(model_type), tiny_models[model_type]
+    entry, model = families.family(model_type.split("@")[0]), tiny_models[model_type]
     summary = _build(model, tmp_path, "--target", "laptop-avx2", "--profile", "fp32")
     bundle = Path(summary["bundle_dir"])
     if entry.tasks[0] == GENERATION:

@@ -10,10 +10,11 @@ GroupQueryAttention also updates a cache in place when past and present are one 
 maximum length (``past_present_share_buffer``); the model's metadata says so (``KV_CACHE_KEY``), and
 the bundle's runtime then binds one buffer per layer for the whole generation (runtime/kvcache.py).
 
-Limits (checked, or the model is left alone): fp32 or fp16 MatMul projections (run it before
-int4 quantization), default RoPE (no rope_scaling), head_dim a multiple of 16 (onnxruntime's CPU
-kernel), batch entries without left padding (GQA reads
-each row's length from ``attention_mask`` and assumes the valid tokens come first).
+Each layer's sliding window, rotary step and scale come from the config (graph/attention_layers.py),
+the cos/sin tables from graph/rope.py. Limits (checked, or the model is left alone): fp32 or fp16
+MatMul projections (run it before int4 quantization), RoPE whose cos/sin table is static (see
+graph/rope.py), head_dim a multiple of 16 (onnxruntime's CPU kernel), batch entries without left
+padding (GQA reads each row's length from ``attention_mask`` and assumes the valid tokens come first).
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ import numpy as np
 
 from .. import families
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
-from . import external
+from . import attention_layers, external, rope
 
 MS_DOMAIN = "com.microsoft"
-_PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/([qkvo])_proj/MatMul$")
+# q/k/v/o, or Phi-3's packed qkv (GroupQueryAttention reads it as packed QKV) and o.
+_PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/(qkv|[qkvo])_proj/MatMul$")
 
 
 def optimize(
@@ -69,51 +71,6 @@ def optimize_model(model: Any, config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def rope_caches(
-    config: dict[str, Any], head_dim: int, prefix: str, dtype: int
-) -> tuple[list[Any], list[Any]]:
-    """Nodes (and their small constants) that compute the cos/sin tables [max_positions,
-    head_dim/2] as transformers' default RoPE builds them: positions x inv_freq, in float32.
-
-    Computed in the graph rather than stored: onnxruntime folds them into constants when it loads
-    the model, and the file stays 2.1 MB smaller at 8192 positions and head size 64.
-    """
-    from onnx import TensorProto, helper, numpy_helper
-
-    theta = float(config.get("rope_theta", 10000.0))
-    partial = float(config.get("partial_rotary_factor", 1.0))
-    dim = int(head_dim * partial)
-    inv_freq = 1.0 / (theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim))
-    limit = float(int(config["max_position_embeddings"]))
-    inits = [
-        numpy_helper.from_array(inv_freq.astype(np.float32)[None, :], f"{prefix}/inv_freq"),
-        numpy_helper.from_array(np.array(0.0, np.float32), f"{prefix}/rope_start"),
-        numpy_helper.from_array(np.array(limit, np.float32), f"{prefix}/rope_limit"),
-        numpy_helper.from_array(np.array(1.0, np.float32), f"{prefix}/rope_delta"),
-    ]
-    cast = dtype != TensorProto.FLOAT
-    nodes = [
-        helper.make_node("Range", [f"{prefix}/rope_start", f"{prefix}/rope_limit",
-                                   f"{prefix}/rope_delta"], [f"{prefix}/positions"],
-                         name=f"{prefix}/Range"),
-        helper.make_node("Unsqueeze", [f"{prefix}/positions", f"{prefix}/axis1"],
-                         [f"{prefix}/positions_2d"], name=f"{prefix}/Unsqueeze"),
-        helper.make_node("Mul", [f"{prefix}/positions_2d", f"{prefix}/inv_freq"],
-                         [f"{prefix}/freqs"], name=f"{prefix}/Mul"),
-        helper.make_node("Cos", [f"{prefix}/freqs"],
-                         [f"{prefix}/cos32" if cast else f"{prefix}/cos_cache"], name=f"{prefix}/Cos"),
-        helper.make_node("Sin", [f"{prefix}/freqs"],
-                         [f"{prefix}/sin32" if cast else f"{prefix}/sin_cache"], name=f"{prefix}/Sin"),
-    ]  # fmt: skip
-    if cast:
-        nodes += [
-            helper.make_node("Cast", [f"{prefix}/{t}32"], [f"{prefix}/{t}_cache"], to=dtype,
-                             name=f"{prefix}/Cast_{t}")
-            for t in ("cos", "sin")
-        ]  # fmt: skip
-    return nodes, inits
-
-
 def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int, str | None]:
     """Replace each layer's attention subgraph by GroupQueryAttention; (layers fused, why not all)."""
     from onnx import TensorProto, helper, numpy_helper
@@ -124,16 +81,9 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         entry = families.FAMILIES.get(str(model_type))
         why = f": {entry.plain_because}" if entry else ""
         return 0, f"no attention rewrite for model_type {model_type!r}{why}"
-    window = config.get("sliding_window")
-    windowed = model_type == "mistral" or config.get("use_sliding_window")
-    if windowed and window and window < config.get("max_position_embeddings", 0):
-        return (
-            0,
-            f"sliding-window attention ({window} of {config['max_position_embeddings']} tokens)",
-        )
-    scaling = config.get("rope_scaling") or {}
-    if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
-        return 0, f"rope_scaling {scaling} is not the default RoPE"
+    rope_refused = rope.unsupported(config)
+    if rope_refused:
+        return 0, rope_refused
     heads = int(config["num_attention_heads"])
     kv_heads = int(config.get("num_key_value_heads") or heads)
     head_dim = int(config.get("head_dim") or config["hidden_size"] // heads)
@@ -168,7 +118,7 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
 
     dtype: int = TensorProto.FLOAT
     prefix = "edgepipe_gqa"
-    rope_nodes, rope_inits = rope_caches(config, head_dim, prefix, dtype)
+    rope_nodes, rope_inits, positions = rope.rope_caches(config, head_dim, prefix, dtype)
     shared = [
         helper.make_node("ReduceSum", ["attention_mask", f"{prefix}/axis1"], [f"{prefix}/lengths"],
                          keepdims=0, name=f"{prefix}/ReduceSum"),
@@ -193,26 +143,31 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         proj = projections[layer]
         past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
         present_k, present_v = f"present.{layer}.key", f"present.{layer}.value"
-        if set(proj) != {"q", "k", "v", "o"} or not {past_k, past_v} <= inputs:
+        packed = set(proj) == {"qkv", "o"}
+        if not (packed or set(proj) == {"q", "k", "v", "o"}) or not {past_k, past_v} <= inputs:
             return 0, f"layer {layer}: missing projections or past inputs"
-        if len({proj[x].input[0] for x in "qkv"}) != 1:
+        if not packed and len({proj[x].input[0] for x in "qkv"}) != 1:
             return 0, f"layer {layer}: q/k/v projections read different inputs"
+        qkv = [projected(proj["qkv"]), "", ""] if packed else [projected(proj[x]) for x in "qkv"]
         for name, past in ((present_k, past_k), (present_v, past_v)):
             concat = producer.get(name)
             if concat is None or concat.op_type != "Concat" or concat.input[0] != past:
                 return 0, f"layer {layer}: {name} is not Concat({past}, new)"
             dtype = _elem_type(graph, past)
         attn_out = f"{prefix}/layers.{layer}/output"
+        attrs = attention_layers.attributes(config, layer, head_dim)
+        rotary = (
+            [f"{prefix}/cos_cache", f"{prefix}/sin_cache", positions] if attrs["do_rotary"] else []
+        )
         new_nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [projected(proj["q"]), projected(proj["k"]), projected(proj["v"]), past_k, past_v,
-                 f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length",
-                 f"{prefix}/cos_cache", f"{prefix}/sin_cache", "position_ids"],
+                [*qkv, past_k, past_v,
+                 f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length", *rotary],
                 [attn_out, present_k, present_v],
                 name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
-                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, do_rotary=1,
-                rotary_interleaved=0, scale=float(head_dim**-0.5),
+                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads, rotary_interleaved=0,
+                **attrs,
             )
         )  # fmt: skip
         # The old Concats lose their outputs (the GQA node now writes present.*); o_proj reads GQA.

@@ -2,8 +2,10 @@
 
 Each group module defines ``TINY: dict[str, Callable[[Path], Path]]``: model_type -> a function that
 saves a tiny random model of that family (config.json copying the real checkpoint's fields, scaled
-down; a tokenizer trained in code) into the given directory and returns it. tests/test_families.py
-checks that every entry of edgepipe.families.FAMILIES has one, and builds each.
+down; a tokenizer trained in code) into the given directory and returns it. A key
+``model_type@variant`` is one more tiny model of that family (Llama 3.2 beside the seeds' Llama).
+tests/test_families.py checks that every entry of edgepipe.families.FAMILIES has one, and builds
+each.
 """
 
 from __future__ import annotations
@@ -11,6 +13,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import seeds
+from . import modern, seeds
 
-TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY}
+TINY: dict[str, Callable[[Path], Path]] = {**seeds.TINY, **modern.TINY}

@@ -93,7 +93,7 @@ def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
     assert "head_dim 8" in info["skipped"]
     config = {
         "model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
-        "max_position_embeddings": 256, "rope_scaling": {"rope_type": "llama3", "factor": 8.0},
+        "max_position_embeddings": 256, "rope_scaling": {"rope_type": "mrope", "factor": 8.0},
     }  # fmt: skip
     info = decoder_graph.optimize(original, tmp_path / "same.onnx", config=config)
     assert "rope_scaling" in info["skipped"]
@@ -102,9 +102,6 @@ def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
     assert not any(
         p.key.startswith("edgepipe.") for p in onnx.load(str(tmp_path / "same.onnx")).metadata_props
     )
-    for other, why in (
-        ({"model_type": "gpt2"}, "model_type 'gpt2'"),
-        ({"model_type": "mistral", "sliding_window": 64}, "sliding-window"),
-    ):
-        info = decoder_graph.optimize(original, tmp_path / "same.onnx", config={**config, **other})
-        assert why in info["skipped"] and info["attention_layers_fused"] == 0
+    gpt2 = {**config, "model_type": "gpt2"}
+    info = decoder_graph.optimize(original, tmp_path / "same.onnx", config=gpt2)
+    assert "model_type 'gpt2'" in info["skipped"] and info["attention_layers_fused"] == 0
