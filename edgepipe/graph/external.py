@@ -209,14 +209,15 @@ def session(model: Any, options: Any, providers: list[str]) -> Any:
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
 
 
-def save(model: Any, path: Path) -> None:
-    """Write ``model`` to ``path``: whole when its tensors fit under the threshold, else with its
-    tensors in ``<path>.data``. Either way by rename, so ``path`` may be the file it came from; the
-    loaded model stays usable (its external tensors then point at the new data file)."""
+def save(model: Any, path: Path, keep_external: bool = False) -> None:
+    """Write ``model`` to ``path``: whole when its tensors fit under the threshold (and not
+    ``keep_external``), else with its tensors in ``<path>.data``. Either way by rename, so ``path``
+    may be the file it came from; the loaded model stays usable (its external tensors then point at
+    the new data file)."""
     import onnx
 
     data, tmp_model = data_file(path), path.with_name(f".{path.name}.tmp")
-    if tensor_bytes(model) <= threshold():
+    if not keep_external and tensor_bytes(model) <= threshold():
         inline(model)
         onnx.save(model, str(tmp_model))
         tmp_model.replace(path)

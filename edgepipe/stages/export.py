@@ -118,7 +118,8 @@ def _rewrite(config: ExportConfig, model_dir: Path, exported: Path, dst: Path) -
     """``dst``: the export with the tied table stored once and the attention fused, as asked.
 
     The model is read once, its external data (a model over 2 GB) mapped rather than loaded, and
-    written once: whole, or with its tensors in ``model.onnx.data`` (graph/external.py).
+    written once: whole, or, when optimum wrote external data or the model is over the threshold,
+    with its tensors in ``model.onnx.data`` (graph/external.py).
     """
     big = any(p.suffix in (".onnx_data", ".data") for p in exported.parent.iterdir())
     if not (config.dedupe_tied or config.fuse_attention or big):
@@ -132,7 +133,11 @@ def _rewrite(config: ExportConfig, model_dir: Path, exported: Path, dst: Path) -
     if config.fuse_attention:
         hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
         graph = decoder_graph.optimize_model(model, hf_config)
-    external.save(model, dst)
+    # An export over 2 GB stays external even where the rewrites brought it under (Qwen2.5-0.5B:
+    # 2.5 GB as optimum writes it, 1.98 GB with the table stored once): later stages then map its
+    # weights instead of parsing, copying and serializing a whole 2 GB message (which measured a
+    # 11.7 GB peak in the sensitivity stage).
+    external.save(model, dst, keep_external=big)
     if config.dedupe_tied:
         record["tied"] = {
             "initializers_dropped": dropped,

@@ -73,7 +73,7 @@ def make_model(shape: dict[str, Any], dest: Path) -> Path:
     config = cls(**values, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
     dtype = getattr(torch, shape.get("dtype", "float32"))
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, do_sample=False
     )

@@ -120,3 +120,13 @@ def test_digest_covers_the_data_file():
         external.digest(with_data, "model.onnx")
         == hashlib.sha256(f"{'a' * 64}\n{'c' * 64}\n".encode()).hexdigest()
     )
+
+
+def test_keep_external_writes_data_under_the_threshold(tmp_path, x):
+    """An export that optimum wrote with external data stays so after its rewrites shrank it."""
+    path = tmp_path / "model.onnx"
+    external.save(two_matmuls(), path, keep_external=True)  # the default threshold: 2 GB
+    assert external.data_file(path).is_file()
+    assert external.has_external(onnx.load(str(path), load_external_data=False))
+    onnx.save(two_matmuls(), str(tmp_path / "whole.onnx"))
+    np.testing.assert_array_equal(run(path, x), run(tmp_path / "whole.onnx", x))
