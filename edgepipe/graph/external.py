@@ -179,6 +179,13 @@ def tensor_bytes(model: Any) -> int:
     return total
 
 
+def written_bytes(model: Any) -> int:
+    """About the bytes ``model`` takes on disk: its message and its external tensors (exact for a
+    model saved whole; the data file adds alignment)."""
+    external = sum(int(_info(t)["length"]) for t in _tensors(model) if is_external(t))
+    return int(model.ByteSize()) + external
+
+
 def _relative(model: Any) -> Path | None:
     """Point external tensors at their data file by name; the directory they lie in (one only)."""
     folders = set()

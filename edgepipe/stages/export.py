@@ -129,6 +129,7 @@ def _rewrite(config: ExportConfig, model_dir: Path, exported: Path, dst: Path) -
     model = external.load(exported)
     record: dict[str, Any] = {}
     dropped = tied.dedupe_model(model) if config.dedupe_tied else 0
+    after_dedupe = external.written_bytes(model)
     graph: dict[str, Any] = {}
     if config.fuse_attention:
         hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -142,7 +143,7 @@ def _rewrite(config: ExportConfig, model_dir: Path, exported: Path, dst: Path) -
         record["tied"] = {
             "initializers_dropped": dropped,
             "size_bytes_before": before,
-            "size_bytes_after": external.size(dst),
+            "size_bytes_after": after_dedupe,
         }
     if config.fuse_attention:
         record["graph"] = {k: v for k, v in graph.items() if k != "op_counts"}
