@@ -93,9 +93,9 @@ def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> tuple[Path, str]
     from edgepipe.graph import decoder_graph, external, nbits, weight_only
 
     if how == "build":
-        dist = work / "dist"
-        bundle = dist / f"{name}-laptop-avx2"
-        if not (bundle / "manifest.json").exists():
+        dist = work / "dist"  # one bundle, named as edgepipe spells it (qwen2-5-0-5b-...)
+        built = sorted(dist.glob("*-laptop-avx2/manifest.json"))
+        if not built:
             # No stage cache: the bundle is what is kept, and a multi-GB export copied into the
             # cache would only fill the disk.
             cmd = [sys.executable, "-m", "edgepipe", "build", "--model", str(hf), "--target",
@@ -108,7 +108,9 @@ def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> tuple[Path, str]
             summary = json.loads(done.stdout.strip().splitlines()[-1])
             print(f"{name}: edgepipe build {time.perf_counter() - start:.0f} s, profile "
                   f"{summary['profile']}, {summary['model_size_bytes'] / 1e6:.1f} MB")  # fmt: skip
-        graph = json.loads((bundle / "manifest.json").read_text())["stages"]["export"]["graph"]
+            built = [Path(summary["bundle_dir"]) / "manifest.json"]
+        bundle = built[0].parent
+        graph = json.loads(built[0].read_text())["stages"]["export"]["graph"]
         return bundle / "model" / "model.onnx", attention(graph)
     quick = work / "quick-int4" / "model.onnx"
     export = work / "onnx-fp32"
