@@ -82,6 +82,14 @@ def max_length(model_dir: Path) -> int:
     return int(min(limits))
 
 
+def fp32_bytes(model_dir: Path) -> int:
+    """About the bytes of the model's weights in float32 (what the export holds)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    stored = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    return stored * (2 if dtype in ("bfloat16", "float16") else 1)
+
+
 def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
     """Write ``out/model.onnx`` and the tokenizer files; return the stage record."""
     from optimum.exporters.onnx import main_export
@@ -97,6 +105,10 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
                 device="cpu",
                 do_validation=False,
                 trust_remote_code=config.trust_remote_code,
+                # optimum's post-processing (its own tied-weights dedupe, done here by tied.py)
+                # serializes the whole model and fails over 2 GB: "Failed to serialize proto"
+                # on the Llama-3.2-1B shape (4.9 GB with the table stored once).
+                no_post_process=fp32_bytes(model_dir) > external.threshold(),
             )
     except Exception as exc:  # optimum raises bare Exceptions for unsupported models
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -130,3 +130,14 @@ def test_keep_external_writes_data_under_the_threshold(tmp_path, x):
     assert external.has_external(onnx.load(str(path), load_external_data=False))
     onnx.save(two_matmuls(), str(tmp_path / "whole.onnx"))
     np.testing.assert_array_equal(run(path, x), run(tmp_path / "whole.onnx", x))
+
+
+def test_export_skips_optimums_post_processing_over_2_gb(tmp_path):
+    """A bfloat16 checkpoint counts twice its size: its export is float32."""
+    from edgepipe.stages.export import fp32_bytes
+
+    (tmp_path / "config.json").write_text('{"dtype": "bfloat16"}')
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1000)
+    assert fp32_bytes(tmp_path) == 2000
+    (tmp_path / "config.json").write_text('{"torch_dtype": "float32"}')
+    assert fp32_bytes(tmp_path) == 1000
