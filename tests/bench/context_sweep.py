@@ -115,8 +115,9 @@ def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> tuple[Path, str]
     quick = work / "quick-int4" / "model.onnx"
     export = work / "onnx-fp32"
     if not (export / "model.onnx").exists():
+        # No post-processing: optimum's tied-weights pass fails to serialize a model over 2 GB.
         main_export(str(hf), output=str(export), task="text-generation-with-past",
-                    do_validation=False)  # fmt: skip
+                    do_validation=False, no_post_process=True)  # fmt: skip
     record = quick.parent / "graph.json"
     if not record.exists():
         model = external.load(export / "model.onnx")  # the weights mapped, not loaded
