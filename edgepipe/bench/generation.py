@@ -46,9 +46,15 @@ def measure(request: dict[str, Any]) -> dict[str, Any]:
         "runs": len(runs),
         "load_ms": round(load_ms, 1),
         "peak_rss_mb": peak_rss_mb(),
-        "size_bytes": Path(request["model"]).stat().st_size,
+        "size_bytes": _size(Path(request["model"])),
         "token_ids": runs[0].token_ids,
     }
+
+
+def _size(model: Path) -> int:
+    """The model file and its external data (``<model>.data``, graph/external.py), if any."""
+    data = model.with_name(model.name + ".data")
+    return model.stat().st_size + (data.stat().st_size if data.is_file() else 0)
 
 
 if __name__ == "__main__":

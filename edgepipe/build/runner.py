@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from .. import __version__
 from ..cache import StageCache, cache_key
 from ..config import Target
+from ..graph import external
 from ..runtime.bench import host_info
 from ..runtime.integrity import sha256_file
 from ..stages import wheels
@@ -118,7 +119,7 @@ class StageRunner:
         fn: Callable[[Path], dict[str, Any]],
     ) -> dict[str, Any]:
         """The bench stage of the attempt ``label``: keyed by its quantized model's digest."""
-        model = self.records[f"quantize/{label}"]["outputs"]["model.onnx"]
+        model = external.digest(self.records[f"quantize/{label}"]["outputs"], "model.onnx")
         return self("bench", config, {**digests, "model": model}, fn, label=f"bench/{label}")
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import nbits
+from . import external, nbits
 
 
 def log_softmax(x: np.ndarray) -> np.ndarray:
@@ -29,14 +29,13 @@ def rank(
     """Every weight MatMul of ``model`` with the mean KL its codes alone cause, worst first."""
     import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     nodes = nbits.weight_matmuls(probe.graph)
     weights = list(dict.fromkeys(n.input[1] for n in nodes))
     inits = {t.name: t for t in probe.graph.initializer}
-    fp32 = {name: numpy_helper.to_array(inits[name]) for name in weights}
+    fp32 = {name: external.array(inits[name]) for name in weights}  # mapped, not copied
     for name in weights:
         probe.graph.initializer.remove(inits[name])
         probe.graph.input.append(
@@ -45,9 +44,7 @@ def rank(
     options = ort.SessionOptions()
     options.log_severity_level = 3  # its warnings are about the probe graph, not the model
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = external.session(probe, options, ["CPUExecutionProvider"])
     texts = [dict(f) for f in feeds]
     reference = [log_softmax(session.run(["logits"], {**f, **fp32})[0][0]) for f in texts]
     ranking = []

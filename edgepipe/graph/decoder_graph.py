@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import families
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
-from . import attention_layers, attention_patterns, attention_variants, rope
+from . import attention_layers, attention_patterns, attention_variants, external, rope
 
 MS_DOMAIN = "com.microsoft"
 # q/k/v/o, or Phi-3's packed qkv (GroupQueryAttention reads it as packed QKV) and o.
@@ -45,19 +45,17 @@ def optimize(
 
     ``config`` is the Hugging Face config.json (read from beside ``model_in`` when omitted).
     """
-    import onnx
-
     if config is None:
         config = json.loads((Path(model_in).parent / "config.json").read_text())
-    model = onnx.load(str(model_in))
+    model = external.load(Path(model_in))
     info = optimize_model(model, config)
-    onnx.save(model, str(model_out))
+    external.save(model, Path(model_out))
     return info
 
 
 def optimize_model(model: Any, config: dict[str, Any]) -> dict[str, Any]:
-    """``optimize`` on a loaded ModelProto, changed in place (a model over 2 GB cannot be saved
-    whole: its caller quantizes it first)."""
+    """``optimize`` on a loaded ModelProto, changed in place (external.save writes a model over
+    2 GB with external data)."""
     before = len(model.graph.node)
     fused, reason = fuse_group_query_attention(model, config)
     packed = pack_projections(model.graph) if fused else 0
@@ -274,7 +272,7 @@ def pack_projections(graph: Any) -> int:
     def weight(node: Any) -> np.ndarray | None:
         if node is None or node.op_type != "MatMul" or node.input[1] not in weights:
             return None
-        return numpy_helper.to_array(weights[node.input[1]])
+        return external.array(weights[node.input[1]])
 
     def packed_matmul(nodes: list[Any], name: str) -> tuple[Any, list[int]] | None:
         arrays = [weight(n) for n in nodes]

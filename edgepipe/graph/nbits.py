@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from . import gptq
+from . import external, gptq
 
 # GPTQ's settings, measured on the off-grid SmolLM2-135M, all MatMuls 4-bit, mean KL to fp32 on
 # held-out paragraphs (15 calibration texts): plain column order with damping 0.01 0.164, with 0.1
@@ -60,9 +60,7 @@ def hessians(
     options.intra_op_num_threads = threads
     # Basic optimisation only: full fusion could fold a probed tensor into a fused kernel.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    session = ort.InferenceSession(
-        probe.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+    session = external.session(probe, options, ["CPUExecutionProvider"])
     sums: dict[str, np.ndarray] = {}
     for feed in feeds:
         for name, value in zip(names, session.run(names, dict(feed)), strict=True):
@@ -100,7 +98,7 @@ def quantize(
         if nbits is None:
             continue
         name = node.input[1]
-        weight = numpy_helper.to_array(inits[name])
+        weight = external.array(inits[name])
         k, n = weight.shape
         key = (name, nbits)
         if key not in done:
@@ -159,7 +157,6 @@ def gptq_codes(
     The Hessians of at most ``budget_bytes`` (as float64) are held at once: the calibration
     texts are run again for each share of the MatMuls, so memory stays bounded on large models.
     """
-    from onnx import numpy_helper
 
     inits = {t.name: t for t in model.graph.initializer}
     groups: dict[str, list[Any]] = {}
@@ -178,7 +175,7 @@ def gptq_codes(
             for node in groups[name]:
                 key = (node.input[1], bits)
                 if key not in codes:
-                    weight = numpy_helper.to_array(inits[node.input[1]])
+                    weight = external.array(inits[node.input[1]])
                     codes[key] = gptq.gptq(
                         weight, stats[name], bits, block, damp=DAMP, act_order=True
                     )

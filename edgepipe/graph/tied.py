@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from . import external
+
 
 @dataclass(frozen=True)
 class Tied:
@@ -45,12 +47,19 @@ def tables(graph: Any) -> dict[str, list[str]]:
 
 
 def dedupe(model_path: Path) -> int:
-    """Rewrite ``model_path`` so each lm_head weight equal to an embedding table's transpose reads
-    the table through a Transpose; return how many initializers were dropped."""
-    import onnx
-    from onnx import helper, numpy_helper
+    """``dedupe_model`` on the model file ``model_path``, rewritten in place."""
+    model = external.load(model_path)
+    dropped = dedupe_model(model)
+    if dropped:
+        external.save(model, model_path)
+    return dropped
 
-    model = onnx.load(str(model_path))
+
+def dedupe_model(model: Any) -> int:
+    """Make each lm_head weight equal to an embedding table's transpose read the table through a
+    Transpose (``model`` changed in place); return how many initializers were dropped."""
+    from onnx import helper
+
     graph = model.graph
     inits = _initializers(graph)
     by_shape: dict[tuple[int, ...], list[str]] = {}
@@ -62,7 +71,7 @@ def dedupe(model_path: Path) -> int:
             continue
         weight = inits[node.input[1]]
         for table in by_shape.get(tuple(weight.dims), []):
-            if np.array_equal(numpy_helper.to_array(weight), numpy_helper.to_array(inits[table]).T):
+            if np.array_equal(external.array(weight), external.array(inits[table]).T):
                 replaced[node.input[1]] = table
                 break
     if not replaced:
@@ -82,7 +91,6 @@ def dedupe(model_path: Path) -> int:
     nodes = transposes + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
-    onnx.save(model, str(model_path))
     return len(replaced)
 
 

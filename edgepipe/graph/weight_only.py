@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import WeightOnly
 from ..errors import StageError
-from . import nbits, tied
+from . import external, nbits, tied
 
 Feeds = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
@@ -67,7 +67,7 @@ def gemm_to_matmul(graph: Any) -> int:
             continue
         weight = node.input[1]
         if attrs.get("transB"):
-            array = numpy_helper.to_array(inits[weight]).T
+            array = external.array(inits[weight]).T
             weight = f"{weight}_t"
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), weight))
         has_bias = len(node.input) > 2 and node.input[2]
@@ -127,7 +127,7 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
     replace: dict[str, list] = {}
     dropped: set[str] = set()
     for table, gathers in gathered.items():
-        array = numpy_helper.to_array(inits[table])
+        array = external.array(inits[table])
         rows, hidden = array.shape
         if hidden % block_size:
             continue  # GatherBlockQuantized needs whole blocks along the hidden axis
@@ -214,10 +214,9 @@ def quantize(
     calibration_digest: str | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Write ``dst``: ``src`` with its weights blockwise-quantized to ``bits`` (the profile's
-    ``int8_nodes`` to 8); return counts. GPTQ runs ``calibration``'s feeds through ``src``."""
-    import onnx
-
-    model = onnx.load(str(src))
+    ``int8_nodes`` to 8); return counts. GPTQ runs ``calibration``'s feeds through ``src``.
+    ``src``'s external data (a model over 2 GB) is mapped, not loaded."""
+    model = external.load(src)
     gemms = gemm_to_matmul(model.graph)
     if settings.algorithm == "gptq":
         codes = gptq_codes(settings, src, model, calibration, bits, calibration_digest)
@@ -241,6 +240,7 @@ def _onnxruntime_rtn(settings: WeightOnly, model: Any, bits: int) -> Any:
 
     # The quantizer logs a line per node at INFO through a handler of its own.
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
+    external.inline(model)  # the quantizer reads raw_data
     config = DefaultWeightOnlyQuantConfig(
         block_size=settings.block_size,
         is_symmetric=settings.symmetric,
@@ -270,5 +270,5 @@ def _finish(settings: WeightOnly, model: Any, dst: Path, counts: dict[str, Any])
         )
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
-    onnx.save(model, str(dst))
+    external.save(model, dst)
     return {**counts, "embedding": tables}

@@ -15,6 +15,7 @@ from typing import Any
 from ..bench import report as bench_report
 from ..config import Target
 from ..errors import ConfigError
+from ..graph import external
 from ..runtime import RUNTIME_PACKAGE
 from ..runtime.classifier import ScoringConfig
 from ..runtime.embedder import RUNTIME_CONFIG, EmbeddingConfig
@@ -307,7 +308,7 @@ def assemble(
 ) -> None:
     """Write everything but the manifest and README into ``dest``; ``wheels``: a dir to copy."""
     (dest / "model").mkdir(parents=True)
-    shutil.copyfile(model, dest / "model" / "model.onnx")
+    external.copy(model, dest / "model" / "model.onnx")  # with model.onnx.data, if it has one
     shutil.copytree(tokenizer_dir, dest / "tokenizer")
     pkg = dest / RUNTIME_PACKAGE
     pkg.mkdir()

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import WeightOnly
-from ..graph import damage, gptq, nbits, weight_only
+from ..graph import damage, external, gptq, nbits, weight_only
 from . import digests
 from .export import quiet
 from .quantize import CalibrationData, decoder_calibration
@@ -37,10 +37,8 @@ def run(
     config: DecoderSensitivityConfig, fp32_model: Path, calibration: CalibrationData, out: Path
 ) -> dict[str, Any]:
     """Write ``out/ranking.json``: every weight MatMul, its damage alone and the bytes 8 bits add."""
-    import onnx
-
     settings = config.weight_only
-    model = onnx.load(str(fp32_model))
+    model = external.load(fp32_model)  # a model over 2 GB: its weights mapped, not loaded
     weight_only.gemm_to_matmul(model.graph)
     feeds = decoder_calibration(calibration, fp32_model)
     if settings.algorithm == "gptq":
@@ -84,10 +82,8 @@ def within(ranked: list[dict[str, Any]], int4_bytes: int, share: float) -> list[
 
 
 def _rtn_codes(model: Any, block: int) -> nbits.Codes:
-    from onnx import numpy_helper
-
     inits = {t.name: t for t in model.graph.initializer}
     return {
-        (n.input[1], 4): gptq.rtn(numpy_helper.to_array(inits[n.input[1]]), 4, block)
+        (n.input[1], 4): gptq.rtn(external.array(inits[n.input[1]]), 4, block)
         for n in nbits.weight_matmuls(model.graph)
     }

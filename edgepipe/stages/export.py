@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import families
 from ..errors import StageError
-from ..graph import decoder_graph, tied
+from ..graph import decoder_graph, external, tied
 from . import digests
 
 TOKENIZER_FILES = (
@@ -83,6 +83,14 @@ def max_length(model_dir: Path) -> int:
     return int(min(limits))
 
 
+def fp32_bytes(model_dir: Path) -> int:
+    """About the bytes of the model's weights in float32 (what the export holds)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    dtype = str(config.get("dtype") or config.get("torch_dtype") or "float32")
+    stored = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    return stored * (2 if dtype in ("bfloat16", "float16") else 1)
+
+
 def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
     """Write ``out/model.onnx`` and the tokenizer files; return the stage record."""
     from optimum.exporters.onnx import main_export
@@ -98,6 +106,10 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
                 device="cpu",
                 do_validation=False,
                 trust_remote_code=config.trust_remote_code,
+                # optimum's post-processing (its own tied-weights dedupe, done here by tied.py)
+                # serializes the whole model and fails over 2 GB: "Failed to serialize proto"
+                # on the Llama-3.2-1B shape (4.9 GB with the table stored once).
+                no_post_process=fp32_bytes(model_dir) > external.threshold(),
             )
     except Exception as exc:  # optimum raises bare Exceptions for unsupported models
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -105,28 +117,49 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
     onnx_files = sorted(raw.glob("*.onnx"))
     if len(onnx_files) != 1:
         raise StageError(f"export of {model_dir} wrote {len(onnx_files)} ONNX files, expected 1")
-    shutil.move(str(onnx_files[0]), out / "model.onnx")
-    if any(raw.glob("*.onnx_data")) or any(raw.glob("*.data")):
-        raise StageError(
-            "export wrote external tensor data; models over 2 GB are not supported yet"
-        )
     (out / "tokenizer").mkdir()
     for name in TOKENIZER_FILES:
         src = raw / name if (raw / name).is_file() else model_dir / name
         if src.is_file():
             shutil.copyfile(src, out / "tokenizer" / name)
+    record = _rewrite(config, model_dir, onnx_files[0], out / "model.onnx")
     shutil.rmtree(raw)
+    return {"outputs": digests(out), "max_length": max_length(model_dir), **record}
+
+
+def _rewrite(config: ExportConfig, model_dir: Path, exported: Path, dst: Path) -> dict[str, Any]:
+    """``dst``: the export with the tied table stored once and the attention fused, as asked.
+
+    The model is read once, its external data (a model over 2 GB) mapped rather than loaded, and
+    written once: whole, or, when optimum wrote external data or the model is over the threshold,
+    with its tensors in ``model.onnx.data`` (graph/external.py).
+    """
+    big = any(p.suffix in (".onnx_data", ".data") for p in exported.parent.iterdir())
+    if not (config.dedupe_tied or config.fuse_attention or big):
+        shutil.move(str(exported), dst)
+        return {}
+    before = sum(p.stat().st_size for p in exported.parent.glob(f"{exported.name}*"))
+    model = external.load(exported)
     record: dict[str, Any] = {}
+    dropped = tied.dedupe_model(model) if config.dedupe_tied else 0
+    after_dedupe = external.written_bytes(model)
+    graph: dict[str, Any] = {}
+    if config.fuse_attention:
+        hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+        graph = decoder_graph.optimize_model(model, hf_config)
+    # An export over 2 GB stays external even where the rewrites brought it under (Qwen2.5-0.5B:
+    # 2.5 GB as optimum writes it, 1.98 GB with the table stored once): later stages then map its
+    # weights instead of parsing, copying and serializing a whole 2 GB message (which measured a
+    # 11.7 GB peak in the sensitivity stage).
+    external.save(model, dst, keep_external=big)
     if config.dedupe_tied:
-        before = (out / "model.onnx").stat().st_size
-        dropped = tied.dedupe(out / "model.onnx")
         record["tied"] = {
             "initializers_dropped": dropped,
             "size_bytes_before": before,
-            "size_bytes_after": (out / "model.onnx").stat().st_size,
+            "size_bytes_after": after_dedupe,
         }
     if config.fuse_attention:
-        hf_config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-        graph = decoder_graph.optimize(out / "model.onnx", out / "model.onnx", hf_config)
         record["graph"] = {k: v for k, v in graph.items() if k != "op_counts"}
-    return {"outputs": digests(out), "max_length": max_length(model_dir), **record}
+    if external.data_file(dst).exists():
+        record["external_data"] = external.data_file(dst).name
+    return record

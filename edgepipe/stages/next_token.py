@@ -7,7 +7,9 @@ KL(fp32 || model) of the next-token distributions.
 
 from __future__ import annotations
 
+import gc
 import json
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -153,13 +155,10 @@ def torch_logits(model_dir: Path) -> Logits:
     return run
 
 
-def chat_answers(
-    config: NextTokenConfig, model: Path, tokenizer: Path, runtime: GenerationConfig
-) -> list[dict[str, Any]]:
+def chat_answers(config: NextTokenConfig, generator: Generator) -> list[dict[str, Any]]:
     """Greedy answers to the chat prompts; none for a model without a chat template."""
-    if runtime.chat_prefix is None:
+    if generator.config.chat_prefix is None:
         return []
-    generator = Generator(model, tokenizer, runtime)
     answers = []
     for prompt in config.chat_prompts:
         done = generator.generate(prompt, chat=True, max_new_tokens=config.chat_tokens)
@@ -190,11 +189,21 @@ def reference(
     """How faithful the fp32 export is: its logits against PyTorch's on the evaluation texts; and
     its greedy answers to the chat prompts (``out/chat.json``), which each quantized model's meet."""
     ids = token_ids(tokenizer, texts, config.max_tokens)
-    pt, ox = torch_logits(source_dir), onnx_logits(fp32_model, tokenizer, runtime)
-    stats = compare((pt(i) for i in ids), (ox(i) for i in ids))
+    with tempfile.TemporaryDirectory(prefix="edgepipe-ref-") as tmp:
+        # PyTorch's logits first, kept on disk: the PyTorch model and the fp32 export (each the
+        # model's full size, GBs for a 1B model) are never in memory together.
+        pt = torch_logits(source_dir)
+        for n, i in enumerate(ids):
+            np.save(Path(tmp) / f"{n}.npy", pt(i))
+        del pt
+        gc.collect()
+        generator = Generator(fp32_model, tokenizer, runtime)
+        ox = generator.logits
+        stored = (np.load(Path(tmp) / f"{n}.npy", mmap_mode="r") for n in range(len(ids)))
+        stats = compare(stored, (ox(i) for i in ids))
     np.save(out / "next_tokens.npy", np.concatenate([ox(i).argmax(-1) for i in ids]))
     (out / "fp32_onnx.json").write_text(json.dumps(stats, indent=2))
-    chat = chat_answers(config, fp32_model, tokenizer, runtime)
+    chat = chat_answers(config, generator)
     (out / "chat.json").write_text(json.dumps(chat, indent=2, ensure_ascii=False))
     return {"outputs": digests(out), "fp32_onnx": {"against": "fp32 PyTorch model", **stats}}
 
@@ -206,8 +215,11 @@ def evaluate(
     """Score ``model`` against the fp32 ONNX model, and its chat answers against fp32's (the
     reference stage's ``chat.json``); write ``out/evaluation.json``."""
     ids = token_ids(tokenizer, texts, config.max_tokens)
-    ref, got = onnx_logits(fp32_model, tokenizer, runtime), onnx_logits(model, tokenizer, runtime)
+    generator = Generator(model, tokenizer, runtime)
+    ref, got = onnx_logits(fp32_model, tokenizer, runtime), generator.logits
     stats = compare((ref(i) for i in ids), (got(i) for i in ids), ids)
+    del ref  # the fp32 session: the model's full size
+    gc.collect()
     missed = problem(stats, config.bar, config.max_kl, config.max_perplexity_ratio)
     fp32_chat = json.loads(reference_chat.read_text(encoding="utf-8"))
     result = {
@@ -217,9 +229,7 @@ def evaluate(
         "max_perplexity_ratio": config.max_perplexity_ratio,
         "against": "fp32 ONNX model",
         "model": stats,
-        "chat": chat_check(fp32_chat, chat_answers(config, model, tokenizer, runtime))
-        if fp32_chat
-        else None,
+        "chat": chat_check(fp32_chat, chat_answers(config, generator)) if fp32_chat else None,
         "passed": missed is None,
     }
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..config import Calibration, Profile, Quantization, WeightOnly
 from ..errors import StageError
-from ..graph import kv_cache, nbits, weight_only
+from ..graph import external, kv_cache, nbits, weight_only
 from ..graph.smooth import smooth
 from . import digests
 from .export import quiet
@@ -199,15 +198,15 @@ def _static_int8(q: Quantization, src: Path, dst: Path, calib: CalibrationData) 
 
 
 def _fp16(block_list: list[str], src: Path, dst: Path) -> None:
-    import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
-    model = onnx.load(str(src))
+    model = external.load(src)
+    external.inline(model)  # the converter reads every tensor's values
     # keep_io_types: the runtime feeds and reads fp32, whatever the weights are.
     converted = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *block_list]
     )
-    onnx.save(converted, str(dst))
+    external.save(converted, dst)
 
 
 def prepared(q: Quantization, model: Path, tmp: Path, calibration: CalibrationData | None) -> Path:
@@ -232,7 +231,7 @@ def run(
     try:
         with quiet():
             if config.method == "fp32":
-                shutil.copyfile(model, dst)
+                external.copy(model, dst)
             elif config.method == "fp16":
                 _fp16(config.fp16_op_block_list, model, dst)
             elif config.method == "int4" and config.weight_only is not None:
@@ -260,7 +259,7 @@ def run(
         raise StageError(f"quantization ({config.method}) failed: {exc}") from exc
     return {
         "outputs": digests(out),
-        "size_bytes": dst.stat().st_size,
+        "size_bytes": external.size(dst),
         "op_counts": op_counts(dst),
         **extra,
     }

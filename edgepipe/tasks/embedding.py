@@ -14,6 +14,7 @@ from ..build.runner import StageRunner, bench_labels
 from ..build.search import Attempt, Search
 from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
+from ..errors import ModelError
 from ..families import EXPORT_TASKS
 from ..graph.checks import check_runtime_support
 from ..runtime.embedder import EmbeddingConfig
@@ -182,6 +183,11 @@ def run(ctx: BuildContext) -> BuildResult:
     )
     fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
     tokenizer = tokenizer_dir / "tokenizer.json"
+    if exported.get("external_data"):
+        raise ModelError(
+            f"{source.path}: its fp32 export is over 2 GB, which edgepipe builds for text "
+            "generation only; embedding models that large are not supported yet"
+        )
     check_runtime_support(fp32_model, target)
     stage.summary("export", f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB")
     digests = {

@@ -16,6 +16,7 @@ from ..build.search import Attempt, Search
 from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
 from ..families import EXPORT_TASKS
+from ..graph import external
 from ..graph.checks import check_runtime_support
 from ..runtime.generator import GenerationConfig
 from ..stages import bench_generation, decoder_sensitivity, export, next_token, quantize
@@ -78,7 +79,7 @@ class GenerationRecipes:
             eval_cfg,
             {
                 "fp32": self.digests["fp32"],
-                "model": quantized["outputs"]["model.onnx"],
+                "model": external.digest(quantized["outputs"], "model.onnx"),
                 "runtime": self.digests["runtime"],
                 "chat": self.digests["chat"],
             },  # fmt: skip
@@ -224,7 +225,8 @@ def run(ctx: BuildContext) -> BuildResult:
     tied = exported.get("tied", {})
     stage.summary(
         "export",
-        f"fp32 ONNX {fp32_model.stat().st_size / 1e6:.1f} MB"
+        f"fp32 ONNX {external.size(fp32_model) / 1e6:.1f} MB"
+        + (" (external data)" if exported.get("external_data") else "")
         + (
             f" (tied embeddings stored once: {tied['size_bytes_before'] / 1e6:.1f} MB before)"
             if tied.get("initializers_dropped")
@@ -241,7 +243,7 @@ def run(ctx: BuildContext) -> BuildResult:
         ram_mb=target.budgets.ram_mb,
     )
     digests = {
-        "fp32": exported["outputs"]["model.onnx"],
+        "fp32": external.digest(exported["outputs"], "model.onnx"),
         "tokenizer": exported["outputs"]["tokenizer/tokenizer.json"],
         "runtime": hashlib.sha256(repr(runtime.to_json()).encode()).hexdigest(),
     }

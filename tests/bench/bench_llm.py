@@ -1,6 +1,7 @@
 """edgepipe int4 vs llama.cpp (Q4_0, Q8_0) on a random Llama with SmolLM-135M's shape, one run;
 then the context sweep (context_sweep.py): prefill and decode at prompts of 64 to 2,048 tokens with
-peak RSS, for the SmolLM2-135M and Qwen2.5-0.5B shapes.
+peak RSS, for the SmolLM2-135M and Qwen2.5-0.5B shapes, and the Llama-3.2-1B shape (RoPE scaling
+"llama3") at the 64-token prompt; each shape's int4 model is the product's `edgepipe build`.
 
 Speed: greedy, batch 1, the same prompt ids, N new tokens, 2 threads; every runtime is timed in
 alternation, REPS rounds, and the table shows medians and the median per-round ratio of decode
@@ -101,9 +102,11 @@ def quantize_int4(src: Path | Any, dst: Path) -> None:
     quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-def convert_gguf(hf: Path, llama_cpp: Path, dest: Path, trained_here: bool = True) -> Path:
-    """llama.cpp's convert_hf_to_gguf.py; for a tokenizer ``trained_here``, taught that it is plain
-    byte-level BPE.
+def convert_gguf(
+    hf: Path, llama_cpp: Path, dest: Path, trained_here: bool = True, outtype: str = "f32"
+) -> Path:
+    """llama.cpp's convert_hf_to_gguf.py (to ``outtype``); for a tokenizer ``trained_here``, taught
+    that it is plain byte-level BPE.
 
     The script refuses pre-tokenizers it has no hash for, so a tokenizer trained in code is declared
     "gpt-2"; a real model's (SmolLM2's: "smollm") is recognised by its hash. The SentencePiece
@@ -128,7 +131,7 @@ base.TextModel._set_vocab_llama_hf = byte_level_only
 import runpy, sys
 sys.path[:0] = [{str(llama_cpp)!r}, {str(llama_cpp / "gguf-py")!r}]
 {patch}
-sys.argv = ["convert_hf_to_gguf.py", {str(hf)!r}, "--outfile", {str(dest)!r}, "--outtype", "f32"]
+sys.argv = ["convert_hf_to_gguf.py", {str(hf)!r}, "--outfile", {str(dest)!r}, "--outtype", {outtype!r}]
 runpy.run_path({str(llama_cpp / "convert_hf_to_gguf.py")!r}, run_name="__main__")
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

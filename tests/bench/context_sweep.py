@@ -16,6 +16,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,22 @@ SHAPES: dict[str, dict[str, Any]] = {
         model_type="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
         num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
         max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1000000.0,
-        rms_norm_eps=1e-6, int4="quick",
+        rms_norm_eps=1e-6, int4="build",
+    ),
+    # Llama-3.2-1B: 16 layers, 32 heads / 8 KV heads of 64, a 128,256-word tied vocabulary and
+    # RoPE scaling "llama3" (128k positions from an 8k original). Saved in bfloat16 as the real
+    # checkpoint is (2.5 GB; the export is float32, 5 GB); timed at the short prompt by default.
+    "llama3.2-1b": dict(
+        model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+        max_position_embeddings=131072, tie_word_embeddings=True, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+        rms_norm_eps=1e-5, int4="build", dtype="bfloat16", lengths=(64,),
     ),
 }  # fmt: skip
+# Keys of SHAPES that are the bench's, not config.json's.
+BENCH_KEYS = ("int4", "dtype", "lengths")
 
 
 def make_model(shape: dict[str, Any], dest: Path) -> Path:
@@ -50,15 +64,16 @@ def make_model(shape: dict[str, Any], dest: Path) -> Path:
     sys.path.insert(0, str(HERE.parent.parent))
     from tests.decoders import train_bpe
 
-    if (dest / "model.safetensors").exists():
+    if any(dest.glob("model*.safetensors")):
         return dest
-    values = {k: v for k, v in shape.items() if k != "int4"}
+    values = {k: v for k, v in shape.items() if k not in BENCH_KEYS}
     kind = values.pop("model_type")
     tokenizer = train_bpe(kind)
     cls = LlamaConfig if kind == "llama" else Qwen2Config
     config = cls(**values, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config).eval()
+    dtype = getattr(torch, shape.get("dtype", "float32"))
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
     model.generation_config = GenerationConfig(
         eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, do_sample=False
     )
@@ -98,39 +113,62 @@ def with_kv_cache(model: Path, dtype: str, hf: Path) -> Path:
     return dst
 
 
-def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> Path:
-    """The int4 model: ``build`` is the product's (`edgepipe build --target laptop-avx2`);
-    ``quick`` is the attention rewrite, plain int4 MatMulNBits (RTN) and a 4-bit embedding table
-    (GatherBlockQuantized), minutes faster to make, and possible over 2 GB of fp32 weights, where
-    the build's export stage stops (Qwen2.5-0.5B: 2.5 GB as optimum writes it)."""
+def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> tuple[Path, str]:
+    """The int4 model and how its attention was built: ``build`` is the product's (`edgepipe
+    build --target laptop-avx2`, models over 2 GB of fp32 too); ``quick`` is the attention
+    rewrite, round-to-nearest int4 MatMulNBits (block 32, zero points) and a 4-bit embedding table
+    (GatherBlockQuantized), minutes faster to make (no GPTQ, no sensitivity ranking)."""
     import onnx
-    from bench_llm import quantize_int4
     from optimum.exporters.onnx import main_export
 
-    from edgepipe.graph import decoder_graph, weight_only
+    from edgepipe.graph import decoder_graph, external, nbits, weight_only
 
     if how == "build":
-        dist = work / "dist"
-        bundle = dist / f"{name}-laptop-avx2"
-        if not (bundle / "manifest.json").exists():
+        dist = work / "dist"  # one bundle, named as edgepipe spells it (qwen2-5-0-5b-...)
+        built = sorted(dist.glob("*-laptop-avx2/manifest.json"))
+        if not built:
+            # No stage cache: the bundle is what is kept, and a multi-GB export copied into the
+            # cache would only fill the disk.
             cmd = [sys.executable, "-m", "edgepipe", "build", "--model", str(hf), "--target",
-                   "laptop-avx2", "--out", str(dist), "--name", name, "--no-bench", "--json"]  # fmt: skip
-            subprocess.run(cmd, check=True, capture_output=True, text=True)
-        return bundle / "model" / "model.onnx"
+                   "laptop-avx2", "--out", str(dist), "--name", name, "--no-bench", "--no-cache",
+                   "--json"]  # fmt: skip
+            start = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"edgepipe build of {hf} failed:\n{done.stderr[-3000:]}")
+            summary = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"{name}: edgepipe build {time.perf_counter() - start:.0f} s, profile "
+                  f"{summary['profile']}, {summary['model_size_bytes'] / 1e6:.1f} MB")  # fmt: skip
+            built = [Path(summary["bundle_dir"]) / "manifest.json"]
+        bundle = built[0].parent
+        graph = json.loads(built[0].read_text())["stages"]["export"]["graph"]
+        return bundle / "model" / "model.onnx", attention(graph)
     quick = work / "quick-int4" / "model.onnx"
-    if not quick.exists():
-        export = work / "onnx-fp32"
-        if not (export / "model.onnx").exists():
-            main_export(str(hf), output=str(export), task="text-generation-with-past",
-                        do_validation=False)  # fmt: skip
-        model = onnx.load(str(export / "model.onnx"))  # external data too
+    export = work / "onnx-fp32"
+    if not (export / "model.onnx").exists():
+        # No post-processing: optimum's tied-weights pass fails to serialize a model over 2 GB.
+        main_export(str(hf), output=str(export), task="text-generation-with-past",
+                    do_validation=False, no_post_process=True)  # fmt: skip
+    record = quick.parent / "graph.json"
+    if not record.exists():
+        model = external.load(export / "model.onnx")  # the weights mapped, not loaded
         info = decoder_graph.optimize_model(model, json.loads((hf / "config.json").read_text()))
-        assert info["skipped"] is None, info["skipped"]
-        quantize_int4(model, quick)
-        quantized = onnx.load(str(quick))
-        weight_only.quantize_tables(quantized.graph, 4, 32, 4)
-        onnx.save(quantized, str(quick))
-    return quick
+        plan = {node.name: 4 for node in nbits.weight_matmuls(model.graph)}
+        nbits.quantize(model.graph, plan, 32, 4)  # reads the mapped weights one at a time
+        weight_only.quantize_tables(model.graph, 4, 32, 4)
+        model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+        quick.parent.mkdir(parents=True, exist_ok=True)
+        external.save(model, quick)
+        record.write_text(json.dumps({k: v for k, v in info.items() if k != "op_counts"}))
+    info = json.loads(record.read_text())
+    return quick, attention(info)
+
+
+def attention(graph: dict[str, Any]) -> str:
+    """How the attention runs, from decoder_graph.optimize's record."""
+    if graph.get("attention_layers_fused"):
+        return f"fused (GroupQueryAttention) in {graph['attention_layers_fused']} layers"
+    return f"the plain path, as exported: {graph.get('skipped')}"
 
 
 class Worker:
@@ -164,13 +202,17 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
 
     hf = make_model(SHAPES[shape], work / "hf")
     how = args.int4 or SHAPES[shape]["int4"]
-    built = edgepipe_int4(hf, work, how, shape)
+    built, attended = edgepipe_int4(hf, work, how, shape)
     kinds = args.kv_cache.split(",") if args.kv_cache else [kv_cache_default()]
     models = {kind: with_kv_cache(built, kind, hf) for kind in kinds}
     model = models[kinds[0]]
-    f32 = convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")
+    # The Q4_0 source: float32, or bfloat16 for a bfloat16 checkpoint (the same values, half the
+    # disk).
+    outtype = "bf16" if SHAPES[shape].get("dtype") == "bfloat16" else "f32"
+    source = convert_gguf(hf, args.llama_cpp.resolve(), work / f"{outtype}.gguf", outtype=outtype)
     q4 = work / "Q4_0.gguf"
-    n_ctx = max(args.lengths) + args.new_tokens
+    lengths = lengths_of(args, shape)
+    n_ctx = max(lengths) + args.new_tokens
     runtime = decoder_runtime.runtime_config(hf, model, args.threads, 1, ("CPUExecutionProvider",))
     edge = {f"edgepipe int4, {kind} cache" if len(kinds) > 1 else "edgepipe int4":
             Worker(sys.executable, "edgepipe_worker.py") for kind in kinds}  # fmt: skip
@@ -180,7 +222,7 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
         paths["edgepipe int4, plain loop"] = model
     llama = Worker(args.llama_python, "llamacpp_worker.py")
     if not q4.exists():
-        llama("quantize", src=str(f32), dst=str(q4), ftype="Q4_0")
+        llama("quantize", src=str(source), dst=str(q4), ftype="Q4_0")
     llama("load", name="q4", path=str(q4), threads=args.threads, n_ctx=n_ctx)
     loaded = {}
     for name, worker in edge.items():
@@ -194,24 +236,31 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
     }  # fmt: skip
     workers = {**edge, "llama.cpp Q4_0": llama}
     rng = np.random.default_rng(0)
-    prompts = {n: [1, *rng.integers(3, 380, n - 1).tolist()] for n in args.lengths}
+    prompts = {n: [1, *rng.integers(3, 380, n - 1).tolist()] for n in lengths}
     for call in calls.values():  # warm-up: first-run allocations, page cache
-        call(prompts[min(args.lengths)])
+        call(prompts[min(lengths)])
     runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
     peaks: dict[tuple[str, int], float] = {}
     for round_ in range(args.reps):
-        for length in sorted(args.lengths):
+        for length in sorted(lengths):
             for name, call in calls.items():
                 runs.setdefault((name, length), []).append(call(prompts[length]))
                 if round_ == 0:
                     peaks[name, length] = workers[name]("rss")["peak_rss_mb"]
     for worker in workers.values():
         worker.close()
-    return {"runs": runs, "peaks": peaks, "names": list(calls), "int4": how, "loaded": loaded}
+    return {"runs": runs, "peaks": peaks, "names": list(calls), "int4": how, "loaded": loaded,
+            "attention": attended, "lengths": lengths}  # fmt: skip
+
+
+def lengths_of(args: argparse.Namespace, shape: str) -> list[int]:
+    """``--lengths``, else the shape's own (the Llama-3.2 shape: the short prompt only)."""
+    return list(args.lengths or SHAPES[shape].get("lengths", LENGTHS))
 
 
 def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None:
     runs, peaks, names = result["runs"], result["peaks"], result["names"]
+    lengths = result["lengths"]
     print(
         f"\n{shape} shape (random weights), edgepipe int4 ({result['int4']}) vs llama.cpp Q4_0: greedy "
         f"{args.new_tokens} new tokens after an L-token prompt, {args.threads} threads, "
@@ -222,7 +271,7 @@ def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None
           f"| peak RSS MB, {head} |")  # fmt: skip
     print("|---|---|---|---|---|")
     base = "llama.cpp Q4_0"
-    for length in sorted(args.lengths):
+    for length in sorted(lengths):
         prefill = [
             np.median([length / (r["ttft_ms"] / 1e3) for r in runs[n, length]]) for n in names
         ]
@@ -238,10 +287,9 @@ def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None
         )
     for name, how in result["loaded"].items():
         print(f"{name}: in-place KV cache {how['in_place']}, prefill chunk {how['prefill_chunk']}")
-    same = (
-        runs[names[0], min(args.lengths)][0]["tokens"] == runs[base, min(args.lengths)][0]["tokens"]
-    )
-    print(f"int4 and Q4_0 greedy tokens equal at {min(args.lengths)}: {same} (quantizers differ)")
+    print(f"edgepipe int4 attention: {result['attention']}")
+    same = runs[names[0], min(lengths)][0]["tokens"] == runs[base, min(lengths)][0]["tokens"]
+    print(f"int4 and Q4_0 greedy tokens equal at {min(lengths)}: {same} (quantizers differ)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -249,11 +297,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-sweep", action="store_true", help="skip the context sweep")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated shapes")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
-                        default=list(LENGTHS), help="prompt tokens, comma-separated")  # fmt: skip
+                        help="prompt tokens, comma-separated (default: 64,512,1024,2048; "
+                        "llama3.2-1b: 64)")  # fmt: skip
     parser.add_argument("--sweep-new-tokens", dest="sweep_new_tokens", type=int, default=32)
     parser.add_argument("--int4", choices=("build", "quick"),
-                        help="edgepipe's model: the product's build, or rewrite + plain int4 "
-                        "(default: build for SmolLM2, quick for Qwen2.5, over the build's 2 GB)")  # fmt: skip
+                        help="edgepipe's model: the product's build (default), or rewrite + plain "
+                        "int4")  # fmt: skip
     parser.add_argument("--kv-cache", help="edgepipe's KV cache type, or several side by side "
                         "(float32,int8; default: the x86-int4 profile's)")  # fmt: skip
     parser.add_argument("--with-plain", action="store_true",
