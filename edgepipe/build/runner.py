@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import platform
 import shutil
 import time
@@ -97,6 +98,14 @@ class StageRunner:
 
     def summary(self, label: str, text: str) -> None:
         self.report(label, f"{text} (cached)" if label in self.cached else text)
+
+    def ranked_nodes(self, label: str) -> list[str]:
+        """The weight MatMuls of a sensitivity stage's ``ranking.json``, most damaging first
+        (reported in the stage's summary line)."""
+        ranking = json.loads((self.work / label / "ranking.json").read_text())
+        worst = ranking[0]["node"] if ranking else "none"
+        self.summary(label, f"{len(ranking)} MatMuls ranked, worst {worst}")
+        return [str(r["node"]) for r in ranking]
 
     def quantize(
         self,

@@ -131,12 +131,7 @@ class EmbeddingRecipes:
             ),  # fmt: skip
             label=f"sensitivity/{profile.name}",
         )
-        ranking = json.loads((self.work / f"sensitivity/{profile.name}/ranking.json").read_text())
-        worst = ranking[0]["node"] if ranking else "none"
-        self.stage.summary(
-            f"sensitivity/{profile.name}", f"{len(ranking)} MatMuls ranked, worst {worst}"
-        )
-        return [r["node"] for r in ranking], q.keep_float.max_nodes
+        return self.stage.ranked_nodes(f"sensitivity/{profile.name}"), q.keep_float.max_nodes
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
         bench_cfg = bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
