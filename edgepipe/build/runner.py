@@ -131,6 +131,23 @@ class StageRunner:
         model = external.digest(self.records[f"quantize/{label}"]["outputs"], "model.onnx")
         return self("bench", config, {**digests, "model": model}, fn, label=f"bench/{label}")
 
+    def latency(
+        self,
+        attempt: Any,
+        config: BaseModel,
+        digests: dict[str, str],
+        fn: Callable[[Path], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """An encoder attempt's latency bench (one shape): run, summarised, kept on ``attempt``."""
+        measured = self.bench(attempt.label, config, digests, fn)
+        (shape,) = measured["results"]
+        self.summary(
+            f"bench/{attempt.label}",
+            f"p50 {shape['model']['p50_ms']} ms, {shape['speedup_vs_fp32']}x fp32 (host)",
+        )
+        attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
+        return dict(attempt.bench)
+
 
 def bench_labels(target: Target) -> dict[str, Any]:
     """A bench config's threads and labels: the target's threads, name and arch, and this host."""

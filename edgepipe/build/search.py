@@ -105,6 +105,13 @@ class TaskRecipes(Protocol):
         """What --search minimises among measured passing attempts."""
 
 
+def over_budget(size_bytes: int, budget_mb: float | None) -> str | None:
+    """Why a model of ``size_bytes`` misses the target's size budget, or None (no budget: None)."""
+    if budget_mb is not None and size_bytes / 1e6 > budget_mb:
+        return f"{size_bytes / 1e6:.1f} MB > budget {budget_mb} MB"
+    return None
+
+
 def attempts_table(attempts: list[Attempt]) -> list[dict[str, Any]]:
     return [a.row() for a in attempts]
 

@@ -5,7 +5,6 @@ query's rank correlation and the largest score error for a reranker."""
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..runtime.classifier import Item, Scorer, ScoringConfig, label_metrics, query_spearman
 from . import digests
 from .export import quiet
-from .quantize import CalibrationData, _dynamic_int8, prepared, weight_matmuls
-from .sensitivity import SensitivityConfig
+from .quantize import CalibrationData
+from .sensitivity import SensitivityConfig, each_alone
 
 
 class ReferenceConfig(BaseModel):
@@ -199,20 +198,11 @@ def run_sensitivity(
     (mean KL of the labels, or mean score error, over the probe items), the worst first."""
     probe_items = [items[i] for i in config.probe]
     ref = np.load(reference)[config.probe]
-    settings = config.quantization.model_copy(
-        update={"op_types": ["MatMul"], "nodes_to_exclude": []}
-    )
     ranking: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="edgepipe-sens-") as tmp:
-        single = Path(tmp) / "model.onnx"
-        with quiet():
-            start = prepared(settings, fp32_model, Path(tmp), calibration)
-        for node in weight_matmuls(fp32_model):
-            with quiet():
-                _dynamic_int8(settings, start, single, only=[node])
-            got = Scorer(single, tokenizer, runtime).logits(probe_items)
-            damage = round(float(_damage(ref, got, labels).mean()), 9)
-            ranking.append({"node": node, "damage": damage})
+    for node, single in each_alone(config.quantization, fp32_model, calibration):
+        got = Scorer(single, tokenizer, runtime).logits(probe_items)
+        damage = round(float(_damage(ref, got, labels).mean()), 9)
+        ranking.append({"node": node, "damage": damage})
     ranking.sort(key=lambda r: (-r["damage"], r["node"]))
     (out / "ranking.json").write_text(json.dumps(ranking, indent=2))
     return {"outputs": digests(out), "nodes": len(ranking), "worst": ranking[:3]}

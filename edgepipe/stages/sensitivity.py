@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,22 @@ class SensitivityConfig(BaseModel):
     calibration_digest: str = Field(description="sha256 of the texts a rescale is calibrated on.")
 
 
+def each_alone(
+    quantization: Quantization, fp32_model: Path, calibration: CalibrationData
+) -> Iterator[tuple[str, Path]]:
+    """Every weight MatMul of ``fp32_model`` and a model with it alone dynamic-int8 quantized (one
+    file, rewritten per node: score it before taking the next)."""
+    settings = quantization.model_copy(update={"op_types": ["MatMul"], "nodes_to_exclude": []})
+    with tempfile.TemporaryDirectory(prefix="edgepipe-sens-") as tmp:
+        single = Path(tmp) / "model.onnx"
+        with quiet():
+            start = prepared(settings, fp32_model, Path(tmp), calibration)
+        for node in weight_matmuls(fp32_model):
+            with quiet():
+                _dynamic_int8(settings, start, single, only=[node])
+            yield node, single
+
+
 def run(
     config: SensitivityConfig,
     fp32_model: Path,
@@ -48,19 +65,10 @@ def run(
     """Write ``out/ranking.json``: every weight MatMul with its min cosine when quantized alone."""
     probe_texts = [texts[i] for i in config.probe]
     ref = np.load(reference)[config.probe]
-    settings = config.quantization.model_copy(
-        update={"op_types": ["MatMul"], "nodes_to_exclude": []}
-    )
     ranking = []
-    with tempfile.TemporaryDirectory(prefix="edgepipe-sens-") as tmp:
-        single = Path(tmp) / "model.onnx"
-        with quiet():
-            start = prepared(settings, fp32_model, Path(tmp), calibration)
-        for node in weight_matmuls(fp32_model):
-            with quiet():
-                _dynamic_int8(settings, start, single, only=[node])
-            damage = cosines(single, tokenizer, runtime, probe_texts, ref)
-            ranking.append({"node": node, "min_cosine": round(float(damage.min()), 6)})
+    for node, single in each_alone(config.quantization, fp32_model, calibration):
+        damage = cosines(single, tokenizer, runtime, probe_texts, ref)
+        ranking.append({"node": node, "min_cosine": round(float(damage.min()), 6)})
     ranking.sort(key=lambda r: (r["min_cosine"], r["node"]))
     (out / "ranking.json").write_text(json.dumps(ranking, indent=2))
     return {"outputs": digests(out), "nodes": len(ranking), "worst": ranking[:3]}

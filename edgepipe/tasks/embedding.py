@@ -11,7 +11,7 @@ import numpy as np
 
 from ..build.publish import write_bundle
 from ..build.runner import StageRunner, bench_labels
-from ..build.search import Attempt, Search
+from ..build.search import Attempt, Search, over_budget
 from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
 from ..errors import ModelError
@@ -78,9 +78,7 @@ class EmbeddingRecipes:
     def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
         if not accuracy["passed"]:
             return f"min cosine {accuracy['model']['min']} < bar {profile.bar(KIND).min}"
-        if size_bytes / 1e6 > self.target.budgets.model_size_mb:
-            return f"{size_bytes / 1e6:.1f} MB > budget {self.target.budgets.model_size_mb} MB"
-        return None
+        return over_budget(size_bytes, self.target.budgets.model_size_mb)
 
     def best(self, attempt: Attempt) -> float:
         return float(attempt.accuracy["model"]["min"])
@@ -135,21 +133,14 @@ class EmbeddingRecipes:
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
         bench_cfg = bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
-        measured = self.stage.bench(
-            attempt.label,
+        return self.stage.latency(
+            attempt,
             bench_cfg,
             self.digests,
             lambda d: bench.run(
                 bench_cfg, self.fp32_model, attempt.model, self.tokenizer, self.runtime, d
             ),
         )
-        (shape,) = measured["results"]
-        self.stage.summary(
-            f"bench/{attempt.label}",
-            f"p50 {shape['model']['p50_ms']} ms, {shape['speedup_vs_fp32']}x fp32 (host)",
-        )
-        attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
-        return attempt.bench
 
     def cost(self, attempt: Attempt) -> float:
         return attempt.p50_ms or float("inf")

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..build.publish import write_bundle
 from ..build.runner import StageRunner, bench_labels
-from ..build.search import Attempt, Search
+from ..build.search import Attempt, Search, over_budget
 from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
 from ..families import EXPORT_TASKS
@@ -99,13 +99,8 @@ class GenerationRecipes:
 
     def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
         score, bar = accuracy["model"], profile.bar(KIND)
-        budget = self.target.budgets.generation_model_size_mb
         missed = next_token.problem(score, bar.min, bar.max_kl, bar.max_perplexity_ratio)
-        if missed:
-            return missed
-        if budget is not None and size_bytes / 1e6 > budget:
-            return f"{size_bytes / 1e6:.1f} MB > budget {budget} MB"
-        return None
+        return missed or over_budget(size_bytes, self.target.budgets.generation_model_size_mb)
 
     def best(self, attempt: Attempt) -> float:
         return float(attempt.accuracy["model"]["agreement"])

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..build.publish import write_bundle
 from ..build.runner import StageRunner, bench_labels
-from ..build.search import Attempt, Search
+from ..build.search import Attempt, Search, over_budget
 from ..build.spec import BuildContext, BuildResult
 from ..config import Profile, Target
 from ..families import EXPORT_TASKS
@@ -21,6 +21,7 @@ from ..graph.checks import check_runtime_support
 from ..runtime.classifier import Item, ScoringConfig
 from ..stages import bench, export, quantize, scores
 from ..stages.sensitivity import SensitivityConfig
+from .embedding import bench_summary  # the same latency bench as an embedding model's
 from .texts import builtin_calibration_texts, load_texts
 
 CLASSIFICATION, RERANKING = "classification", "reranking"
@@ -107,9 +108,7 @@ class ScoringRecipes:
     def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
         if not accuracy["passed"]:
             return self._missed(profile, accuracy)
-        if size_bytes / 1e6 > self.target.budgets.model_size_mb:
-            return f"{size_bytes / 1e6:.1f} MB > budget {self.target.budgets.model_size_mb} MB"
-        return None
+        return over_budget(size_bytes, self.target.budgets.model_size_mb)
 
     def best(self, attempt: Attempt) -> float:
         got = attempt.accuracy["model"]
@@ -166,8 +165,8 @@ class ScoringRecipes:
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
         config = bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
-        measured = self.stage.bench(
-            attempt.label,
+        return self.stage.latency(
+            attempt,
             config,
             self.digests,
             lambda d: bench.run(
@@ -180,13 +179,6 @@ class ScoringRecipes:
                 task=self.runtime_task,
             ),  # fmt: skip
         )
-        (shape,) = measured["results"]
-        self.stage.summary(
-            f"bench/{attempt.label}",
-            f"p50 {shape['model']['p50_ms']} ms, {shape['speedup_vs_fp32']}x fp32 (host)",
-        )
-        attempt.bench = {k: v for k, v in measured.items() if k != "outputs"}
-        return attempt.bench
 
     @property
     def runtime_task(self) -> str:
@@ -194,14 +186,6 @@ class ScoringRecipes:
 
     def cost(self, attempt: Attempt) -> float:
         return attempt.p50_ms or float("inf")
-
-
-def bench_summary(measured: dict[str, Any] | None) -> dict[str, Any]:
-    """The build's CI summary fields for a classifier's or reranker's bench."""
-    return {
-        "latency_p50_ms": measured["results"][0]["model"]["p50_ms"] if measured else None,
-        "speedup_vs_fp32": measured["results"][0]["speedup_vs_fp32"] if measured else None,
-    }
 
 
 def labels(model_dir: Path, kind: str) -> tuple[str, ...]:
