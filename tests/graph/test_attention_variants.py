@@ -12,45 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
 from edgepipe import families
 from edgepipe.graph import attention_variants, decoder_graph
 from tests.decoders import export_decoder
 from tests.families.norms import TINY, WINDOW
+from tests.graph.test_decoder_graph import run_steps
 
 PROMPT = list(range(6, 26))  # 20 tokens: more than two windows
-
-
-def run_steps(path: Path, ids: list[int], split: int, steps: int) -> tuple[np.ndarray, list[int]]:
-    """Logits of a prefill of ids[:split], then of one pass over the rest with the cache; and the
-    greedy continuation of ``steps`` tokens, one at a time."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in session.get_inputs()}
-    shape = inputs["past_key_values.0.key"].shape
-    names = [o.name for o in session.get_outputs()]
-    empty = np.zeros((1, shape[1], 0, shape[3]), np.float32)
-    feeds: dict[str, np.ndarray] = {n: empty for n in inputs if n.startswith("past_key_values.")}
-
-    def forward(chunk: list[int], start: int) -> np.ndarray:
-        end = start + len(chunk)
-        feeds.update(
-            input_ids=np.asarray([chunk], np.int64), attention_mask=np.ones((1, end), np.int64)
-        )
-        if "position_ids" in inputs:  # Gemma's export has none
-            feeds["position_ids"] = np.arange(start, end, dtype=np.int64)[None]
-        logits, *presents = session.run(names, feeds)
-        for name, value in zip(names[1:], presents, strict=True):
-            feeds[name.replace("present.", "past_key_values.")] = value
-        return np.asarray(logits[0])
-
-    logits = np.concatenate([forward(ids[:split], 0), forward(ids[split:], split)])
-    tokens, position = [int(logits[-1].argmax())], len(ids)
-    while len(tokens) < steps:
-        tokens.append(int(forward(tokens[-1:], position)[-1].argmax()))
-        position += 1
-    return logits, tokens
 
 
 def torch_run(model_dir: Path, ids: list[int], steps: int) -> tuple[np.ndarray, list[int]]:

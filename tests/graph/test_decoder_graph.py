@@ -13,9 +13,11 @@ from edgepipe.graph import decoder_graph
 from tests.decoders import export_decoder, make_tiny_decoder
 
 
-def run_steps(path: Path, ids: list[int], split: int) -> tuple[np.ndarray, list[int]]:
-    """Logits of a prefill of ids[:split] then one pass over the rest with the cache, and the
-    greedy continuation of 8 tokens."""
+def run_steps(
+    path: Path, ids: list[int], split: int, steps: int = 8
+) -> tuple[np.ndarray, list[int]]:
+    """Logits of a prefill of ids[:split] then one pass over the rest with the cache (one pass
+    when ``split`` is len(ids)), and the greedy continuation of ``steps`` tokens, one at a time."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in session.get_inputs()}
     shape = inputs["past_key_values.0.key"].shape
@@ -26,18 +28,19 @@ def run_steps(path: Path, ids: list[int], split: int) -> tuple[np.ndarray, list[
     def forward(chunk: list[int], start: int) -> np.ndarray:
         end = start + len(chunk)
         feeds.update(
-            input_ids=np.asarray([chunk], np.int64),
-            attention_mask=np.ones((1, end), np.int64),
-            position_ids=np.arange(start, end, dtype=np.int64)[None],
+            input_ids=np.asarray([chunk], np.int64), attention_mask=np.ones((1, end), np.int64)
         )
+        if "position_ids" in inputs:  # Gemma's export has none
+            feeds["position_ids"] = np.arange(start, end, dtype=np.int64)[None]
         logits, *presents = session.run(names, feeds)
         for name, value in zip(names[1:], presents, strict=True):
             feeds[name.replace("present.", "past_key_values.")] = value
         return np.asarray(logits[0])
 
-    logits = np.concatenate([forward(ids[:split], 0), forward(ids[split:], split)])
+    chunks = [(chunk, start) for chunk, start in ((ids[:split], 0), (ids[split:], split)) if chunk]
+    logits = np.concatenate([forward(chunk, start) for chunk, start in chunks])
     tokens, position = [int(logits[-1].argmax())], len(ids)
-    while len(tokens) < 8:
+    while len(tokens) < steps:
         tokens.append(int(forward(tokens[-1:], position)[-1].argmax()))
         position += 1
     return logits, tokens

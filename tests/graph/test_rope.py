@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from edgepipe.graph import attention_layers, decoder_graph, rope
 from tests.decoders import export_decoder, make_tiny_decoder
+from tests.graph.test_decoder_graph import run_steps
 
 SHORT = [1.0, 1.1, 1.3, 1.7, 2.2, 3.0, 4.1, 5.5]  # longrope factors for head_dim 16 (8 of each)
 LONG = [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0]
@@ -94,34 +94,6 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return model_dir, export_decoder(model_dir, root / "onnx")
 
 
-def _onnx_run(path: Path, ids: list[int], new: int) -> tuple[np.ndarray, list[int]]:
-    """The prompt's logits in one pass, then ``new`` greedy tokens one pass each."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in session.get_inputs()}
-    shape = inputs["past_key_values.0.key"].shape
-    names = [o.name for o in session.get_outputs()]
-    empty = np.zeros((1, shape[1], 0, shape[3]), np.float32)
-    feeds: dict[str, np.ndarray] = {n: empty for n in inputs if n.startswith("past_key_values.")}
-
-    def forward(chunk: list[int], start: int) -> np.ndarray:
-        end = start + len(chunk)
-        feeds.update(
-            input_ids=np.asarray([chunk], np.int64),
-            attention_mask=np.ones((1, end), np.int64),
-            position_ids=np.arange(start, end, dtype=np.int64)[None],
-        )
-        logits, *presents = session.run(names, feeds)
-        for name, value in zip(names[1:], presents, strict=True):
-            feeds[name.replace("present.", "past_key_values.")] = value
-        return np.asarray(logits[0])
-
-    logits = forward(ids, 0)
-    tokens = [int(logits[-1].argmax())]
-    while len(tokens) < new:
-        tokens.append(int(forward(tokens[-1:], len(ids) + len(tokens) - 1)[-1].argmax()))
-    return logits, tokens
-
-
 def _torch_run(model_dir: Path, changes: dict[str, Any], ids: list[int], new: int) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -155,7 +127,7 @@ def test_fused_matches_transformers(case: str, prompt: int, llama: tuple[Path, P
     info = decoder_graph.optimize(exported, tmp_path / "gqa.onnx", config=config)
     assert info["skipped"] is None and info["attention_layers_fused"] == 2
     ids = [(7 * i) % 300 + 3 for i in range(prompt)]
-    got, tokens = _onnx_run(tmp_path / "gqa.onnx", ids, 8)
+    got, tokens = run_steps(tmp_path / "gqa.onnx", ids, split=len(ids), steps=8)
     want, want_tokens = _torch_run(model_dir, CASES[case], ids, 8)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
     assert tokens == want_tokens
