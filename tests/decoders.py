@@ -8,6 +8,7 @@ logits are nearly flat, and greedy argmax would hinge on float rounding.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 # A ChatML-style template, as Qwen2 ships.
 CHATML = (
@@ -46,21 +47,15 @@ KINDS = ("llama", "qwen2", "gpt2")
 MORE_KINDS = ("mistral", "phi3")
 
 
-def train_bpe(kind: str, vocab_size: int = 384):
-    """A byte-level BPE tokenizer in the style of ``kind``'s own (specials, BOS handling)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+def byte_level_bpe(specials: list[str], vocab_size: int, unk: str | None = None) -> Any:
+    """A byte-level BPE (tokenizers.Tokenizer) trained on edgepipe's built-in texts, ``specials``
+    first in the vocabulary."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from tokenizers.trainers import BpeTrainer
-    from transformers import PreTrainedTokenizerFast
 
     from edgepipe.tasks.texts import builtin_texts
 
-    original, kind = kind, "llama" if kind in MORE_KINDS else kind  # Llama's specials for both
-    specials = {
-        "llama": ["<unk>", "<s>", "</s>"],
-        "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        "gpt2": ["<|endoftext|>"],
-    }[kind]
-    tok = Tokenizer(models.BPE(unk_token="<unk>" if kind == "llama" else None))
+    tok = Tokenizer(models.BPE(unk_token=unk))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = BpeTrainer(
@@ -69,6 +64,21 @@ def train_bpe(kind: str, vocab_size: int = 384):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tok.train_from_iterator(builtin_texts("embedding"), trainer)
+    return tok
+
+
+def train_bpe(kind: str, vocab_size: int = 384):
+    """A byte-level BPE tokenizer in the style of ``kind``'s own (specials, BOS handling)."""
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    original, kind = kind, "llama" if kind in MORE_KINDS else kind  # Llama's specials for both
+    specials = {
+        "llama": ["<unk>", "<s>", "</s>"],
+        "qwen2": ["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        "gpt2": ["<|endoftext|>"],
+    }[kind]
+    tok = byte_level_bpe(specials, vocab_size, "<unk>" if kind == "llama" else None)
     extra: dict[str, str] = {}
     if kind == "llama":  # Llama prepends BOS through its post-processor
         tok.post_processor = processors.TemplateProcessing(

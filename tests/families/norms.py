@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.decoders import GEMMA, train_bpe
+from tests.decoders import GEMMA, byte_level_bpe, train_bpe
 
 HIDDEN, HEADS, HEAD_DIM = 64, 4, 16
 WINDOW = 8  # sliding window of the tiny Gemma 2 / Gemma 3 (real: 4096, 512)
@@ -25,21 +25,10 @@ GEMMA_SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_o
 def gemma_tokenizer(vocab_size: int = 384) -> Any:
     """A byte-level BPE tokenizer with Gemma's special tokens and ids (pad 0, eos 1, bos 2), BOS
     prepended, and Gemma's chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from tokenizers.trainers import BpeTrainer
+    from tokenizers import processors
     from transformers import PreTrainedTokenizerFast
 
-    from edgepipe.tasks.texts import builtin_texts
-
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=GEMMA_SPECIALS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(builtin_texts("embedding"), trainer)
+    tok = byte_level_bpe(GEMMA_SPECIALS, vocab_size, "<unk>")
     tok.post_processor = processors.TemplateProcessing(
         single="<bos> $A", pair="<bos> $A <bos> $B", special_tokens=[("<bos>", 2)]
     )
