@@ -22,10 +22,12 @@ and returns the config with the Llama names and how GroupQueryAttention must com
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .attention_variants import LOCAL
 
 LLAMA = "/model/layers.{layer}/self_attn/{proj}_proj/{op}"
 # The attention block of each family's export and its output projection's name.
@@ -40,16 +42,11 @@ _FAMILIES = {
 
 @dataclass(frozen=True)
 class Attention:
-    """How GroupQueryAttention computes one model's layers, and the config (Llama names) it reads."""
+    """The config (Llama names) GroupQueryAttention's layers are read from (attention_layers:
+    windows, NoPE layers, scale), and whether its rotary pairs are interleaved (GPT-J)."""
 
     config: dict[str, Any]
-    rotary: bool = True
     interleaved: bool = False
-    scale: float | None = None  # None: 1/sqrt(head_dim)
-    windows: dict[int, int] = field(default_factory=dict)  # layer -> local_window_size
-
-    def window(self, layer: int) -> int:
-        return self.windows.get(layer, -1)
 
 
 def normalize(model: Any, config: dict[str, Any]) -> Attention | str:
@@ -104,18 +101,23 @@ def _attention(model_type: str, config: dict[str, Any]) -> Attention | str:
             cfg["num_key_value_heads"] = 1  # Falcon-7B: one KV head
         # (new_decoder_architecture: the export's cache repeats each KV head for its query heads)
         return Attention(cfg)
-    # gpt_neo: "local" layers see the last window_size positions (themselves included).
+    # gpt_neo: "local" layers see the last window_size positions (themselves included), no layer
+    # rotates (SmolLM3's NoPE flags) and scores are not scaled (Granite's attention_multiplier).
     layers = config.get("attention_layers") or []
     window = int(config.get("window_size") or 0)
-    windows = {i: window for i, kind in enumerate(layers) if kind == "local"}
-    if windows and window < 1:
+    if "local" in layers and window < 1:
         return "local attention layers without a window_size"
-    return Attention(cfg, rotary=False, scale=1.0, windows=windows)
+    cfg["no_rope_layers"] = [0] * int(cfg["num_hidden_layers"])
+    cfg["attention_multiplier"] = 1.0
+    cfg["sliding_window"] = window or None
+    cfg["layer_types"] = [LOCAL if kind == "local" else "full_attention" for kind in layers]
+    return Attention(cfg)
 
 
 def _checked(attention: Attention) -> Attention | str:
     """``attention``, or why onnxruntime's kernel would refuse its rotary step."""
-    if not attention.rotary:
+    flags = attention.config.get("no_rope_layers")
+    if flags and not any(flags):  # no layer rotates
         return attention
     config = attention.config
     heads = int(config["num_attention_heads"])

@@ -178,12 +178,6 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
             dtype = _elem_type(graph, past)
         attn_out = f"{prefix}/layers.{layer}/output"
         attrs = attention_layers.attributes(config, layer, head_dim)
-        if not attention.rotary:  # learned positions (GPT-Neo)
-            attrs["do_rotary"] = 0
-        if attention.scale is not None:
-            attrs["scale"] = attention.scale
-        if attention.windows:
-            attrs["local_window_size"] = attention.window(layer)
         rotary = (
             [f"{prefix}/cos_cache", f"{prefix}/sin_cache", positions] if attrs["do_rotary"] else []
         )
