@@ -37,9 +37,12 @@ def rotary(config: dict[str, Any], layer: int) -> bool:
 
 
 def scale(config: dict[str, Any], head_dim: int) -> float:
-    """The factor on q.k: Granite's ``attention_multiplier``, else 1/sqrt(head_dim)."""
+    """The factor on q.k: Granite's ``attention_multiplier``, Gemma 2/3's
+    1/sqrt(``query_pre_attn_scalar``), else 1/sqrt(head_dim)."""
     multiplier = config.get("attention_multiplier")
-    return float(multiplier) if multiplier is not None else float(head_dim**-0.5)
+    if multiplier is not None:
+        return float(multiplier)
+    return float((config.get("query_pre_attn_scalar") or head_dim) ** -0.5)
 
 
 def attributes(config: dict[str, Any], layer: int, head_dim: int) -> dict[str, Any]:
@@ -47,8 +50,11 @@ def attributes(config: dict[str, Any], layer: int, head_dim: int) -> dict[str, A
     onnxruntime 1.32's CPU kernel lets a query see that many keys, itself included
     (tests/graph/test_rope.py checks it against transformers past the window)."""
     size = window(config, layer)
-    return {
+    attrs: dict[str, Any] = {
         "do_rotary": int(rotary(config, layer)),
         "local_window_size": size if size else -1,
         "scale": scale(config, head_dim),
     }
+    if config.get("attn_logit_softcapping"):  # Gemma 2: cap x tanh(scores / cap)
+        attrs["softcap"] = float(config["attn_logit_softcapping"])
+    return attrs

@@ -8,6 +8,7 @@
   norm scales by 1 + weight: the exported norm stays in the graph.
 - **Soft-capped scores** (Gemma 2's ``attn_logit_softcapping``) -> ``softcap``: cap x tanh(s / cap)
   after the scale and before the mask, as transformers does. ``query_pre_attn_scalar`` -> ``scale``.
+  (Both attributes are set with the others by attention_layers.attributes.)
 - **Sliding windows per layer** (``layer_types``; Gemma 2: every other layer, Gemma 3: five of six
   unless ``layer_types`` says): transformers lets a query see the W most recent keys, itself
   included, and so does onnxruntime 1.32's CPU kernel with ``local_window_size`` W (measured:
@@ -60,15 +61,6 @@ def unsupported(config: dict[str, Any]) -> str | None:
     return None
 
 
-def set_attribute(node: Any, name: str, value: float | int) -> None:
-    """Set (or replace) one attribute of ``node``."""
-    from onnx import helper
-
-    kept = [a for a in node.attribute if a.name != name]
-    del node.attribute[:]
-    node.attribute.extend([*kept, helper.make_attribute(name, value)])
-
-
 @dataclass
 class Variants:
     """The per-layer settings and extra nodes of one model's rewrite."""
@@ -94,15 +86,10 @@ class Variants:
         return None
 
     def apply(self, gqa: Any, layer: int, rope_caches: Any) -> None:
-        """Point ``gqa`` (one layer's new node) at its q/k (``prepare``), RoPE table and window;
-        set its scale and soft-cap."""
+        """Point ``gqa`` (one layer's new node) at its q/k (``prepare``) and RoPE table (its
+        attributes, soft-cap and scale included, come from attention_layers)."""
         config = self.config
         kind = layer_types(config)[layer]
-        scalar = config.get("query_pre_attn_scalar")
-        if scalar:  # else attention_layers' scale (1/sqrt(head_dim), Granite's multiplier)
-            set_attribute(gqa, "scale", float(scalar**-0.5))
-        if config.get("attn_logit_softcapping"):
-            set_attribute(gqa, "softcap", float(config["attn_logit_softcapping"]))
         if owns_rope(config):
             gqa.input[7], gqa.input[8] = self._table("local" if kind == LOCAL else "global",
                                                      rope_caches)  # fmt: skip
