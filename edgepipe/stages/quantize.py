@@ -253,6 +253,8 @@ def run(
             if config.kv_cache != kv_cache.FLOAT32 and config.task_kind == "generation":
                 feeds = decoder_calibration(calibration, dst) if calibration else None
                 extra["kv_cache"] = kv_cache.apply(dst, config.kv_cache, feeds)
+            if config.task_kind == "generation":
+                external.map_weights(dst)  # mapped by the session, not parsed into it
     except StageError:
         raise
     except Exception as exc:
