@@ -169,7 +169,9 @@ def random_weights_profile(work: Path) -> Path:
     the guard would only decide, by chance, how many MatMuls stay 8-bit, and so the speed."""
     from edgepipe import catalog
 
-    profile = catalog.profiles().load(catalog.targets().load("laptop-avx2").profile_for("generation"))
+    profile = catalog.profiles().load(
+        catalog.targets().load("laptop-avx2").profile_for("generation")
+    )
     name = f"{profile.name}-random-weights"
     accuracy = profile.accuracy.model_copy(
         update={"min": 0.05, "max_kl": None, "max_perplexity_ratio": None}
