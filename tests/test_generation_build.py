@@ -319,3 +319,27 @@ def test_search_keeps_the_fastest_passing_decoder_recipe(decoders, tmp_path):
     assert all(a["result"] == "ok" and a["decode_tokens_per_s"] > 0 for a in measured)
     fastest = max(measured, key=lambda a: a["decode_tokens_per_s"])
     assert summary["profile"] == fastest["profile"]
+
+
+def test_table_block_is_halved_to_divide_the_hidden_size(tmp_path):
+    """A table whose hidden size the profile's block does not divide (48 and 64) is quantized in
+    the largest halving that does (16), not left float with a float32 lm_head beside it."""
+    model = make_tiny_decoder("llama", tmp_path / "tiny-llama-48", hidden=48)
+    profiles = tmp_path / "profiles"
+    profiles.mkdir()
+    text = TINY_INT4.replace("embedding_bits: 4}", "embedding_bits: 4, embedding_block_size: 64}")
+    (profiles / "tiny-int4.yaml").write_text(text.replace("kv_cache: int8\n", ""))
+    summary = summary_of(
+        cli("build", "--model", str(model), "--target", "rpi5", "--profile", "tiny-int4",
+            "--profiles-dir", str(profiles), "--out", str(tmp_path / "o"), "--no-bench", "--json")
+    )  # fmt: skip
+    graph = onnx.load(str(Path(summary["bundle_dir"]) / "model" / "model.onnx")).graph
+    (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
+    lm_head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
+    assert gather.input[0] == lm_head.input[1]
+    blocks = {a.name: a.i for n in (gather, lm_head) for a in n.attribute if a.name == "block_size"}
+    assert blocks == {"block_size": 16}
+    inits = {t.name for t in graph.initializer}
+    float_weights = [n.name for n in graph.node if n.op_type in ("Gather", "MatMul")
+                     and any(i in inits for i in n.input[:2])]  # fmt: skip
+    assert float_weights == []

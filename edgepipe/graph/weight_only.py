@@ -112,6 +112,16 @@ def _gather(node: Any, data: str, scales: str, bits: int, block_size: int, hidde
     ]  # fmt: skip
 
 
+def table_block(hidden: int, block_size: int) -> int | None:
+    """``block_size``, halved until it divides ``hidden`` (GatherBlockQuantized needs whole blocks
+    along the hidden axis, of 16 or more); None when none does. SmolLM2's 576 takes 64, not 128:
+    leaving the table float instead would keep a float32 lm_head (113 MB there)."""
+    block = block_size
+    while hidden % block and block > 16:
+        block //= 2
+    return None if hidden % block else block
+
+
 def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int) -> dict[str, int]:
     """Embedding tables -> GatherBlockQuantized; a tied lm_head -> MatMulNBits on the same bytes."""
     from onnx import helper, numpy_helper
@@ -129,9 +139,10 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
     for table, gathers in gathered.items():
         array = external.array(inits[table])
         rows, hidden = array.shape
-        if hidden % block_size:
+        block = table_block(hidden, block_size)
+        if block is None:
             continue  # GatherBlockQuantized needs whole blocks along the hidden axis
-        packed = pack(array.T, bits, block_size)
+        packed = pack(array.T, bits, block)
         data, scales = f"{table}_Q{bits}", f"{table}_scales"
         graph.initializer.extend(
             [
@@ -144,11 +155,11 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
                 numpy_helper.from_array(np.array([2], dtype=np.int64), f"{gather}_axes"),
                 numpy_helper.from_array(np.array([0, 0, hidden], dtype=np.int64), f"{gather}_shape"),
             ])  # fmt: skip
-            replace[gather] = [data, scales]
+            replace[gather] = [data, scales, block]
         dropped.add(table)
         tie = ties.get(table)
         for matmul in tie.matmuls if tie else ():
-            replace[matmul] = [data, scales, str(rows), str(hidden)]
+            replace[matmul] = [data, scales, block, rows, hidden]
         if tie:  # the Transpose feeding the lm_head, whoever named it (torch's exporter may)
             replace.update({n.name: [] for n in graph.node if tie.transposed in n.output})
     nodes = []
@@ -158,11 +169,11 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
             nodes.append(node)
         elif node.op_type == "Gather":
             nodes.extend(
-                _gather(node, how[0], how[1], bits, block_size, int(inits[node.input[0]].dims[1]))
+                _gather(node, how[0], how[1], bits, how[2], int(inits[node.input[0]].dims[1]))
             )
         elif node.op_type == "MatMul":
-            kwargs: dict[str, Any] = {"K": int(how[3]), "N": int(how[2]), "bits": bits,
-                                      "block_size": block_size}  # fmt: skip
+            kwargs: dict[str, Any] = {"K": how[4], "N": how[3], "bits": bits,
+                                      "block_size": how[2]}  # fmt: skip
             if accuracy_level:
                 kwargs["accuracy_level"] = accuracy_level
             nodes.append(

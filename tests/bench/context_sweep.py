@@ -112,7 +112,9 @@ def with_kv_cache(model: Path, dtype: str, hf: Path) -> Path:
     return dst
 
 
-def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> tuple[Path, str]:
+def edgepipe_int4(
+    hf: Path, work: Path, how: str, name: str, profile: str | None = None
+) -> tuple[Path, str]:
     """The int4 model and how its attention was built: ``build`` is the product's (`edgepipe
     build --target laptop-avx2`, models over 2 GB of fp32 too); ``quick`` is the attention
     rewrite, round-to-nearest int4 MatMulNBits (block 32, zero points) and a 4-bit embedding table
@@ -123,14 +125,15 @@ def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> tuple[Path, str]
     from edgepipe.graph import decoder_graph, external, nbits, weight_only
 
     if how == "build":
-        dist = work / "dist"  # one bundle, named as edgepipe spells it (qwen2-5-0-5b-...)
+        # One bundle per profile, named as edgepipe spells it (qwen2-5-0-5b-...).
+        dist = work / (f"dist-{profile}" if profile else "dist")
         built = sorted(dist.glob("*-laptop-avx2/manifest.json"))
         if not built:
             # No stage cache: the bundle is what is kept, and a multi-GB export copied into the
             # cache would only fill the disk.
             cmd = [sys.executable, "-m", "edgepipe", "build", "--model", str(hf), "--target",
                    "laptop-avx2", "--out", str(dist), "--name", name, "--no-bench", "--no-cache",
-                   "--profile", str(random_weights_profile(work)), "--json"]  # fmt: skip
+                   "--profile", str(random_weights_profile(work, profile)), "--json"]  # fmt: skip
             start = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True)
             if done.returncode != 0:
@@ -163,14 +166,15 @@ def edgepipe_int4(hf: Path, work: Path, how: str, name: str) -> tuple[Path, str]
     return quick, attention(info)
 
 
-def random_weights_profile(work: Path) -> Path:
-    """laptop-avx2's default int4 profile (x86-int4) with its accuracy bar lowered to what random
-    weights can meet. Its bars were set on a real model; on random weights (nearly flat logits)
-    the guard would only decide, by chance, how many MatMuls stay 8-bit, and so the speed."""
+def random_weights_profile(work: Path, name: str | None = None) -> Path:
+    """The profile ``name`` (default: laptop-avx2's for decoders, x86-int4) with its accuracy bar
+    lowered to what random weights can meet. Its bars were set on a real model; on random weights
+    (nearly flat logits) the guard would only decide, by chance, how many MatMuls stay 8-bit, and
+    so the speed."""
     from edgepipe import catalog
 
     profile = catalog.profiles().load(
-        catalog.targets().load("laptop-avx2").profile_for("generation")
+        name or catalog.targets().load("laptop-avx2").profile_for("generation")
     )
     name = f"{profile.name}-random-weights"
     accuracy = profile.accuracy.model_copy(
@@ -220,7 +224,7 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
 
     hf = make_model(SHAPES[shape], work / "hf")
     how = args.int4 or SHAPES[shape]["int4"]
-    built, attended = edgepipe_int4(hf, work, how, shape)
+    built, attended = edgepipe_int4(hf, work, how, shape, args.profile)
     kinds = args.kv_cache.split(",") if args.kv_cache else [kv_cache_default()]
     models = {kind: with_kv_cache(built, kind, hf) for kind in kinds}
     model = models[kinds[0]]
@@ -267,6 +271,7 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
                     peaks[name, length] = workers[name]("rss")["peak_rss_mb"]
     for worker in workers.values():
         worker.close()
+    how = f"{how}, {args.profile}" if args.profile and how == "build" else how
     return {"runs": runs, "peaks": peaks, "names": list(calls), "int4": how, "loaded": loaded,
             "attention": attended, "lengths": lengths}  # fmt: skip
 
@@ -321,6 +326,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int4", choices=("build", "quick"),
                         help="edgepipe's model: the product's build (default), or rewrite + plain "
                         "int4")  # fmt: skip
+    parser.add_argument("--profile", help="edgepipe's int4 profile for --int4 build (default: "
+                        "laptop-avx2's, x86-int4), its bar lowered for random weights")  # fmt: skip
     parser.add_argument("--kv-cache", help="edgepipe's KV cache type, or several side by side "
                         "(float32,int8; default: the x86-int4 profile's)")  # fmt: skip
     parser.add_argument("--with-plain", action="store_true",
