@@ -41,6 +41,20 @@ def test_multi_kind_profiles_keep_their_embedding_bar():
     assert jetson.accuracy.min == 0.999 and jetson.bar("generation").min < 1
 
 
+def test_fast_int4_is_the_q4_0_class_and_falls_back_to_the_default():
+    """x86-int4-fast: every MatMul 4-bit in blocks of 64 with GPTQ, a 4-bit shared table; missing
+    its bar, the laptop's default int4 recipe, then int8."""
+    fast = catalog.profiles().load("x86-int4-fast")
+    w = fast.weight_only
+    assert w is not None and (w.block_size, w.algorithm, w.accuracy_level) == (64, "gptq", 4)
+    assert (w.embedding_bits, w.embedding_block_size, w.keep_8bit) == (4, 64, None)
+    assert fast.fallbacks == ["x86-int4", "cpu-int8-llm"]
+    default = catalog.profiles().load("x86-int4")
+    assert fast.bar("generation").min < default.bar("generation").min
+    for name in ("laptop-avx2", "laptop-vnni"):
+        check_fits(catalog.targets().load(name), fast, "text-generation")
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
