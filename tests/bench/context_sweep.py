@@ -113,7 +113,7 @@ def with_kv_cache(model: Path, dtype: str, hf: Path) -> Path:
 
 
 def edgepipe_int4(
-    hf: Path, work: Path, how: str, name: str, profile: str | None = None
+    hf: Path, work: Path, how: str, name: str, profile: str | None = None, block: int = 32
 ) -> tuple[Path, str]:
     """The int4 model and how its attention was built: ``build`` is the product's (`edgepipe
     build --target laptop-avx2`, models over 2 GB of fp32 too); ``quick`` is the attention
@@ -145,7 +145,7 @@ def edgepipe_int4(
         bundle = built[0].parent
         graph = json.loads(built[0].read_text())["stages"]["export"]["graph"]
         return bundle / "model" / "model.onnx", attention(graph)
-    quick = work / "quick-int4" / "model.onnx"
+    quick = work / ("quick-int4" if block == 32 else f"quick-int4-b{block}") / "model.onnx"
     export = work / "onnx-fp32"
     if not (export / "model.onnx").exists():
         # No post-processing: optimum's tied-weights pass fails to serialize a model over 2 GB.
@@ -156,8 +156,8 @@ def edgepipe_int4(
         model = external.load(export / "model.onnx")  # the weights mapped, not loaded
         info = decoder_graph.optimize_model(model, json.loads((hf / "config.json").read_text()))
         plan = {node.name: 4 for node in nbits.weight_matmuls(model.graph)}
-        nbits.quantize(model.graph, plan, 32, 4)  # reads the mapped weights one at a time
-        weight_only.quantize_tables(model.graph, 4, 32, 4)
+        nbits.quantize(model.graph, plan, block, 4)  # reads the mapped weights one at a time
+        weight_only.quantize_tables(model.graph, 4, block, 4)
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
         quick.parent.mkdir(parents=True, exist_ok=True)
         external.save(model, quick)
@@ -224,10 +224,19 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
 
     hf = make_model(SHAPES[shape], work / "hf")
     how = args.int4 or SHAPES[shape]["int4"]
-    built, attended = edgepipe_int4(hf, work, how, shape, args.profile)
     kinds = args.kv_cache.split(",") if args.kv_cache else [kv_cache_default()]
-    models = {kind: with_kv_cache(built, kind, hf) for kind in kinds}
-    model = models[kinds[0]]
+    if how == "quick" and args.block_sizes:  # one model per block size, the first cache type
+        models, attended = {}, ""
+        for block in args.block_sizes:
+            built, attended = edgepipe_int4(hf, work, how, shape, block=block)
+            models[f"edgepipe int4, block {block}"] = with_kv_cache(built, kinds[0], hf)
+    else:
+        built, attended = edgepipe_int4(hf, work, how, shape, args.profile)
+        models = {
+            f"edgepipe int4, {kind} cache" if len(kinds) > 1 else "edgepipe int4":
+            with_kv_cache(built, kind, hf) for kind in kinds
+        }  # fmt: skip
+    model = next(iter(models.values()))
     # The Q4_0 source: float32, or bfloat16 for a bfloat16 checkpoint (the same values, half the
     # disk).
     outtype = "bf16" if SHAPES[shape].get("dtype") == "bfloat16" else "f32"
@@ -236,9 +245,8 @@ def sweep_shape(args: argparse.Namespace, shape: str, work: Path) -> dict[str, A
     lengths = lengths_of(args, shape)
     n_ctx = max(lengths) + args.new_tokens
     runtime = decoder_runtime.runtime_config(hf, model, args.threads, 1, ("CPUExecutionProvider",))
-    edge = {f"edgepipe int4, {kind} cache" if len(kinds) > 1 else "edgepipe int4":
-            Worker(sys.executable, "edgepipe_worker.py") for kind in kinds}  # fmt: skip
-    paths = dict(zip(edge, models.values(), strict=True))
+    edge = {name: Worker(sys.executable, "edgepipe_worker.py") for name in models}
+    paths = dict(models)
     if args.with_plain:
         edge["edgepipe int4, plain loop"] = Worker(sys.executable, "edgepipe_worker.py")
         paths["edgepipe int4, plain loop"] = model
@@ -290,22 +298,25 @@ def report(args: argparse.Namespace, shape: str, result: dict[str, Any]) -> None
         f"{args.reps} alternating rounds, medians"
     )
     head = " / ".join(names)
-    print(f"| prompt tokens | prefill tok/s, {head} | decode tok/s, {head} | decode ratio "
-          f"| peak RSS MB, {head} |")  # fmt: skip
-    print("|---|---|---|---|---|")
     base = "llama.cpp Q4_0"
+    ours = [n for n in names if n != base]
+    print(f"| prompt tokens | prefill tok/s, {head} | decode tok/s, {head} | decode ratio, "
+          f"{' / '.join(ours)} | peak RSS MB, {head} |")  # fmt: skip
+    print("|---|---|---|---|---|")
     for length in sorted(lengths):
         prefill = [
             np.median([length / (r["ttft_ms"] / 1e3) for r in runs[n, length]]) for n in names
         ]
         decode = [np.median([r["decode_tps"] for r in runs[n, length]]) for n in names]
-        ratio = np.median(
-            [a["decode_tps"] / b["decode_tps"]
-             for a, b in zip(runs[names[0], length], runs[base, length], strict=True)]
-        )  # fmt: skip
+        ratios = [
+            np.median([a["decode_tps"] / b["decode_tps"]
+                       for a, b in zip(runs[n, length], runs[base, length], strict=True)])
+            for n in ours
+        ]  # fmt: skip
         print(
             f"| {length} | {' / '.join(f'{v:.0f}' for v in prefill)} "
-            f"| {' / '.join(f'{v:.1f}' for v in decode)} | {ratio:.2f}x "
+            f"| {' / '.join(f'{v:.1f}' for v in decode)} "
+            f"| {' / '.join(f'{r:.2f}x' for r in ratios)} "
             f"| {' / '.join(f'{peaks[n, length]:.0f}' for n in names)} |"
         )
     for name, how in result["loaded"].items():
@@ -326,6 +337,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int4", choices=("build", "quick"),
                         help="edgepipe's model: the product's build (default), or rewrite + plain "
                         "int4")  # fmt: skip
+    parser.add_argument("--block-sizes", dest="block_sizes",
+                        type=lambda s: [int(x) for x in s.split(",")],
+                        help="with --int4 quick: one model per MatMulNBits block size, side by "
+                        "side (e.g. 32,64,128; default 32)")  # fmt: skip
     parser.add_argument("--profile", help="edgepipe's int4 profile for --int4 build (default: "
                         "laptop-avx2's, x86-int4), its bar lowered for random weights")  # fmt: skip
     parser.add_argument("--kv-cache", help="edgepipe's KV cache type, or several side by side "
