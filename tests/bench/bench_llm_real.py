@@ -246,23 +246,30 @@ def report(
             f"| {m['kl']:.4f} | {kl_ratio} | {m['agree']:.3f} | {speed} | {ratio} |"
         )
     print()
-    int4 = labels["int4"]
-    speed = float(np.median(np.array(tps[int4]) / base))
+
+    def against(kind: str, name: str, ref: str, perplexity: bool = True) -> dict[str, bool]:
+        """``name`` no worse than llama.cpp's ``ref`` on mean KL, perplexity and size; an int4
+        also at least Q4_0's decode speed."""
+        short = ref.removeprefix("llama.cpp ")
+        met = {
+            f"{kind} ({name}): mean KL <= {short}'s": measured[name]["kl"] <= measured[ref]["kl"]
+        }
+        if perplexity:
+            met[f"{kind} ({name}): perplexity <= {short}'s"] = (
+                measured[name]["ppl"] <= measured[ref]["ppl"]
+            )
+        met[f"{kind} ({name}): size <= {short}'s"] = sizes[name] <= sizes[ref]
+        if kind == "int4":
+            speed = float(np.median(np.array(tps[name]) / base))
+            met[f"{kind} ({name}): decode tok/s >= Q4_0's ({speed:.2f}x)"] = speed >= 1.0
+        return met
+
     goals = {
-        f"int4 ({int4}): mean KL <= Q4_K_M's": measured[int4]["kl"] <= measured[q4km]["kl"],
-        f"int4 ({int4}): perplexity <= Q4_K_M's": measured[int4]["ppl"] <= measured[q4km]["ppl"],
-        f"int4 ({int4}): size <= Q4_K_M's": sizes[int4] <= sizes[q4km],
-        f"int4 ({int4}): decode tok/s >= Q4_0's ({speed:.2f}x)": speed >= 1.0,
+        **against("int4", labels["int4"], q4km),
+        **against("int4", labels["int4-fast"], q40),
+        **against("int8", labels["int8"], q80, perplexity=False),
+        **against("int8", labels["int8-exact"], q80, perplexity=False),
     }
-    fast = labels["int4-fast"]
-    speed = float(np.median(np.array(tps[fast]) / base))
-    goals[f"int4 ({fast}): mean KL <= Q4_0's"] = measured[fast]["kl"] <= measured[q40]["kl"]
-    goals[f"int4 ({fast}): perplexity <= Q4_0's"] = measured[fast]["ppl"] <= measured[q40]["ppl"]
-    goals[f"int4 ({fast}): size <= Q4_0's"] = sizes[fast] <= sizes[q40]
-    goals[f"int4 ({fast}): decode tok/s >= Q4_0's ({speed:.2f}x)"] = speed >= 1.0
-    for int8 in (labels["int8"], labels["int8-exact"]):
-        goals[f"int8 ({int8}): mean KL <= Q8_0's"] = measured[int8]["kl"] <= measured[q80]["kl"]
-        goals[f"int8 ({int8}): size <= Q8_0's"] = sizes[int8] <= sizes[q80]
     for goal, met in goals.items():
         print(f"- {'met' if met else 'NOT met'}: {goal}")
 
