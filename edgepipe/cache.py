@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,7 @@ def default_dir() -> Path:
     return Path(base) / "edgepipe"
 
 
-def cache_key(
-    stage: str, config: dict[str, Any], inputs: dict[str, str], versions: dict[str, str]
-) -> str:
+def cache_key(stage: str, config: dict[str, Any], inputs: dict[str, str], versions: dict[str, str]) -> str:
     blob = json.dumps(
         {"stage": stage, "config": config, "inputs": inputs, "versions": versions},
         sort_keys=True,
@@ -119,9 +118,7 @@ class StageCache:
         stages: dict[str, dict[str, int]] = {}
         if self.root.is_dir():
             for stage_dir in sorted(p for p in self.root.iterdir() if p.is_dir()):
-                entries = [
-                    p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
-                ]
+                entries = [p for p in stage_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
                 size = sum(f.stat().st_size for e in entries for f in e.rglob("*") if f.is_file())
                 stages[stage_dir.name] = {"entries": len(entries), "bytes": size}
         return {
@@ -139,3 +136,8 @@ class StageCache:
                 if stage_dir.is_dir():
                     shutil.rmtree(stage_dir)
         return int(count)
+
+
+def texts_digest(texts: Sequence[str]) -> str:
+    """sha256 of a list of texts: what a stage run on them puts in its cache key."""
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()

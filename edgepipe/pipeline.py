@@ -7,11 +7,12 @@ import tempfile
 from pathlib import Path
 
 from . import sources
-from .build.publish import disk_errors, output_lock, publish
-from .build.runner import new_stage_runner, run_wheels, versions
-from .build.spec import BuildContext, BuildResult, BuildSpec, Progress, fitting
-from .config import check_fits
+from .catalog.config import check_fits
+from .engine.publish import disk_errors, output_lock, publish
+from .engine.runner import new_stage_runner, run_wheels, versions
+from .engine.spec import BuildContext, BuildResult, BuildSpec, Progress, fitting
 from .errors import ConfigError
+from .runtime.tasks import Task
 from .stages import bundle
 from .tasks import TASKS
 from .tasks.texts import builtin_texts, load_texts
@@ -19,7 +20,7 @@ from .tasks.texts import builtin_texts, load_texts
 __all__ = ["BuildResult", "BuildSpec", "Progress", "build"]
 
 
-def _texts(spec: BuildSpec, kind: str) -> list[str]:
+def _texts(spec: BuildSpec, kind: Task) -> list[str]:
     """The evaluation texts: --eval-data, or the task kind's built-in set."""
     if kind == "reranking":  # (query, document) pairs, which tasks/reranking.py reads
         return []
@@ -29,9 +30,7 @@ def _texts(spec: BuildSpec, kind: str) -> list[str]:
 def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     """Run every stage and publish ``<out>/<model>-<target>/`` and its ``.tar.gz``."""
     report = progress or (lambda stage, summary: None)
-    source = sources.resolve(
-        spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task
-    )
+    source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task)
     check_fits(spec.target, spec.profile, source.task)
     if spec.with_wheels and bundle.gpu_target(spec.target):
         raise ConfigError(
@@ -42,7 +41,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
         spec.sign_with.check()  # a bad key should fail now, not after the build
     evaluated = versions()
     specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
-    texts = _texts(spec, source.task_kind)
+    texts = _texts(spec, source.task)
     name = f"{source.name}-{spec.target.name}"
     spec.out.mkdir(parents=True, exist_ok=True)
     with disk_errors(), output_lock(spec.out, name):
@@ -56,10 +55,21 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
             stage = new_stage_runner(spec, work, report)
             wheel_dir, downloaded = run_wheels(spec, stage, work, requirements_txt)
             ctx = BuildContext(
-                spec, source, texts, name, work, staging, report, specs, requirements_txt,
-                stage, profiles, wheel_dir, downloaded,
-            )  # fmt: skip
-            result = TASKS[source.task_kind].run(ctx)
+                spec,
+                source,
+                texts,
+                name,
+                work,
+                staging,
+                report,
+                specs,
+                requirements_txt,
+                stage,
+                profiles,
+                wheel_dir,
+                downloaded,
+            )
+            result = TASKS[source.task].run(ctx)
             publish(staging, spec.out, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

@@ -42,9 +42,7 @@ def train_wordpiece(texts: list[str], vocab_size: int = 400):
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     words = Counter(
-        word
-        for text in texts
-        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
     )
     chars = sorted({c for word in words for c in word})
     vocab = [*specials, *chars, *(f"##{c}" for c in chars)]

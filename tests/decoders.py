@@ -101,9 +101,7 @@ def train_bpe(kind: str, vocab_size: int = 384):
     return fast
 
 
-def make_tiny_decoder(
-    kind: str, dest: Path, seed: int = 0, tied: bool = True, hidden: int = 64
-) -> Path:
+def make_tiny_decoder(kind: str, dest: Path, seed: int = 0, tied: bool = True, hidden: int = 64) -> Path:
     """Save a 2-layer random ``kind`` model (4 heads: head_dim 16 at hidden 64, the smallest
     GroupQueryAttention's CPU kernel takes) and its tokenizer to ``dest``."""
     import torch
@@ -122,11 +120,18 @@ def make_tiny_decoder(
     eos = tokenizer.eos_token_id
     # Llama, Mistral, Phi-3 and Qwen2 share their config's names; GPT-2 has its own.
     llama_style = dict(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-        tie_word_embeddings=tied, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
         initializer_range=0.2,
-    )  # fmt: skip
+    )
     if kind == "llama":
         config = LlamaConfig(**llama_style)
     elif kind == "mistral":
@@ -137,16 +142,20 @@ def make_tiny_decoder(
         config = Qwen2Config(**llama_style)
     elif kind == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab, n_embd=hidden, n_layer=2, n_head=4, n_positions=256,
-            bos_token_id=eos, eos_token_id=eos, initializer_range=0.2,
-        )  # fmt: skip
+            vocab_size=vocab,
+            n_embd=hidden,
+            n_layer=2,
+            n_head=4,
+            n_positions=256,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            initializer_range=0.2,
+        )
     else:
         raise ValueError(f"unknown decoder kind {kind!r}; one of {KINDS + MORE_KINDS}")
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=eos, bos_token_id=config.bos_token_id, do_sample=False
-    )
+    model.generation_config = GenerationConfig(eos_token_id=eos, bos_token_id=config.bos_token_id, do_sample=False)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest

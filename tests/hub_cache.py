@@ -24,9 +24,7 @@ def commit_of(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def add_snapshot(
-    cache: Path, repo_id: str, files: dict[str, bytes], commit: str, ref: str | None = "main"
-) -> Path:
+def add_snapshot(cache: Path, repo_id: str, files: dict[str, bytes], commit: str, ref: str | None = "main") -> Path:
     """``models--org--name/``: each file's bytes in ``blobs/<sha256>``, ``snapshots/<commit>/``
     holding relative links to them, and ``refs/<ref>`` naming the commit."""
     repo = cache / ("models--" + repo_id.replace("/", "--"))
@@ -68,9 +66,7 @@ class FakeHub(http.server.BaseHTTPRequestHandler):
             return self._send(404, b"{}", {"X-Error-Code": "RepoNotFound"}, body)
         commit, files = self.repos[repo_id]
         if api and parts[4:5] == ["tree"]:
-            listing = [
-                {"type": "file", "path": f, "size": len(d), "oid": commit} for f, d in files.items()
-            ]
+            listing = [{"type": "file", "path": f, "size": len(d), "oid": commit} for f, d in files.items()]
             return self._send(200, json.dumps(listing).encode(), {}, body)
         if api and parts[4:5] == ["revision"]:
             siblings = [{"rfilename": f} for f, d in files.items()]

@@ -22,9 +22,14 @@ def _tokenizer(token_types: bool = True):
     # RoBERTa's tokenizers give no token_type_ids (its type vocabulary has one entry).
     return BertTokenizerFast(
         tokenizer_object=tokenizer.backend_tokenizer,
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
-        mask_token="[MASK]", model_max_length=64, model_input_names=["input_ids", "attention_mask"],
-    )  # fmt: skip
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=64,
+        model_input_names=["input_ids", "attention_mask"],
+    )
 
 
 def _save(model, tokenizer, dest: Path) -> Path:
@@ -41,10 +46,16 @@ def make_tiny_classifier(dest: Path, seed: int = 0) -> Path:
 
     tokenizer = _tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2,
-        id2label=dict(enumerate(INTENTS)), label2id={n: i for i, n in enumerate(INTENTS)},
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        id2label=dict(enumerate(INTENTS)),
+        label2id={n: i for i, n in enumerate(INTENTS)},
+    )
     torch.manual_seed(seed)
     return _save(BertForSequenceClassification(config), tokenizer, dest)
 
@@ -56,9 +67,15 @@ def make_tiny_reranker(dest: Path, seed: int = 0) -> Path:
 
     tokenizer = _tokenizer()
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=64, initializer_range=0.2, num_labels=1,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        initializer_range=0.2,
+        num_labels=1,
+    )
     torch.manual_seed(seed)
     return _save(BertForSequenceClassification(config), tokenizer, dest)
 
@@ -71,9 +88,16 @@ def make_tiny_xlmr_reranker(dest: Path, seed: int = 0) -> Path:
 
     tokenizer = _tokenizer(token_types=False)
     config = XLMRobertaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=66, type_vocab_size=1, pad_token_id=0,
-        initializer_range=0.2, num_labels=1,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+        pad_token_id=0,
+        initializer_range=0.2,
+        num_labels=1,
+    )
     torch.manual_seed(seed)
     return _save(XLMRobertaForSequenceClassification(config), tokenizer, dest)

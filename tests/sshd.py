@@ -92,8 +92,7 @@ def start_sshd(work: Path) -> Sshd:
     assert sshd, "sshd is not installed (make test-deps installs Debian's openssh-server)"
     work.mkdir(parents=True, exist_ok=True)
     for key in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)],
-                       check=True)  # fmt: skip
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)], check=True)
     authorized = work / "authorized_keys"
     authorized.write_text((work / "client_key.pub").read_text())
     authorized.chmod(0o600)
@@ -112,8 +111,9 @@ def start_sshd(work: Path) -> Sshd:
     if os.geteuid() == 0:
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     log = (work / "sshd.log").open("w")
-    process = subprocess.Popen([sshd, "-D", "-e", "-f", str(work / "sshd_config")],
-                               stdout=log, stderr=log, stdin=subprocess.DEVNULL)  # fmt: skip
+    process = subprocess.Popen(
+        [sshd, "-D", "-e", "-f", str(work / "sshd_config")], stdout=log, stderr=log, stdin=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
@@ -123,6 +123,4 @@ def start_sshd(work: Path) -> Sshd:
             assert process.poll() is None, (work / "sshd.log").read_text()
             time.sleep(0.05)
     process.kill()
-    raise AssertionError(
-        f"sshd did not listen on 127.0.0.1:{port}: {(work / 'sshd.log').read_text()}"
-    )
+    raise AssertionError(f"sshd did not listen on 127.0.0.1:{port}: {(work / 'sshd.log').read_text()}")

@@ -42,9 +42,20 @@ def bundle(tiny_bundle, tmp_path) -> Path:
 
 
 def remote(server, bundle: Path, *args: str, python: str = sys.executable):
-    return cli("bench", str(bundle), "--remote", f"127.0.0.1:{server.port}",
-               "--ssh-config", str(server.ssh_config), "--identity", str(server.identity),
-               "--remote-python", python, *FAST, *args)  # fmt: skip
+    return cli(
+        "bench",
+        str(bundle),
+        "--remote",
+        f"127.0.0.1:{server.port}",
+        "--ssh-config",
+        str(server.ssh_config),
+        "--identity",
+        str(server.identity),
+        "--remote-python",
+        python,
+        *FAST,
+        *args,
+    )
 
 
 def snapshot(bundle: Path) -> dict[str, bytes]:
@@ -69,9 +80,7 @@ def test_bench_remote_records_the_devices_numbers(sshd, bundle):
     assert cli("verify", str(bundle.parent / f"{bundle.name}.tar.gz")).exit_code == 0
     assert "127.0.0.1: benchmarking" in result.stderr
     assert device["selftest"]["passed"] is True and device["selftest"]["device"]["n"] > 0
-    rows = {
-        r["budget"]: r for r in json.loads(cli("check", str(bundle), "--json").stdout)["budgets"]
-    }
+    rows = {r["budget"]: r for r in json.loads(cli("check", str(bundle), "--json").stdout)["budgets"]}
     assert rows["device min_cosine"]["status"] == "ok"
     assert rows["peak RSS MB"]["source"].startswith("device (")
 
@@ -81,8 +90,16 @@ def test_unreachable_or_no_python_is_one_line_exit_7_and_nothing_changes(sshd, b
     printed = remote(sshd, bundle, "--no-write")  # measured on the device, printed, not recorded
     assert printed.exit_code == 0, printed.output
     assert json.loads(printed.stdout)["measured_on"] == "device" and snapshot(bundle) == before
-    nobody = cli("bench", str(bundle), "--remote", f"127.0.0.1:{free_port()}",
-                 "--ssh-config", str(sshd.ssh_config), "--identity", str(sshd.identity))  # fmt: skip
+    nobody = cli(
+        "bench",
+        str(bundle),
+        "--remote",
+        f"127.0.0.1:{free_port()}",
+        "--ssh-config",
+        str(sshd.ssh_config),
+        "--identity",
+        str(sshd.identity),
+    )
     assert nobody.exit_code == 7
     assert "error: device 127.0.0.1: SSH failed (unreachable" in nobody.stderr
     missing = remote(sshd, bundle, python="/nonexistent/python3")
@@ -103,17 +120,30 @@ def test_sshd_dying_mid_bench_is_exit_7_and_the_bundle_untouched(bundle, tmp_pat
     before, dirs = snapshot(bundle), workdirs()
     killed: list[bool] = []
     watcher = threading.Thread(
-        target=lambda: killed.append(
-            server.kill_sessions_running(sys.executable, " bench --json", 60)
-        )
+        target=lambda: killed.append(server.kill_sessions_running(sys.executable, " bench --json", 60))
     )
     watcher.start()
     try:
         # Long enough to be caught running; bounded if it were not.
-        result = cli("bench", str(bundle), "--remote", f"127.0.0.1:{server.port}",
-                     "--ssh-config", str(server.ssh_config), "--identity", str(server.identity),
-                     "--remote-python", sys.executable, "--seq-lens", "8", "--runs", "1000000",
-                     "--max-seconds", "60", "--no-baseline")  # fmt: skip
+        result = cli(
+            "bench",
+            str(bundle),
+            "--remote",
+            f"127.0.0.1:{server.port}",
+            "--ssh-config",
+            str(server.ssh_config),
+            "--identity",
+            str(server.identity),
+            "--remote-python",
+            sys.executable,
+            "--seq-lens",
+            "8",
+            "--runs",
+            "1000000",
+            "--max-seconds",
+            "60",
+            "--no-baseline",
+        )
     finally:
         watcher.join()
         server.stop()
@@ -121,7 +151,5 @@ def test_sshd_dying_mid_bench_is_exit_7_and_the_bundle_untouched(bundle, tmp_pat
             shutil.rmtree(leftover, ignore_errors=True)
     assert killed == [True]
     assert result.exit_code == 7, result.output
-    assert "error: device 127.0.0.1: SSH failed (unreachable, or the connection dropped)" in (
-        result.stderr
-    )
+    assert "error: device 127.0.0.1: SSH failed (unreachable, or the connection dropped)" in (result.stderr)
     assert snapshot(bundle) == before

@@ -41,8 +41,10 @@ def builds(tmp_path_factory) -> dict[str, tuple[dict, Path]]:
     model = make_tiny_decoder("llama", root / "tiny-llama")
     done: dict[str, tuple[dict, Path]] = {}
     work = root / "work-plain"
-    done["plain"] = (build("--model", str(model), "--target", "laptop-avx2", "--out",
-                           str(root / "plain"), "--work-dir", str(work)), work)  # fmt: skip
+    done["plain"] = (
+        build("--model", str(model), "--target", "laptop-avx2", "--out", str(root / "plain"), "--work-dir", str(work)),
+        work,
+    )
     fp32_bytes = external.size(work / "export" / "model.onnx")
     int4_bytes = done["plain"][0]["model_size_bytes"]
     threshold = fp32_bytes // 2  # the export over it, the int4 model under it, as at 1B
@@ -51,8 +53,17 @@ def builds(tmp_path_factory) -> dict[str, tuple[dict, Path]]:
         patch.setenv(external.THRESHOLD_ENV, str(threshold))
         for name, profile in (("external", None), ("external-fp32", "fp32")):
             work = root / f"work-{name}"
-            args = ["--model", str(model), "--target", "laptop-avx2", "--out", str(root / name),
-                    "--work-dir", str(work), "--no-cache"]  # fmt: skip
+            args = [
+                "--model",
+                str(model),
+                "--target",
+                "laptop-avx2",
+                "--out",
+                str(root / name),
+                "--work-dir",
+                str(work),
+                "--no-cache",
+            ]
             done[name] = (build(*args, *(["--profile", profile] if profile else [])), work)
     return done
 
@@ -96,9 +107,7 @@ def test_decoder_bundle_weights_are_in_the_data_file(builds):
     assert outside and all(t.ByteSize() < 2 * external.MIN_EXTERNAL for t in inside)
     offsets = [int({e.key: e.value for e in t.external_data}["offset"]) for t in outside]
     assert all(offset % external.ALIGN == 0 for offset in offsets)
-    assert {e.value for t in outside for e in t.external_data if e.key == "location"} == {
-        "model.onnx.data"
-    }
+    assert {e.value for t in outside for e in t.external_data if e.key == "location"} == {"model.onnx.data"}
     result = CliRunner().invoke(main, ["verify", str(bundle)])
     assert result.exit_code == 0, result.output
 
@@ -128,12 +137,11 @@ def test_fp32_bundle_carries_its_data_file_and_runs(builds):
 def test_qwen25_05b_shape_builds_end_to_end(tmp_path):
     """The random Qwen2.5-0.5B shape (hidden 896, 24 layers, vocab 151,936, tied): 2.5 GB of fp32
     as optimum writes it. Minutes and ~2.5 GB of disk for the model, twice that for the export."""
-    sys.path.insert(0, str(Path(__file__).parent / "bench"))
+    sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
     import context_sweep
 
     model = context_sweep.make_model(context_sweep.SHAPES["qwen2.5-0.5b"], tmp_path / "qwen")
-    summary = build("--model", str(model), "--target", "laptop-avx2", "--out", str(tmp_path / "d"),
-                    "--no-cache")  # fmt: skip
+    summary = build("--model", str(model), "--target", "laptop-avx2", "--out", str(tmp_path / "d"), "--no-cache")
     doc = manifest(summary)
     export = doc["stages"]["export"]
     assert export["external_data"] == "model.onnx.data"

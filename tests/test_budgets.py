@@ -32,8 +32,19 @@ def decoder_bundle(tmp_path_factory) -> Path:
     """A tiny Llama built for rpi5 (fp32, no bench: nothing measured yet)."""
     root = tmp_path_factory.mktemp("budget-decoder")
     model = make_tiny_decoder("llama", root / "tiny-llama")
-    result = cli("build", "--model", str(model), "--target", "rpi5", "--profile", "fp32",
-                 "--out", str(root / "dist"), "--no-bench", "--json")  # fmt: skip
+    result = cli(
+        "build",
+        "--model",
+        str(model),
+        "--target",
+        "rpi5",
+        "--profile",
+        "fp32",
+        "--out",
+        str(root / "dist"),
+        "--no-bench",
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     return Path(json.loads(result.stdout.strip().splitlines()[-1])["bundle_dir"])
 
@@ -78,11 +89,16 @@ def test_check_prefers_the_device_and_gates_decode_speed(decoder_bundle, tmp_pat
 
     def slow_device(manifest):
         manifest["device_bench"] = {
-            "schema": "edgepipe.bench/2", "onnxruntime": "1.27.0", "peak_rss_mb": 300.0,
-            "machine": {"cpu": "Cortex-A76"}, "probe": {"cpu": "Cortex-A76"},
-            "results": [{"context_len": 512, "decode_tokens_per_s": 2.0},
-                        {"context_len": 128, "decode_tokens_per_s": 4.5}],
-        }  # fmt: skip
+            "schema": "edgepipe.bench/2",
+            "onnxruntime": "1.27.0",
+            "peak_rss_mb": 300.0,
+            "machine": {"cpu": "Cortex-A76"},
+            "probe": {"cpu": "Cortex-A76"},
+            "results": [
+                {"context_len": 512, "decode_tokens_per_s": 2.0},
+                {"context_len": 128, "decode_tokens_per_s": 4.5},
+            ],
+        }
 
     slow = variant(decoder_bundle, tmp_path / "slow", slow_device)
     result = cli("check", str(slow), "--json")
@@ -91,9 +107,12 @@ def test_check_prefers_the_device_and_gates_decode_speed(decoder_bundle, tmp_pat
     assert doc["measured_on"] == "device (Cortex-A76, onnxruntime 1.27.0)"
     rows = {r["budget"]: r for r in doc["budgets"]}
     assert rows["decode tokens/s"] == {
-        "budget": "decode tokens/s", "limit": ">= 5", "measured": 4.5, "status": "broken",
+        "budget": "decode tokens/s",
+        "limit": ">= 5",
+        "measured": 4.5,
+        "status": "broken",
         "source": "device (Cortex-A76, onnxruntime 1.27.0), context 128",
-    }  # fmt: skip
+    }
     assert rows["peak RSS MB"]["status"] == "ok"
 
 
@@ -110,14 +129,14 @@ def test_compare_reports_deltas_and_exits_9_past_its_limits(tiny_bundle, tmp_pat
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["rows"]
     assert [r["metric"] for r in rows] == [
-        "min cosine", "model size MB", "p50 latency ms (build host (not the device))"
-    ]  # fmt: skip
+        "min cosine",
+        "model size MB",
+        "p50 latency ms (build host (not the device))",
+    ]
     assert rows[0]["change"] == pytest.approx(0.01) and rows[2]["change"] == pytest.approx(1.25)
     ok = cli("compare", str(old), str(new), "--max-accuracy-drop", "0.02", "--max-slowdown", "1.3")
     assert ok.exit_code == 0, ok.output
-    bad = cli(
-        "compare", str(old), str(new), "--max-accuracy-drop", "0.002", "--max-slowdown", "1.1"
-    )
+    bad = cli("compare", str(old), str(new), "--max-accuracy-drop", "0.002", "--max-slowdown", "1.1")
     assert bad.exit_code == 9
     assert bad.stderr.strip().splitlines()[-1] == (
         "error: worse is past the limit for min cosine, p50 latency ms (build host (not the device))"
@@ -126,9 +145,7 @@ def test_compare_reports_deltas_and_exits_9_past_its_limits(tiny_bundle, tmp_pat
 
 def test_compare_refuses_another_target(tiny_bundle, decoder_bundle):
     result = cli("compare", str(tiny_bundle.bundle_dir), str(decoder_bundle))
-    assert (
-        result.exit_code == 3 and "different targets or tasks (laptop-avx2, rpi5)" in result.stderr
-    )
+    assert result.exit_code == 3 and "different targets or tasks (laptop-avx2, rpi5)" in result.stderr
 
 
 def test_a_decoders_device_bench_imported_then_checked(decoder_bundle, tmp_path):
@@ -138,9 +155,24 @@ def test_a_decoders_device_bench_imported_then_checked(decoder_bundle, tmp_path)
     root = tmp_path / decoder_bundle.name
     shutil.copytree(decoder_bundle, root)
     proc = subprocess.run(
-        [sys.executable, str(root), "bench", "--json", "--contexts", "16", "--new-tokens", "4",
-         "--runs", "1", "--warmup", "0"], capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(root),
+            "bench",
+            "--json",
+            "--contexts",
+            "16",
+            "--new-tokens",
+            "4",
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     (tmp_path / "dev.json").write_text(proc.stdout)
     imported = cli("bench", "--import", str(tmp_path / "dev.json"), str(root))
@@ -157,8 +189,9 @@ def test_a_decoders_selftest_re_scores_next_token_agreement(decoder_bundle):
     import subprocess
     import sys
 
-    proc = subprocess.run([sys.executable, str(decoder_bundle), "selftest", "--json"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(decoder_bundle), "selftest", "--json"], capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     build = json.loads((decoder_bundle / "manifest.json").read_text())["accuracy"]

@@ -23,9 +23,7 @@ def spec(model, out, store, target="laptop-avx2", profile=None, profiles_dir=Non
     return BuildSpec(target=t, profile=p, out=out, model=str(model), bench_runs=2, cache=store)
 
 
-def test_warm_build_reuses_every_stage_and_gives_the_same_archive(
-    tiny_bert_master, tmp_path, store
-):
+def test_warm_build_reuses_every_stage_and_gives_the_same_archive(tiny_bert_master, tmp_path, store):
     cold = build(spec(tiny_bert_master, tmp_path / "a", store))
     warm = build(spec(tiny_bert_master, tmp_path / "b", store))
     assert cold.cached == []
@@ -92,8 +90,9 @@ def test_matrix_lists_every_target_for_each_model():
     rows = json.loads(CliRunner().invoke(main, ["matrix"]).stdout)
     assert {r["target"] for r in rows} >= {"rpi5", "laptop-avx2", "laptop-vnni", "jetson-orin"}
     assert all(r["model"] == "default" for r in rows)
-    github = json.loads(CliRunner().invoke(main, ["matrix", "--format", "github", "-t", "rpi5",
-                                              "-m", "a", "-m", "b"]).stdout)  # fmt: skip
+    github = json.loads(
+        CliRunner().invoke(main, ["matrix", "--format", "github", "-t", "rpi5", "-m", "a", "-m", "b"]).stdout
+    )
     assert github == {
         "include": [
             {"target": "rpi5", "profile": "arm64-int8", "model": "a", "arch": "aarch64"},

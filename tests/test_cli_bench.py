@@ -53,9 +53,7 @@ def test_json_schema_statistics_and_baseline(bundle):
     assert doc["target"] == {"name": "laptop-avx2", "arch": "x86_64"}
     assert doc["target_threads"] == 4 and doc["threads"] == min(4, doc["machine"]["cores"])
     assert doc["provider"] == "CPUExecutionProvider" and doc["complete"] is True
-    assert [(r["batch_size"], r["seq_len"]) for r in doc["results"]] == [
-        (1, 8), (1, 16), (2, 8), (2, 16)
-    ]  # fmt: skip
+    assert [(r["batch_size"], r["seq_len"]) for r in doc["results"]] == [(1, 8), (1, 16), (2, 8), (2, 16)]
     export = json.loads((bundle / "manifest.json").read_text())["stages"]["export"]
     # The fp32 baseline is the export the bundle was built from, found in the stage cache.
     assert doc["models"]["fp32"]["sha256"] == export["outputs"]["model.onnx"]
@@ -63,9 +61,7 @@ def test_json_schema_statistics_and_baseline(bundle):
         assert set(r["model"]) == set(r["fp32"]) == STATS and r["model"]["runs"] == 3
         assert r["speedup_vs_fp32"] == round(r["fp32"]["p50_ms"] / r["model"]["p50_ms"], 3)
         # items/s = batch / mean latency, within the rounding of mean_ms to 3 decimals
-        assert r["batch_size"] * 1000 / r["model"]["items_per_s"] == pytest.approx(
-            r["model"]["mean_ms"], abs=6e-4
-        )
+        assert r["batch_size"] * 1000 / r["model"]["items_per_s"] == pytest.approx(r["model"]["mean_ms"], abs=6e-4)
     for m in doc["models"].values():
         assert m["size_bytes"] > 0 and m["load_ms"] > 0 and m["first_inference_ms"] > 0
     assert doc["peak_rss_mb"] > 0
@@ -74,10 +70,7 @@ def test_json_schema_statistics_and_baseline(bundle):
 def test_results_are_recorded_and_the_bundle_still_verifies(bundle, tiny_bundle):
     result = bench(str(bundle), "--json", *FAST)
     assert result.exit_code == 0, result.output
-    assert (
-        f"recorded in {bundle}: README.md, BENCH.md, bench.svg, manifest.json, {bundle.name}.tar.gz"
-        in result.output
-    )
+    assert f"recorded in {bundle}: README.md, BENCH.md, bench.svg, manifest.json, {bundle.name}.tar.gz" in result.output
     doc = json.loads(result.stdout)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["bench"] == doc
@@ -109,8 +102,9 @@ def run_bundle_bench(bundle, *args):
 
 @pytest.mark.parametrize("baseline", [True, False])
 def test_bundle_bench_prints_the_same_schema(bundle, baseline, tiny_bundle, private_cache):
-    host = bench(str(bundle), "--json", "--no-write", "--seq-lens", "8", *FAST,
-                 "--baseline" if baseline else "--no-baseline")  # fmt: skip
+    host = bench(
+        str(bundle), "--json", "--no-write", "--seq-lens", "8", *FAST, "--baseline" if baseline else "--no-baseline"
+    )
     assert host.exit_code == 0, host.output
     host_doc = json.loads(host.stdout)
     fp32 = host_doc["models"]["fp32"]
@@ -122,9 +116,7 @@ def test_bundle_bench_prints_the_same_schema(bundle, baseline, tiny_bundle, priv
     assert host_doc["thread_spinning"] is device["thread_spinning"] is (not baseline)
     if baseline:
         assert fp32["path"] == "export/model.onnx (stage cache)"
-        assert device["models"]["fp32"] == {
-            **fp32, "path": str(cached), "load_ms": ANY, "first_inference_ms": ANY
-        }  # fmt: skip
+        assert device["models"]["fp32"] == {**fp32, "path": str(cached), "load_ms": ANY, "first_inference_ms": ANY}
     else:
         assert device["models"]["fp32"] is None and device["results"][0]["speedup_vs_fp32"] is None
     assert verify_dir(bundle) == []  # the bundle's bench only prints
@@ -134,9 +126,7 @@ def test_no_baseline_in_the_cache_says_so_and_measures_alone(bundle, tmp_path, m
     monkeypatch.setenv("EDGEPIPE_CACHE_DIR", str(tmp_path / "empty-cache"))
     result = bench(str(bundle), "--json", "--no-write", *FAST)
     assert result.exit_code == 0, result.output
-    assert "no fp32 baseline: the export this bundle was built from is not in the stage cache" in (
-        result.output
-    )
+    assert "no fp32 baseline: the export this bundle was built from is not in the stage cache" in (result.output)
     assert json.loads(result.stdout)["models"]["fp32"] is None
 
 

@@ -33,9 +33,18 @@ def published(tiny_bundle, tmp_path):
 
 def test_json_summary(tiny_bert, profiles_dir, tmp_path):
     result = build(
-        "--model", str(tiny_bert), "--target", "rpi5", "--profile", "tiny-int8",
-        "--profiles-dir", str(profiles_dir), "--out", str(tmp_path / "o"), "--json",
-    )  # fmt: skip
+        "--model",
+        str(tiny_bert),
+        "--target",
+        "rpi5",
+        "--profile",
+        "tiny-int8",
+        "--profiles-dir",
+        str(profiles_dir),
+        "--out",
+        str(tmp_path / "o"),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["bundle_dir"].endswith("tiny-bert-rpi5") and summary["target"] == "rpi5"
@@ -56,9 +65,17 @@ def test_accuracy_guard_fails_and_keeps_the_previous_bundle(published, tiny_bert
     )
     before = snapshot(published)
     result = build(
-        "--model", str(tiny_bert_master), "--target", "laptop-avx2", "--profile", "tiny-int8",
-        "--profiles-dir", str(strict), "--out", str(published),
-    )  # fmt: skip
+        "--model",
+        str(tiny_bert_master),
+        "--target",
+        "laptop-avx2",
+        "--profile",
+        "tiny-int8",
+        "--profiles-dir",
+        str(strict),
+        "--out",
+        str(published),
+    )
     assert result.exit_code == 5
     assert (
         # The tiny model's int8 copy scores ~0.99986 with exact int8 kernels, less on AVX2's
@@ -100,9 +117,7 @@ def test_second_build_into_a_locked_output_fails_cleanly(published, tiny_bert_ma
     before = snapshot(published)
     with open(published / ".tiny-bert-laptop-avx2.lock", "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
-        result = build(
-            "--model", str(tiny_bert_master), "--target", "laptop-avx2", "--out", str(published)
-        )
+        result = build("--model", str(tiny_bert_master), "--target", "laptop-avx2", "--out", str(published))
     assert result.exit_code == 8
     assert "another edgepipe build is writing this bundle" in result.output
     assert snapshot(published) == before
@@ -110,42 +125,48 @@ def test_second_build_into_a_locked_output_fails_cleanly(published, tiny_bert_ma
 
 def test_rebuild_replaces_the_bundle_atomically(published, tiny_bert_master, profiles_dir):
     result = build(
-        "--model", str(tiny_bert_master), "--target", "laptop-avx2", "--profile", "tiny-int8",
-        "--profiles-dir", str(profiles_dir), "--out", str(published),
-    )  # fmt: skip
+        "--model",
+        str(tiny_bert_master),
+        "--target",
+        "laptop-avx2",
+        "--profile",
+        "tiny-int8",
+        "--profiles-dir",
+        str(profiles_dir),
+        "--out",
+        str(published),
+    )
     assert result.exit_code == 0, result.output
-    assert (
-        CliRunner().invoke(main, ["verify", str(published / "tiny-bert-laptop-avx2")]).exit_code
-        == 0
-    )
-    assert (
-        CliRunner()
-        .invoke(main, ["verify", str(published / "tiny-bert-laptop-avx2.tar.gz")])
-        .exit_code
-        == 0
-    )
+    assert CliRunner().invoke(main, ["verify", str(published / "tiny-bert-laptop-avx2")]).exit_code == 0
+    assert CliRunner().invoke(main, ["verify", str(published / "tiny-bert-laptop-avx2.tar.gz")]).exit_code == 0
     assert not [p for p in published.iterdir() if ".tmp" in p.name]
 
 
 def test_targets_and_profiles_commands():
     targets = CliRunner().invoke(main, ["targets"])
-    assert targets.exit_code == 0 and all(
-        n in targets.output for n in ("rpi5", "laptop-avx2", "jetson-orin")
-    )
+    assert targets.exit_code == 0 and all(n in targets.output for n in ("rpi5", "laptop-avx2", "jetson-orin"))
     profiles = CliRunner().invoke(main, ["profiles"])
     assert profiles.exit_code == 0 and "x86-avx2-int8" in profiles.output
 
 
-def test_from_scratch_rebuilds_without_bench_are_byte_identical(
-    tiny_bert_master, profiles_dir, tmp_path
-):
+def test_from_scratch_rebuilds_without_bench_are_byte_identical(tiny_bert_master, profiles_dir, tmp_path):
     archives = []
     for run in ("a", "b"):
         result = build(
-            "--model", str(tiny_bert_master), "--target", "rpi5", "--profile", "tiny-int8",
-            "--profiles-dir", str(profiles_dir), "--out", str(tmp_path / run), "--no-cache",
-            "--no-bench", "--json",
-        )  # fmt: skip
+            "--model",
+            str(tiny_bert_master),
+            "--target",
+            "rpi5",
+            "--profile",
+            "tiny-int8",
+            "--profiles-dir",
+            str(profiles_dir),
+            "--out",
+            str(tmp_path / run),
+            "--no-cache",
+            "--no-bench",
+            "--json",
+        )
         assert result.exit_code == 0, result.output
         summary = json.loads(result.stdout.strip().splitlines()[-1])
         assert summary["cached_stages"] == [] and summary["latency_p50_ms"] is None
@@ -153,13 +174,11 @@ def test_from_scratch_rebuilds_without_bench_are_byte_identical(
     assert archives[0] == archives[1]
     manifest = json.loads((tmp_path / "a" / "tiny-bert-rpi5" / "manifest.json").read_text())
     assert manifest["bench"] is None and "BENCH.md" not in manifest["files"]
-    assert (
-        "Not measured at build time"
-        in (tmp_path / "a" / "tiny-bert-rpi5" / "README.md").read_text()
-    )
+    assert "Not measured at build time" in (tmp_path / "a" / "tiny-bert-rpi5" / "README.md").read_text()
 
 
 def test_search_needs_the_bench(tiny_bert_master, tmp_path):
-    result = build("--model", str(tiny_bert_master), "--target", "rpi5", "--search", "--no-bench",
-                   "--out", str(tmp_path))  # fmt: skip
+    result = build(
+        "--model", str(tiny_bert_master), "--target", "rpi5", "--search", "--no-bench", "--out", str(tmp_path)
+    )
     assert result.exit_code == 3 and "--search picks the fastest recipe" in result.output

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from edgepipe import catalog
-from edgepipe.config import Profile, Target, check_fits, load_yaml_model
+from edgepipe.catalog.config import Profile, Target, check_fits, load_yaml_model
 from edgepipe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,7 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 
 
 def test_unknown_key_names_the_field(tmp_path):
-    path = write(
-        tmp_path, "rpi5.yaml", rpi5_text().replace("memory_mb:", "colour: red\nmemory_mb:")
-    )
+    path = write(tmp_path, "rpi5.yaml", rpi5_text().replace("memory_mb:", "colour: red\nmemory_mb:"))
     with pytest.raises(ConfigError, match=r"rpi5\.yaml: target field 'colour': unknown key"):
         load_yaml_model(path, Target)
 
@@ -95,9 +93,5 @@ def test_missing_targets_dir_is_an_error(tmp_path):
 
 
 def test_fp16_profile_does_not_fit_a_cpu_only_target():
-    with pytest.raises(
-        ConfigError, match="needs TensorrtExecutionProvider or CUDA.*'rpi5' does not"
-    ):
-        check_fits(
-            catalog.targets().load("rpi5"), catalog.profiles().load("jetson-fp16"), "embedding"
-        )
+    with pytest.raises(ConfigError, match="needs TensorrtExecutionProvider or CUDA.*'rpi5' does not"):
+        check_fits(catalog.targets().load("rpi5"), catalog.profiles().load("jetson-fp16"), "embedding")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgepipe import catalog
-from edgepipe.config import Profile, Target, check_fits, load_yaml_model
+from edgepipe.catalog.config import Profile, Target, check_fits, load_yaml_model
 from edgepipe.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -13,8 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_target_has_a_fitting_generation_default():
     profiles = {p.name: p for p in catalog.profiles().all()}
-    expected = {"rpi5": "arm64-int4", "laptop-avx2": "x86-int4", "laptop-vnni": "x86-int4",
-                "jetson-orin": "jetson-fp16"}  # fmt: skip
+    expected = {
+        "rpi5": "arm64-int4",
+        "laptop-avx2": "x86-int4",
+        "laptop-vnni": "x86-int4",
+        "jetson-orin": "jetson-fp16",
+    }
     for target in catalog.targets().all():
         name = target.profile_for("generation")
         assert name == expected.get(target.name, name)
@@ -58,20 +62,28 @@ def test_fast_int4_is_the_q4_0_class_and_falls_back_to_the_default():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("method: int4\ntask_kinds: [generation]\naccuracy: {metric: next_token_agreement, min: 0.5}",
-         "method int4 needs its weight_only settings"),
-        ("method: int4\nweight_only: {}\naccuracy: {min: 0.5}",
-         "method int4 is for generation models only"),
-        ("method: fp32\ntask_kinds: [generation]\naccuracy: {min: 0.5}",
-         "accuracy metric min_cosine does not measure generation models"),
-        ("method: int4\ntask_kinds: [generation]\nweight_only: {block_size: 24}\n"
-         "accuracy: {metric: next_token_agreement, min: 0.5}", "block_size must be a power of 2"),
-        ("method: fp32\nkv_cache: int8\naccuracy: {min: 0.5}",
-         "kv_cache is for generation models only"),
-        ("method: fp32\ntask_kinds: [generation]\nkv_cache: float16\n"
-         "accuracy: {metric: next_token_agreement, min: 0.5}", "kv_cache"),
+        (
+            "method: int4\ntask_kinds: [generation]\naccuracy: {metric: next_token_agreement, min: 0.5}",
+            "method int4 needs its weight_only settings",
+        ),
+        ("method: int4\nweight_only: {}\naccuracy: {min: 0.5}", "method int4 is for generation models only"),
+        (
+            "method: fp32\ntask_kinds: [generation]\naccuracy: {min: 0.5}",
+            "accuracy metric min_cosine does not measure generation models",
+        ),
+        (
+            "method: int4\ntask_kinds: [generation]\nweight_only: {block_size: 24}\n"
+            "accuracy: {metric: next_token_agreement, min: 0.5}",
+            "block_size must be a power of 2",
+        ),
+        ("method: fp32\nkv_cache: int8\naccuracy: {min: 0.5}", "kv_cache is for generation models only"),
+        (
+            "method: fp32\ntask_kinds: [generation]\nkv_cache: float16\n"
+            "accuracy: {metric: next_token_agreement, min: 0.5}",
+            "kv_cache",
+        ),
     ],
-)  # fmt: skip
+)
 def test_inconsistent_generation_profiles_are_refused(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(f"name: bad\ndescription: x\n{text}\n")

@@ -33,9 +33,11 @@ def bundle(tiny_bundle, tmp_path_factory) -> Path:
 def device_json(bundle, tmp_path_factory) -> Path:
     """What `python BUNDLE bench --json > dev.json` writes on the device (here: this host)."""
     proc = subprocess.run(
-        [sys.executable, str(bundle), "bench", "--json", "--seq-lens", "8", "--runs", "2",
-         "--warmup", "0"], capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, str(bundle), "bench", "--json", "--seq-lens", "8", "--runs", "2", "--warmup", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr
     path = tmp_path_factory.mktemp("device") / "dev.json"
     path.write_text(proc.stdout)
@@ -43,8 +45,7 @@ def device_json(bundle, tmp_path_factory) -> Path:
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root.parent)): p.read_bytes()
-            for p in root.parent.rglob("*") if p.is_file()}  # fmt: skip
+    return {str(p.relative_to(root.parent)): p.read_bytes() for p in root.parent.rglob("*") if p.is_file()}
 
 
 def test_refuses_a_result_of_another_model(bundle, device_json, tmp_path):
@@ -83,7 +84,7 @@ def test_import_records_device_bench_beside_the_host_numbers(bundle, device_json
 
 
 def test_remote_spec():
-    from edgepipe.device import Remote
+    from edgepipe.bench.device import Remote
     from edgepipe.errors import ConfigError
 
     assert Remote.parse("pi@raspberrypi.local") == Remote("raspberrypi.local", "pi")

@@ -10,7 +10,7 @@ import pytest
 
 from edgepipe import sources
 from edgepipe.runtime.integrity import verify_dir
-from edgepipe.stages.reference import reference_embeddings
+from edgepipe.stages.embedding_reference import reference_embeddings
 
 pytestmark = pytest.mark.e2e
 EDGEPIPE = [sys.executable, "-m", "edgepipe"]
@@ -56,9 +56,7 @@ def test_default_model_bundle(target, tmp_path, reference):
     # one on this AVX2 host, this one none (the bar met as quantized); at most the profile's 12.
     assert 0 <= len(manifest["model"]["kept_float"]) <= 12
 
-    run = subprocess.run(
-        [sys.executable, str(bundle), "embed", *TEXTS], capture_output=True, text=True, timeout=120
-    )
+    run = subprocess.run([sys.executable, str(bundle), "embed", *TEXTS], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     vectors = np.array([json.loads(line)["embedding"] for line in run.stdout.splitlines()])
     cosines = np.sum(vectors * reference, axis=1) / np.linalg.norm(vectors, axis=1)

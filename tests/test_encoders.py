@@ -38,7 +38,7 @@ def test_cls_pooling_differs_from_mean_pooling(tmp_path):
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from edgepipe.stages.reference import reference_embeddings
+    from edgepipe.stages.embedding_reference import reference_embeddings
     from edgepipe.tasks.texts import builtin_texts
 
     model_dir = make_tiny_xlm_roberta(tmp_path / "tiny-xlm-roberta")

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgepipe import families
+from edgepipe.catalog import families
 from edgepipe.cli import main
 from tests.families import TINY
 
@@ -95,9 +95,13 @@ def _greedy_equals_transformers(bundle: Path, model_dir: Path) -> None:
         with torch.inference_mode():
             # No EOS (not min_new_tokens, which masks the EOS logit the bundle may pick).
             want = model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=12, eos_token_id=None, pad_token_id=0, do_sample=False,
-            )[0, len(ids):].tolist()  # fmt: skip
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=12,
+                eos_token_id=None,
+                pad_token_id=0,
+                do_sample=False,
+            )[0, len(ids) :].tolist()
         assert got == want, f"{model_dir.name}: {prompt!r}"
 
 
@@ -107,7 +111,7 @@ def _embeddings_match_transformers(bundle: Path, model_dir: Path) -> None:
     import numpy as np
 
     from edgepipe.runtime.embedder import Embedder
-    from edgepipe.stages.reference import reference_embeddings
+    from edgepipe.stages.embedding_reference import reference_embeddings
     from edgepipe.tasks.texts import builtin_texts
 
     texts = builtin_texts("embedding")[:12]

@@ -31,9 +31,7 @@ def one_error_line(output: str) -> str:
 
 
 def damage_weights_lfs(model: Path):
-    (model / "model.safetensors").write_text(
-        "version https://git-lfs.github.com/spec/v1\noid sha256:0\n"
-    )
+    (model / "model.safetensors").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0\n")
 
 
 def damage_weights_truncated(model: Path):
@@ -89,9 +87,7 @@ def test_bad_model_exit_4_and_nothing_written(tiny_bert, tmp_path, damage, messa
 def test_malformed_target_file_names_file_and_line(tmp_path, tiny_bert_master):
     bad = tmp_path / "board.yaml"
     bad.write_text((ROOT / "targets" / "rpi5.yaml").read_text().replace("cores: 4", "cores: [4"))
-    result = build(
-        "--model", str(tiny_bert_master), "--target", str(bad), "--out", str(tmp_path / "o")
-    )
+    result = build("--model", str(tiny_bert_master), "--target", str(bad), "--out", str(tmp_path / "o"))
     assert result.exit_code == 3
     assert "board.yaml: line" in one_error_line(result.output) and "malformed YAML" in result.output
     assert not (tmp_path / "o").exists()
@@ -100,19 +96,11 @@ def test_malformed_target_file_names_file_and_line(tmp_path, tiny_bert_master):
 def test_opset_newer_than_the_targets_runtime_is_refused(tmp_path, tiny_bert_master):
     old = tmp_path / "old-board.yaml"
     text = (ROOT / "targets" / "rpi5.yaml").read_text()
-    old.write_text(
-        text.replace("name: rpi5", "name: old-board").replace('">=1.20,<2"', '">=1.13,<2"')
-    )
-    result = build(
-        "--model", str(tiny_bert_master), "--target", str(old), "--out", str(tmp_path / "o")
-    )
+    old.write_text(text.replace("name: rpi5", "name: old-board").replace('">=1.20,<2"', '">=1.13,<2"'))
+    result = build("--model", str(tiny_bert_master), "--target", str(old), "--out", str(tmp_path / "o"))
     assert result.exit_code == 3
     line = one_error_line(result.output)
-    assert (
-        "needs ONNX opset 18" in line
-        and "admits onnxruntime 1.13" in line
-        and "opset <= 17" in line
-    )
+    assert "needs ONNX opset 18" in line and "admits onnxruntime 1.13" in line and "opset <= 17" in line
     assert not any((tmp_path / "o").glob("tiny-bert*"))
 
 
@@ -125,20 +113,14 @@ def rehash(bundle: Path) -> None:
 def test_external_data_escaping_the_bundle_is_refused(tiny_bundle, tmp_path):
     bundle = Path(shutil.copytree(tiny_bundle.bundle_dir, tmp_path / "b"))
     model = onnx.load(str(bundle / "model" / "model.onnx"))
-    convert_model_to_external_data(
-        model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0
-    )
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
     onnx.save(model, str(bundle / "model" / "model.onnx"))
-    rewritten = (
-        (bundle / "model" / "model.onnx").read_bytes().replace(b"weights.bin", b"../../etc/x")
-    )
+    rewritten = (bundle / "model" / "model.onnx").read_bytes().replace(b"weights.bin", b"../../etc/x")
     (bundle / "model" / "model.onnx").write_bytes(rewritten)
     rehash(bundle)  # a manifest forged to match: the hashes alone would pass
     result = CliRunner().invoke(main, ["verify", str(bundle)])
     assert result.exit_code == 6
-    assert "external data '../../etc/x' lies outside the model's directory" in one_error_line(
-        result.output
-    )
+    assert "external data '../../etc/x' lies outside the model's directory" in one_error_line(result.output)
 
 
 # Killed after each finished stage's line: during reference, quantize+evaluate, bench, bundle.
@@ -152,9 +134,22 @@ def test_killed_build_leaves_the_previous_bundle_and_the_next_build_succeeds(
     shutil.copy(tiny_bundle.archive, out / tiny_bundle.archive.name)
     before = {p.name: sha256_file(p) for p in out.glob("*.tar.gz")}
     env = {**os.environ, "EDGEPIPE_CACHE_DIR": str(tmp_path / "cache")}
-    args = [*EDGEPIPE, "build", "--model", str(tiny_bert_master), "--target", "laptop-avx2",
-            "--profile", "tiny-int8", "--profiles-dir", str(profiles_dir), "--out", str(out),
-            "--bench-runs", "2"]  # fmt: skip
+    args = [
+        *EDGEPIPE,
+        "build",
+        "--model",
+        str(tiny_bert_master),
+        "--target",
+        "laptop-avx2",
+        "--profile",
+        "tiny-int8",
+        "--profiles-dir",
+        str(profiles_dir),
+        "--out",
+        str(out),
+        "--bench-runs",
+        "2",
+    ]
     proc = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = []
@@ -166,9 +161,7 @@ def test_killed_build_leaves_the_previous_bundle_and_the_next_build_succeeds(
     proc.wait(timeout=120)
     assert proc.returncode == -signal.SIGKILL, seen
     assert {p.name: sha256_file(p) for p in out.glob("*.tar.gz")} == before
-    assert (
-        CliRunner().invoke(main, ["verify", str(out / tiny_bundle.bundle_dir.name)]).exit_code == 0
-    )
+    assert CliRunner().invoke(main, ["verify", str(out / tiny_bundle.bundle_dir.name)]).exit_code == 0
     for entry in (tmp_path / "cache").glob("*/*"):  # no half-written entry is a usable one
         assert entry.name.startswith(".tmp-") or (entry / "record.json").is_file()
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
@@ -183,14 +176,26 @@ def test_disk_full_is_one_line_and_leaves_no_temp_files(tiny_bert_master, profil
     out = tmp_path / "full"
     out.mkdir()
     build_cmd = " ".join(
-        [*EDGEPIPE, "build", "--model", str(tiny_bert_master), "--target", "laptop-avx2",
-         "--profile", "tiny-int8", "--profiles-dir", str(profiles_dir), "--out", str(out),
-         "--bench-runs", "2", "--no-cache"]
-    )  # fmt: skip
-    script = f"mount -t tmpfs -o size=200k tmpfs {out} && {build_cmd}; echo rc=$?; ls -A {out}"
-    proc = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300
+        [
+            *EDGEPIPE,
+            "build",
+            "--model",
+            str(tiny_bert_master),
+            "--target",
+            "laptop-avx2",
+            "--profile",
+            "tiny-int8",
+            "--profiles-dir",
+            str(profiles_dir),
+            "--out",
+            str(out),
+            "--bench-runs",
+            "2",
+            "--no-cache",
+        ]
     )
+    script = f"mount -t tmpfs -o size=200k tmpfs {out} && {build_cmd}; echo rc=$?; ls -A {out}"
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
     if "mount" in proc.stderr and "rc=" not in proc.stdout:
         pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
     assert "rc=8" in proc.stdout, proc.stdout + proc.stderr
@@ -212,9 +217,7 @@ def test_disk_full_is_one_line_and_leaves_no_temp_files(tiny_bert_master, profil
 def test_unknown_or_missing_target_keys_exit_3(tmp_path, tiny_bert_master, edit, message):
     path = tmp_path / "rpi5.yaml"
     path.write_text(edit((ROOT / "targets" / "rpi5.yaml").read_text()))
-    result = build(
-        "--model", str(tiny_bert_master), "--target", str(path), "--out", str(tmp_path / "o")
-    )
+    result = build("--model", str(tiny_bert_master), "--target", str(path), "--out", str(tmp_path / "o"))
     assert result.exit_code == 3 and message in one_error_line(result.output)
     assert not (tmp_path / "o").exists()
 
@@ -223,9 +226,7 @@ def external(bundle: Path, location: str) -> None:
     """Move the model's weights to external data, then point every tensor at ``location``."""
     path = bundle / "model" / "model.onnx"
     model = onnx.load(str(path))
-    convert_model_to_external_data(
-        model, all_tensors_to_one_file=True, location="w.bin", size_threshold=0
-    )
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
     onnx.save(model, str(path))
     model = onnx.load(str(path), load_external_data=False)
     for tensor in model.graph.initializer:
@@ -253,9 +254,7 @@ def test_external_data_absolute_or_symlinked_is_refused(tiny_bundle, tmp_path):
 
 
 def test_empty_text_is_embedded_not_an_error(tiny_bundle):
-    proc = subprocess.run(
-        [sys.executable, str(tiny_bundle.bundle_dir), "embed", ""], capture_output=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, str(tiny_bundle.bundle_dir), "embed", ""], capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     vector = json.loads(proc.stdout)["embedding"]
     assert len(vector) == 32 and abs(sum(v * v for v in vector) - 1.0) < 1e-5

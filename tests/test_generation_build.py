@@ -58,10 +58,24 @@ def int4_builds(decoders, gen_profiles, tmp_path_factory) -> dict[str, tuple[dic
     for kind, model in decoders.items():
         work = out / f"work-{kind}"
         summary = summary_of(
-            cli("build", "--model", str(model), "--target", "rpi5", "--profile", "tiny-int4",
-                "--profiles-dir", str(gen_profiles), "--out", str(out), "--work-dir", str(work),
-                "--no-bench", "--json")
-        )  # fmt: skip
+            cli(
+                "build",
+                "--model",
+                str(model),
+                "--target",
+                "rpi5",
+                "--profile",
+                "tiny-int4",
+                "--profiles-dir",
+                str(gen_profiles),
+                "--out",
+                str(out),
+                "--work-dir",
+                str(work),
+                "--no-bench",
+                "--json",
+            )
+        )
         built[kind] = (summary, work)
     return built
 
@@ -87,7 +101,7 @@ def fp32_builds(decoders, tmp_path_factory) -> dict[str, dict]:
                 "--json",
                 *(() if kind == "llama" else ("--no-bench",)),
             )
-        )  # fmt: skip
+        )
         for kind, model in decoders.items()
     }
 
@@ -126,8 +140,11 @@ def test_int4_graph_shares_one_quantized_table(int4_builds, kind):
     inits = {t.name for t in graph.initializer}
     vocab = json.loads((Path(summary["bundle_dir"]) / "tokenizer" / "tokenizer.json").read_text())
     hidden = 64  # make_tiny_decoder's default
-    tables = [t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT
-              and len(vocab["model"]["vocab"]) * hidden in (int(np.prod(t.dims)),)]  # fmt: skip
+    tables = [
+        t.name
+        for t in graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and len(vocab["model"]["vocab"]) * hidden in (int(np.prod(t.dims)),)
+    ]
     assert tables == []  # no float copy of the embedding table is left
     assert gather.input[0] in inits
     outputs = [o.name for o in graph.output]
@@ -242,9 +259,12 @@ def test_fp32_bundle_greedy_tokens_equal_transformers(fp32_builds, decoders, kin
         got = generator.generate(ids, max_new_tokens=16).token_ids
         with torch.inference_mode():
             out = model.generate(
-                torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                max_new_tokens=16, min_new_tokens=16, do_sample=False,
-            )  # fmt: skip
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=16,
+                min_new_tokens=16,
+                do_sample=False,
+            )
         assert eos and not eos.intersection(got)
         assert got == out[0, len(ids) :].tolist(), f"{kind}: {prompt!r}"
 
@@ -253,9 +273,18 @@ def test_default_profile_comes_from_the_task_and_falls_back(decoders, tmp_path):
     """rpi5's generation default is arm64-int4, tried first; should a 32-wide random model miss
     its bar, the build falls back to cpu-int8-llm."""
     summary = summary_of(
-        cli("build", "--model", str(decoders["qwen2"]), "--target", "rpi5", "--out",
-            str(tmp_path), "--no-bench", "--json")
-    )  # fmt: skip
+        cli(
+            "build",
+            "--model",
+            str(decoders["qwen2"]),
+            "--target",
+            "rpi5",
+            "--out",
+            str(tmp_path),
+            "--no-bench",
+            "--json",
+        )
+    )
     tried = [a["profile"] for a in summary["attempts"]]
     assert tried[0] == "arm64-int4" and summary["profile"] == tried[-1]
     assert summary["profile"] in ("arm64-int4", "cpu-int8-llm")
@@ -270,12 +299,20 @@ def test_default_profile_comes_from_the_task_and_falls_back(decoders, tmp_path):
         ("bert", "arm64-int4", "is for generation models, not embedding"),
     ],
 )
-def test_profile_of_the_wrong_task_is_refused(
-    decoders, tiny_bert, tmp_path, model_kind, profile, message
-):
+def test_profile_of_the_wrong_task_is_refused(decoders, tiny_bert, tmp_path, model_kind, profile, message):
     model = tiny_bert if model_kind == "bert" else decoders[model_kind]
-    result = cli("build", "--model", str(model), "--target", "rpi5", "--profile", profile,
-                 "--out", str(tmp_path / "o"), "--no-bench")  # fmt: skip
+    result = cli(
+        "build",
+        "--model",
+        str(model),
+        "--target",
+        "rpi5",
+        "--profile",
+        profile,
+        "--out",
+        str(tmp_path / "o"),
+        "--no-bench",
+    )
     assert result.exit_code == 3
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 2
     out = tmp_path / "o"
@@ -294,11 +331,20 @@ def test_unsupported_decoder_type_is_refused(decoders, tmp_path):
 def test_guard_fails_below_the_bar_with_the_table(decoders, tmp_path):
     strict = tmp_path / "profiles"
     strict.mkdir()
-    (strict / "tiny-int4.yaml").write_text(
-        TINY_INT4.replace("min: 0.05", "min: 1.0, max_kl: 0.0001")
+    (strict / "tiny-int4.yaml").write_text(TINY_INT4.replace("min: 0.05", "min: 1.0, max_kl: 0.0001"))
+    result = cli(
+        "build",
+        "--model",
+        str(decoders["gpt2"]),
+        "--target",
+        "rpi5",
+        "--profile",
+        "tiny-int4",
+        "--profiles-dir",
+        str(strict),
+        "--out",
+        str(tmp_path / "o"),
     )
-    result = cli("build", "--model", str(decoders["gpt2"]), "--target", "rpi5", "--profile",
-                 "tiny-int4", "--profiles-dir", str(strict), "--out", str(tmp_path / "o"))  # fmt: skip
     assert result.exit_code == 5
     assert "no recipe met its bar" in result.stderr and "agreement" in result.stderr
     assert not (tmp_path / "o" / "tiny-gpt2-rpi5").exists()
@@ -308,9 +354,20 @@ def test_search_keeps_the_fastest_passing_decoder_recipe(decoders, tmp_path):
     """--search on a decoder: every fitting generation profile tried, each passing one benchmarked
     (decode tok/s), the fastest kept (the shared recipe search, issue 15)."""
     summary = summary_of(
-        cli("build", "--model", str(decoders["llama"]), "--target", "laptop-avx2", "--search",
-            "--bench-runs", "2", "--out", str(tmp_path), "--json")
-    )  # fmt: skip
+        cli(
+            "build",
+            "--model",
+            str(decoders["llama"]),
+            "--target",
+            "laptop-avx2",
+            "--search",
+            "--bench-runs",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--json",
+        )
+    )
     tried = {a["profile"] for a in summary["attempts"]}
     assert {"x86-int4", "cpu-int8-llm", "fp32"} <= tried
     # Each profile's last attempt (after its 8-bit bisection) is the one measured.
@@ -330,9 +387,22 @@ def test_table_block_is_halved_to_divide_the_hidden_size(tmp_path):
     text = TINY_INT4.replace("embedding_bits: 4}", "embedding_bits: 4, embedding_block_size: 64}")
     (profiles / "tiny-int4.yaml").write_text(text.replace("kv_cache: int8\n", ""))
     summary = summary_of(
-        cli("build", "--model", str(model), "--target", "rpi5", "--profile", "tiny-int4",
-            "--profiles-dir", str(profiles), "--out", str(tmp_path / "o"), "--no-bench", "--json")
-    )  # fmt: skip
+        cli(
+            "build",
+            "--model",
+            str(model),
+            "--target",
+            "rpi5",
+            "--profile",
+            "tiny-int4",
+            "--profiles-dir",
+            str(profiles),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-bench",
+            "--json",
+        )
+    )
     graph = onnx.load(str(Path(summary["bundle_dir"]) / "model" / "model.onnx")).graph
     (gather,) = [n for n in graph.node if n.op_type == "GatherBlockQuantized"]
     lm_head = next(n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == "logits")
@@ -340,6 +410,7 @@ def test_table_block_is_halved_to_divide_the_hidden_size(tmp_path):
     blocks = {a.name: a.i for n in (gather, lm_head) for a in n.attribute if a.name == "block_size"}
     assert blocks == {"block_size": 16}
     inits = {t.name for t in graph.initializer}
-    float_weights = [n.name for n in graph.node if n.op_type in ("Gather", "MatMul")
-                     and any(i in inits for i in n.input[:2])]  # fmt: skip
+    float_weights = [
+        n.name for n in graph.node if n.op_type in ("Gather", "MatMul") and any(i in inits for i in n.input[:2])
+    ]
     assert float_weights == []

@@ -12,9 +12,10 @@ import torch
 from click.testing import CliRunner
 from tokenizers import pre_tokenizers
 
-from edgepipe import gguf_source, sources
+from edgepipe import sources
 from edgepipe.cli import main
 from edgepipe.errors import ModelError
+from edgepipe.sources import gguf
 from edgepipe.tasks.texts import builtin_texts
 from tests.decoders import CHATML, make_tiny_decoder
 from tests.gguf_files import write_llama_gguf
@@ -65,7 +66,7 @@ def test_f32_gguf_converts_to_the_model_it_was_written_from(tiny_llama, ggufs, o
 
     src = sources.resolve(str(ggufs["f32"]))
     assert src.kind == "gguf" and src.task == "text-generation" and src.name == "tiny-f32"
-    assert src.path.is_relative_to(own_cache / gguf_source.CACHE_STAGE)
+    assert src.path.is_relative_to(own_cache / gguf.CACHE_STAGE)
     described = src.describe()
     assert described["format"] == "gguf" and described["quantization"] == "F32"
     assert described["ref"] == str(ggufs["f32"]) and described["tensor_types"] == {"F32": 20}
@@ -80,10 +81,7 @@ def test_f32_gguf_converts_to_the_model_it_was_written_from(tiny_llama, ggufs, o
         assert encoded == original(text, add_special_tokens=False)["input_ids"], text
         assert rebuilt.decode(encoded) == text
     assert (rebuilt.bos_token, rebuilt.eos_token, rebuilt.unk_token) == ("<s>", "</s>", "<unk>")
-    assert (
-        rebuilt.convert_tokens_to_ids("</s>")
-        == json.loads((src.path / "config.json").read_text())["eos_token_id"]
-    )
+    assert rebuilt.convert_tokens_to_ids("</s>") == json.loads((src.path / "config.json").read_text())["eos_token_id"]
     assert rebuilt.chat_template == CHATML
     # transformers' own GGUF tokenizer: the same ids once its forced BOS is taken off.
     theirs = AutoTokenizer.from_pretrained(str(ggufs["f32"].parent), gguf_file=ggufs["f32"].name)
@@ -94,12 +92,10 @@ def test_f32_gguf_converts_to_the_model_it_was_written_from(tiny_llama, ggufs, o
 
     # A second resolve is a cache hit: the same directory, no new entry.
     assert sources.resolve(str(ggufs["f32"])).path == src.path
-    assert len(list((own_cache / gguf_source.CACHE_STAGE).iterdir())) == 1
+    assert len(list((own_cache / gguf.CACHE_STAGE).iterdir())) == 1
 
 
-def test_quantized_gguf_is_dequantized_and_ids_match_transformers_gguf_tokenizer(
-    tiny_llama, ggufs, own_cache
-):
+def test_quantized_gguf_is_dequantized_and_ids_match_transformers_gguf_tokenizer(tiny_llama, ggufs, own_cache):
     from transformers import AutoTokenizer
 
     src = sources.resolve(str(ggufs["q8"]))
@@ -122,9 +118,9 @@ def test_quantized_gguf_is_dequantized_and_ids_match_transformers_gguf_tokenizer
         assert rebuilt(text)["input_ids"] == original(text, add_special_tokens=False)["input_ids"]
     assert rebuilt("2024")["input_ids"] == [rebuilt.convert_tokens_to_ids(d) for d in "2024"]
 
-    warning = gguf_source.requantize_warning(str(ggufs["q8"]))
+    warning = gguf.requantize_warning(str(ggufs["q8"]))
     assert warning and "stored as Q8_0; quantizing it again compounds the error" in warning
-    assert gguf_source.requantize_warning(str(ggufs["f32"])) is None
+    assert gguf.requantize_warning(str(ggufs["f32"])) is None
 
 
 def _rewrite(path: Path, dest: Path, **changes) -> Path:
@@ -193,10 +189,10 @@ def test_peek_task_and_is_gguf(ggufs, tmp_path):
     assert sources.peek_task(str(ggufs["f32"])) == "text-generation"
     renamed = tmp_path / "weights.bin"
     renamed.write_bytes(ggufs["f32"].read_bytes()[:64])
-    assert gguf_source.is_gguf(str(renamed))  # by its magic
+    assert gguf.is_gguf(str(renamed))  # by its magic
     with pytest.raises(ModelError, match="truncated or corrupt GGUF file"):
         sources.resolve(str(renamed))
-    assert not gguf_source.is_gguf(str(tmp_path))
+    assert not gguf.is_gguf(str(tmp_path))
     with pytest.raises(ModelError, match="nope.gguf: GGUF file does not exist"):
         sources.resolve(str(tmp_path / "nope.gguf"))
     os.remove(renamed)
@@ -207,9 +203,22 @@ def test_build_from_a_quantized_gguf_warns_and_records_the_source(ggufs, tmp_pat
     texts.write_text("\n".join(TEXTS[:4]))  # a short evaluation: the source is what is tested
     result = CliRunner().invoke(
         main,
-        ["build", "--model", str(ggufs["q8"]), "--target", "rpi5", "--profile", "fp32",
-         "--out", str(out), "--no-bench", "--json", "--eval-data", str(texts)],
-    )  # fmt: skip
+        [
+            "build",
+            "--model",
+            str(ggufs["q8"]),
+            "--target",
+            "rpi5",
+            "--profile",
+            "fp32",
+            "--out",
+            str(out),
+            "--no-bench",
+            "--json",
+            "--eval-data",
+            str(texts),
+        ],
+    )
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "tiny-q8.gguf is stored as Q8_0" in warnings[0]

@@ -9,10 +9,12 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from edgepipe import catalog, cli, hub, sbom, sources
-from edgepipe.build.spec import choose_profiles
+from edgepipe import catalog, cli, sources
 from edgepipe.cli import main
+from edgepipe.engine.spec import choose_profiles
 from edgepipe.errors import ModelError
+from edgepipe.sources import hub
+from edgepipe.trust import sbom
 from tests.hub_cache import add_snapshot, commit_of, fake_hub, model_files
 from tests.test_sbom import validate
 
@@ -145,9 +147,7 @@ def test_not_cached_is_one_line_exit_4_and_nothing_written(env, tmp_path):
         result = build("--model", "org/nope", "--target", "rpi5", "--out", str(tmp_path), *extra)
         assert result.exit_code == 4, result.output
         errors = [line for line in result.output.splitlines() if line.startswith("error:")]
-        assert (
-            len(errors) == 1 and "org/nope: no such directory, and not in the Hugging" in errors[0]
-        )
+        assert len(errors) == 1 and "org/nope: no such directory, and not in the Hugging" in errors[0]
         assert ("HF_HUB_OFFLINE is set, which forbids --download" in errors[0]) == bool(extra)
         assert "Traceback" not in result.output and not list(tmp_path.iterdir())
     result = build("--model", "org/x[1]", "--target", "rpi5", "--out", str(tmp_path))
@@ -158,9 +158,18 @@ def test_not_cached_is_one_line_exit_4_and_nothing_written(env, tmp_path):
 def test_build_from_the_hub_cache(env, profiles_dir, tmp_path):
     out = tmp_path / "dist"
     result = build(
-        "--model", "org/tiny", "--target", "rpi5", "--profile", "tiny-int8",
-        "--profiles-dir", str(profiles_dir), "--out", str(out), "--json",
-    )  # fmt: skip
+        "--model",
+        "org/tiny",
+        "--target",
+        "rpi5",
+        "--profile",
+        "tiny-int8",
+        "--profiles-dir",
+        str(profiles_dir),
+        "--out",
+        str(out),
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["bundle_dir"].endswith("tiny-rpi5") and summary["accuracy"]["min"] >= 0.5
@@ -227,9 +236,19 @@ def test_download_falls_back_to_the_cache_when_the_hub_cannot_be_reached(hub_onl
 def test_build_download_through_the_cli(hub_online, profiles_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "_USER_HUB_OFFLINE", None)  # as if the user had not set it
     result = build(
-        "--model", "org/tiny@main", "--download", "--target", "rpi5", "--profile", "tiny-int8",
-        "--profiles-dir", str(profiles_dir), "--out", str(tmp_path / "dist"), "--no-bench",
-    )  # fmt: skip
+        "--model",
+        "org/tiny@main",
+        "--download",
+        "--target",
+        "rpi5",
+        "--profile",
+        "tiny-int8",
+        "--profiles-dir",
+        str(profiles_dir),
+        "--out",
+        str(tmp_path / "dist"),
+        "--no-bench",
+    )
     assert result.exit_code == 0, result.output
     assert f"org/tiny@main: snapshot {MAIN} in the Hugging Face cache" in result.output
     manifest = json.loads((tmp_path / "dist" / "tiny-rpi5" / "manifest.json").read_text())

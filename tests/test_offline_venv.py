@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from edgepipe.runtime.integrity import sha256_file
-from edgepipe.stages.evaluate import cosine_stats
+from edgepipe.stages.embedding_evaluate import cosine_stats
 from edgepipe.tasks.texts import builtin_texts
 
 EDGEPIPE = [sys.executable, "-m", "edgepipe"]
@@ -24,11 +24,29 @@ def clean_env(**extra):
 
 def build(model, out, profiles_dir, *args):
     proc = subprocess.run(
-        [*EDGEPIPE, "build", "--model", str(model), "--target", "laptop-avx2", "--profile",
-         "tiny-int8", "--profiles-dir", str(profiles_dir), "--out", str(out), "--bench-runs", "3",
-         "--with-wheels", "--json", *args],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            *EDGEPIPE,
+            "build",
+            "--model",
+            str(model),
+            "--target",
+            "laptop-avx2",
+            "--profile",
+            "tiny-int8",
+            "--profiles-dir",
+            str(profiles_dir),
+            "--out",
+            str(out),
+            "--bench-runs",
+            "3",
+            "--with-wheels",
+            "--json",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -49,10 +67,13 @@ def venv(built, tmp_path_factory):
     subprocess.run([sys.executable, "-m", "venv", str(root)], check=True, env=clean_env())
     python = root / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--no-index", "--find-links", "wheels",
-         "-r", "requirements.txt"],
-        cwd=bundle, capture_output=True, text=True, timeout=600, env=clean_env(),
-    )  # fmt: skip
+        [str(python), "-m", "pip", "install", "--no-index", "--find-links", "wheels", "-r", "requirements.txt"],
+        cwd=bundle,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=clean_env(),
+    )
     assert install.returncode == 0, install.stdout + install.stderr
     return python
 
@@ -79,22 +100,30 @@ def test_bundle_runs_in_a_venv_of_its_requirements_alone(built, venv):
     summary, tmp = built
     bundle = Path(summary["bundle_dir"])
     probe = subprocess.run(
-        [str(venv), "-c", "import importlib.util as u; print([m for m in ('torch', 'transformers',"
-         " 'optimum', 'edgepipe', 'onnx') if u.find_spec(m)])"],
-        capture_output=True, text=True, env=clean_env(),
+        [
+            str(venv),
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'transformers',"
+            " 'optimum', 'edgepipe', 'onnx') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
         cwd=tmp,  # not the checkout, whose edgepipe/ a bare `python -c` would find
-    )  # fmt: skip
-    assert probe.stdout.strip() == "[]", probe.stderr
-    torch = subprocess.run(
-        [str(venv), "-c", "import torch"], capture_output=True, env=clean_env(), cwd=tmp
     )
+    assert probe.stdout.strip() == "[]", probe.stderr
+    torch = subprocess.run([str(venv), "-c", "import torch"], capture_output=True, env=clean_env(), cwd=tmp)
     assert torch.returncode == 1 and b"No module named 'torch'" in torch.stderr
 
     texts = builtin_texts("embedding")
     run = subprocess.run(
         [str(venv), str(bundle), "embed", *texts],
-        capture_output=True, text=True, timeout=300, env=clean_env(), cwd=tmp,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=clean_env(),
+        cwd=tmp,
+    )
     assert run.returncode == 0, run.stderr
     vectors = np.array([json.loads(line)["embedding"] for line in run.stdout.splitlines()])
     # The build's evaluation: the PyTorch reference it scored against, and the scores it recorded.
@@ -113,9 +142,7 @@ def test_bundle_runs_in_a_venv_of_its_requirements_alone(built, venv):
     np.testing.assert_allclose(here, there, rtol=0, atol=2e-6)
     worst = next(i for i, t in enumerate(texts) if t[:80] == recorded["worst_text"])
     assert here[worst] == pytest.approx(here.min(), abs=2e-6)
-    verify = subprocess.run(
-        [str(venv), str(bundle), "verify"], capture_output=True, text=True, env=clean_env()
-    )
+    verify = subprocess.run([str(venv), str(bundle), "verify"], capture_output=True, text=True, env=clean_env())
     assert verify.returncode == 0 and verify.stdout.startswith("ok: "), verify.stderr
 
 
@@ -140,16 +167,19 @@ def test_rebuilds_give_the_same_archive_and_only_timings_differ_from_scratch(
     summary, _ = built
     warm = build(tiny_bert_master, tmp_path / "warm", profiles_dir)
     assert warm["cached_stages"] == [
-        "wheels", "export", "reference", "quantize/tiny-int8", "evaluate/tiny-int8", "bench/tiny-int8"
-    ]  # fmt: skip
+        "wheels",
+        "export",
+        "reference",
+        "quantize/tiny-int8",
+        "evaluate/tiny-int8",
+        "bench/tiny-int8",
+    ]
     assert sha256_file(Path(warm["archive"])) == sha256_file(Path(summary["archive"]))
     # From scratch, export, quantization, evaluation and the wheels are byte-stable; the bench
     # stage measures afresh, so its numbers (in manifest.json and README.md) are all that changes.
     cold = build(tiny_bert_master, tmp_path / "cold", profiles_dir, "--no-cache")
     assert cold["cached_stages"] == []
-    first, second = (
-        json.loads((Path(s["bundle_dir"]) / "manifest.json").read_text()) for s in (summary, cold)
-    )
+    first, second = (json.loads((Path(s["bundle_dir"]) / "manifest.json").read_text()) for s in (summary, cold))
     assert without_timings(first) == without_timings(second)
 
 
@@ -157,16 +187,25 @@ def test_download_failure_is_one_line_and_publishes_nothing(tiny_bert_master, tm
     target = (Path(__file__).parent.parent / "targets" / "laptop-avx2.yaml").read_text()
     odd = tmp_path / "targets" / "odd.yaml"
     odd.parent.mkdir()
-    odd.write_text(
-        target.replace("name: laptop-avx2", "name: odd").replace(
-            "manylinux_2_28_x86_64", "linux_nowhere"
-        )
-    )
+    odd.write_text(target.replace("name: laptop-avx2", "name: odd").replace("manylinux_2_28_x86_64", "linux_nowhere"))
     proc = subprocess.run(
-        [*EDGEPIPE, "build", "--model", str(tiny_bert_master), "--target", "odd", "--targets-dir",
-         str(odd.parent), "--out", str(tmp_path / "out"), "--with-wheels"],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            *EDGEPIPE,
+            "build",
+            "--model",
+            str(tiny_bert_master),
+            "--target",
+            "odd",
+            "--targets-dir",
+            str(odd.parent),
+            "--out",
+            str(tmp_path / "out"),
+            "--with-wheels",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 7, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "pip could not download the wheels for linux_nowhere" in errors[0]
@@ -182,12 +221,21 @@ def test_download_failure_is_one_line_and_publishes_nothing(tiny_bert_master, tm
         ("jetson-orin", ["--with-wheels"], "NVIDIA's onnxruntime-gpu, which is not on PyPI"),
     ],
 )
-def test_runtime_options_that_cannot_fit_are_refused(
-    tiny_bert_master, tmp_path, target, args, message
-):
+def test_runtime_options_that_cannot_fit_are_refused(tiny_bert_master, tmp_path, target, args, message):
     proc = subprocess.run(
-        [*EDGEPIPE, "build", "--model", str(tiny_bert_master), "--target", target,
-         "--out", str(tmp_path / "out"), *args],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            *EDGEPIPE,
+            "build",
+            "--model",
+            str(tiny_bert_master),
+            "--target",
+            target,
+            "--out",
+            str(tmp_path / "out"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 3 and message in proc.stderr, proc.stderr

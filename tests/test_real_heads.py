@@ -1,4 +1,4 @@
-"""Real-weight heads on all-MiniLM-L6-v2 (tests/bench/real_heads.py: a 5-intent classifier and a
+"""Real-weight heads on all-MiniLM-L6-v2 (benchmarks/real_heads.py: a 5-intent classifier and a
 distilled cross-encoder reranker, trained in code) built with rpi5's default int8 profile and scored
 on held-out commands: the sound recipe meets the int8 bars, a broken one (per-tensor s8 weights, no
 rescale, nothing kept float) misses them.
@@ -22,7 +22,7 @@ from edgepipe import catalog
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "bench"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from real_heads import (  # noqa: E402
     CLASSIFIER,
     DEFAULT_DIR,
@@ -47,9 +47,23 @@ def work(tmp_path_factory) -> Path:
 
 
 def _build(model: Path, work: Path, data: Path, *extra: str) -> tuple[int, dict, str]:
-    cmd = [sys.executable, "-m", "edgepipe", "build", "--model", str(model), "--target", "rpi5",
-           "--out", str(work / "dist"), "--no-bench", "--json", "--eval-data", str(data),
-           *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgepipe",
+        "build",
+        "--model",
+        str(model),
+        "--target",
+        "rpi5",
+        "--out",
+        str(work / "dist"),
+        "--no-bench",
+        "--json",
+        "--eval-data",
+        str(data),
+        *extra,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     lines = done.stdout.strip().splitlines()
     return done.returncode, json.loads(lines[-1]) if lines else {}, done.stderr
@@ -63,11 +77,7 @@ def test_real_head_meets_the_int8_bar(heads, work, name):
     assert summary["profile"] == "arm64-int8"
     got = summary["accuracy"]
     assert not summary["kept_float"]  # the first attempt meets the bar, nothing kept float
-    bar = (
-        catalog.profiles()
-        .load("arm64-int8")
-        .bar("classification" if name == CLASSIFIER else "reranking")
-    )
+    bar = catalog.profiles().load("arm64-int8").bar("classification" if name == CLASSIFIER else "reranking")
     if name == CLASSIFIER:
         assert got["agreement"] >= bar.min and got["mean_kl"] <= bar.max_kl / 2
     else:
@@ -88,6 +98,12 @@ def test_broken_int8_misses_the_bar(heads, work, name):
     (profiles / "broken-int8-real-bars.yaml").write_text(yaml.safe_dump(profile))
     data = work / ("heldout_texts.txt" if name == CLASSIFIER else "heldout_pairs.jsonl")
     code, _, stderr = _build(
-        heads[name], work, data, "-p", "broken-int8-real-bars", "--profiles-dir", str(profiles),
-    )  # fmt: skip
+        heads[name],
+        work,
+        data,
+        "-p",
+        "broken-int8-real-bars",
+        "--profiles-dir",
+        str(profiles),
+    )
     assert code == 5, stderr[-3000:]

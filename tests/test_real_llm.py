@@ -19,7 +19,7 @@ from edgepipe import catalog
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "bench"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 from real_llm import DEFAULT_DIR, GGUF_MEMBER, INSTRUCT, OFFGRID  # noqa: E402
 
 QUESTION = "What is the capital of France?"
@@ -35,8 +35,21 @@ def real_llm() -> Path:
 
 def build(model: Path, target: str, out: Path, *extra: str) -> tuple[dict, str]:
     """`edgepipe build` in its own process; its JSON summary and its stderr."""
-    cmd = [sys.executable, "-m", "edgepipe", "build", "--model", str(model), "--target", target,
-           "--out", str(out), "--no-bench", "--json", *extra]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edgepipe",
+        "build",
+        "--model",
+        str(model),
+        "--target",
+        target,
+        "--out",
+        str(out),
+        "--no-bench",
+        "--json",
+        *extra,
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1]), done.stderr
@@ -44,10 +57,11 @@ def build(model: Path, target: str, out: Path, *extra: str) -> tuple[dict, str]:
 
 def chat_answer(bundle: Path) -> str:
     done = subprocess.run(
-        [sys.executable, str(bundle), "generate", QUESTION, "--chat", "--json",
-         "--max-new-tokens", "24"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [sys.executable, str(bundle), "generate", QUESTION, "--chat", "--json", "--max-new-tokens", "24"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr
     return str(json.loads(done.stdout)["text"])
 
@@ -76,8 +90,6 @@ def test_the_real_gguf_builds_for_rpi5(real_llm, tmp_path):
     manifest = json.loads((Path(summary["bundle_dir"]) / "manifest.json").read_text())
     source = manifest["model"]["source"]
     assert source["format"] == "gguf" and source["quantization"] == "Q4_1"
-    assert source["digest"].endswith(
-        "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
-    )
+    assert source["digest"].endswith("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53")
     assert (real_llm / INSTRUCT).is_dir()  # what `make real-llm` converted from the same file
     assert "Paris" in chat_answer(Path(summary["bundle_dir"]))

@@ -9,9 +9,9 @@ import shutil
 import pytest
 from click.testing import CliRunner
 
-from edgepipe import sbom
 from edgepipe.cli import main
 from edgepipe.runtime.integrity import sha256_file
+from edgepipe.trust import sbom
 
 
 def validate(text: str) -> None:
@@ -31,9 +31,7 @@ def document(tiny_bundle) -> dict:
 
 def test_sbom_is_cyclonedx_1_6_and_covered_by_the_manifest(tiny_bundle, document):
     assert document["bomFormat"] == "CycloneDX" and document["specVersion"] == "1.6"
-    assert tiny_bundle.manifest["files"][sbom.SBOM] == sha256_file(
-        tiny_bundle.bundle_dir / sbom.SBOM
-    )
+    assert tiny_bundle.manifest["files"][sbom.SBOM] == sha256_file(tiny_bundle.bundle_dir / sbom.SBOM)
     assert document["metadata"]["component"]["name"] == tiny_bundle.bundle_dir.name
     tools = {t["name"]: t.get("version") for t in document["metadata"]["tools"]["components"]}
     assert tools["edgepipe"] == tiny_bundle.manifest["versions"]["edgepipe"]

@@ -30,9 +30,7 @@ DOCS = ["turn on the kitchen lights", "play some jazz", "what's the weather like
 
 
 def _build(model: Path, out: Path, *args: str) -> dict:
-    result = CliRunner().invoke(
-        main, ["build", "--model", str(model), "--out", str(out), "--json", *args]
-    )
+    result = CliRunner().invoke(main, ["build", "--model", str(model), "--out", str(out), "--json", *args])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     summary["manifest"] = json.loads((Path(summary["bundle_dir"]) / "manifest.json").read_text())
@@ -40,9 +38,7 @@ def _build(model: Path, out: Path, *args: str) -> dict:
 
 
 def run_bundle(bundle: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(bundle), *args], input=stdin, capture_output=True, timeout=120
-    )
+    return subprocess.run([sys.executable, str(bundle), *args], input=stdin, capture_output=True, timeout=120)
 
 
 def _torch_logits(model_dir: Path, items: list) -> np.ndarray:
@@ -101,9 +97,7 @@ def test_task_comes_from_the_head(models, tiny_bert_master):
         ("plain", "text-classification", "text-classification needs a sequence-classification"),
     ],
 )
-def test_a_task_the_model_cannot_do_is_one_line_exit_4(
-    models, tiny_bert_master, tmp_path, which, task, message
-):
+def test_a_task_the_model_cannot_do_is_one_line_exit_4(models, tiny_bert_master, tmp_path, which, task, message):
     model = tiny_bert_master if which == "plain" else models[which]
     result = CliRunner().invoke(
         main, ["build", "--model", str(model), "-t", "rpi5", "--task", task, "-o", str(tmp_path)]
@@ -238,9 +232,16 @@ def test_xlm_roberta_reranker_matches_transformers_and_keeps_floats(tmp_path):
     (tmp_path / "profiles").mkdir()
     (tmp_path / "profiles" / "exact-rank.yaml").write_text(EXACT_RANK)
     summary = _build(
-        model, tmp_path / "dist", "-t", "laptop-avx2", "-p", "exact-rank", "--no-bench",
-        "--profiles-dir", str(tmp_path / "profiles"),
-    )  # fmt: skip
+        model,
+        tmp_path / "dist",
+        "-t",
+        "laptop-avx2",
+        "-p",
+        "exact-rank",
+        "--no-bench",
+        "--profiles-dir",
+        str(tmp_path / "profiles"),
+    )
     first, kept = summary["attempts"][0], summary["kept_float"]
     assert first["kept_float"] == 0 and first["result"].startswith("worst-query Spearman")
     assert summary["accuracy"]["min_spearman"] == 1.0 and 1 <= len(kept) <= 12
@@ -260,8 +261,7 @@ def test_builtin_pairs_rank_each_query_against_its_group():
 
 def test_eval_pairs_file(tmp_path):
     path = tmp_path / "pairs.jsonl"
-    rows = [("lights", "turn on the lights"), ("lights", "play jazz"), ("jazz", "play jazz"),
-            ("jazz", "weather")]  # fmt: skip
+    rows = [("lights", "turn on the lights"), ("lights", "play jazz"), ("jazz", "play jazz"), ("jazz", "weather")]
     path.write_text("\n".join(json.dumps({"query": q, "document": d}) for q, d in rows))
     assert load_pairs(path) == (rows, [0, 0, 1, 1])
     path.write_text('{"query": "lights", "document": "a"}\n{"query": "lights"}\n')
@@ -285,7 +285,7 @@ def test_multi_label_heads_are_refused(models, tmp_path):
 
 
 def test_spearman_counts_ties_and_no_spread():
-    from edgepipe.runtime.classifier import spearman
+    from edgepipe.runtime.scorer import spearman
 
     a = np.array([0.1, 0.5, 0.3, 0.9])
     assert spearman(a, a * 10) == pytest.approx(1.0)
@@ -297,15 +297,19 @@ def test_spearman_counts_ties_and_no_spread():
 def test_profile_bars_must_measure_their_kind():
     from pydantic import ValidationError
 
-    from edgepipe.config import Profile
+    from edgepipe.catalog.config import Profile
 
     with pytest.raises(ValidationError, match="min_cosine does not measure reranking models"):
         Profile.model_validate(
-            {"name": "p", "description": "d", "method": "fp32", "task_kinds": ["reranking"],
-             "accuracy": {"min": 0.9}}
-        )  # fmt: skip
+            {"name": "p", "description": "d", "method": "fp32", "task_kinds": ["reranking"], "accuracy": {"min": 0.9}}
+        )
     profile = Profile.model_validate(
-        {"name": "p", "description": "d", "method": "fp32", "task_kinds": ["classification"],
-         "accuracy": {"metric": "label_agreement", "min": 0.9, "max_kl": 0.1}}
-    )  # fmt: skip
+        {
+            "name": "p",
+            "description": "d",
+            "method": "fp32",
+            "task_kinds": ["classification"],
+            "accuracy": {"metric": "label_agreement", "min": 0.9, "max_kl": 0.1},
+        }
+    )
     assert profile.bar("classification").max_kl == 0.1

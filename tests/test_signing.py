@@ -66,9 +66,20 @@ def signed_embedding(tiny_bundle, pair, tmp_path_factory) -> Path:
 
 def build_llama(model: Path, out: Path, key: Path) -> dict:
     result = cli(
-        "build", "--model", model, "--target", "laptop-avx2", "--profile", "fp32",
-        "--no-bench", "--out", out, "--sign-key", key, "--json",
-    )  # fmt: skip
+        "build",
+        "--model",
+        model,
+        "--target",
+        "laptop-avx2",
+        "--profile",
+        "fp32",
+        "--no-bench",
+        "--out",
+        out,
+        "--sign-key",
+        key,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     assert pem_body(key).decode()[:40] not in result.output  # nor in the build's log
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -125,10 +136,20 @@ def test_signed_bundle_and_archive_verify_with_the_key(signed, pair):
     assert result.exit_code == 0 and "signed (model.sig; pass --public-key" in result.output
     # The signature is model-signing's own format: its CLI verifies the bundle too.
     proc = subprocess.run(
-        [Path(sys.executable).parent / "model_signing", "verify", "key", signed,
-         "--signature", signed / SIGNATURE, "--public_key", pair[1]],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            Path(sys.executable).parent / "model_signing",
+            "verify",
+            "key",
+            signed,
+            "--signature",
+            signed / SIGNATURE,
+            "--public_key",
+            pair[1],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and "Verification succeeded" in proc.stdout, proc.stderr
 
 
@@ -203,23 +224,17 @@ def test_manifest_rewritten_to_match_a_changed_file(copy, pair):
 def test_truncated_signature(copy, pair):
     data = (copy / SIGNATURE).read_bytes()
     (copy / SIGNATURE).write_bytes(data[: len(data) // 2])
-    one_line_error(
-        cli("verify", copy, "--public-key", pair[1]), 6, "unreadable signature model.sig"
-    )
+    one_line_error(cli("verify", copy, "--public-key", pair[1]), 6, "unreadable signature model.sig")
 
 
 def test_signature_of_another_bundle(copy, signed_embedding, signed_generation, pair):
     other = signed_generation if copy.name == signed_embedding.name else signed_embedding
     shutil.copyfile(other / SIGNATURE, copy / SIGNATURE)
-    one_line_error(
-        cli("verify", copy, "--public-key", pair[1]), 6, "files differ from what was signed"
-    )
+    one_line_error(cli("verify", copy, "--public-key", pair[1]), 6, "files differ from what was signed")
 
 
 def run_bundle(root: Path, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(root), *map(str, args)], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, str(root), *map(str, args)], capture_output=True, text=True, timeout=120)
 
 
 def test_bundle_verifies_its_own_signature(copy, pair, other_pair):
@@ -283,8 +298,11 @@ def test_signed_archive_is_reproducible(signed_generation, llama, pair, tmp_path
     before = archive.read_bytes()
     proc = subprocess.run(
         [Path(sys.executable).parent / "edgepipe", "sign", signed_generation, "--key", pair[0]],
-        capture_output=True, text=True, timeout=120, env={"PYTHONHASHSEED": "7", "PATH": ""},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PYTHONHASHSEED": "7", "PATH": ""},
+    )
     assert proc.returncode == 0, proc.stderr
     assert archive.read_bytes() == before
 
@@ -304,19 +322,28 @@ def make_ca(dest: Path, name: str) -> tuple[Path, Path, Path]:
     start = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
     ca = (
-        x509.CertificateBuilder().subject_name(subject(name)).issuer_name(subject(name))
-        .public_key(ca_key.public_key()).serial_number(1).not_valid_before(start)
+        x509.CertificateBuilder()
+        .subject_name(subject(name))
+        .issuer_name(subject(name))
+        .public_key(ca_key.public_key())
+        .serial_number(1)
+        .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=3650))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+    )
     usage = x509.KeyUsage(True, False, False, False, False, False, False, False, False)
     leaf = (
-        x509.CertificateBuilder().subject_name(subject(f"{name} CI")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(2).not_valid_before(start)
+        x509.CertificateBuilder()
+        .subject_name(subject(f"{name} CI"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(2)
+        .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=365))
-        .add_extension(usage, critical=True).sign(ca_key, hashes.SHA256())
-    )  # fmt: skip
+        .add_extension(usage, critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
     dest.mkdir(parents=True)
     pem = serialization.Encoding.PEM
     (dest / "ca.pem").write_bytes(ca.public_bytes(pem))
@@ -344,13 +371,9 @@ def test_certificate_signing(signed_embedding, pair, tmp_path):
     one_line_error(cli("verify", bundle, "--certificate-chain", other_ca), 6, "is not trusted by")
     flip_byte(bundle / "model" / "model.onnx")
     one_line_error(cli("verify", bundle, "--certificate-chain", ca), 6, "Hash mismatch")
-    one_line_error(
-        cli("verify", signed_embedding, "--certificate-chain", ca), 6, "signed with a key, not"
-    )
+    one_line_error(cli("verify", signed_embedding, "--certificate-chain", ca), 6, "signed with a key, not")
     # The certificate must be the key's.
-    one_line_error(
-        cli("sign", signed_embedding, "--key", pair[0], "--certificate", cert), 3, "cannot sign"
-    )
+    one_line_error(cli("sign", signed_embedding, "--key", pair[0], "--certificate", cert), 3, "cannot sign")
 
 
 def test_bench_recording_removes_the_signature_it_invalidates(signed_embedding, pair, tmp_path):

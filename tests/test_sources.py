@@ -84,9 +84,7 @@ def test_tokenizer_missing_or_mismatched(tiny_bert, tmp_path):
     config = json.loads((tiny_bert / "config.json").read_text())
     config["vocab_size"] = 100
     (tiny_bert / "config.json").write_text(json.dumps(config))
-    with pytest.raises(
-        ModelError, match="model's vocab_size is 100; the tokenizer does not belong"
-    ):
+    with pytest.raises(ModelError, match="model's vocab_size is 100; the tokenizer does not belong"):
         sources.resolve(str(tiny_bert))
     (tiny_bert / "tokenizer.json").unlink()
     with pytest.raises(ModelError, match="no tokenizer.json"):

@@ -50,10 +50,7 @@ def test_removed_file(bundle_copy):
 
 def test_not_a_bundle(tmp_path):
     result = verify(tmp_path)
-    assert (
-        result.exit_code == 6
-        and "no manifest.json; this is not an edgepipe bundle" in result.output
-    )
+    assert result.exit_code == 6 and "no manifest.json; this is not an edgepipe bundle" in result.output
 
 
 def archive_with(tmp_path, tiny_bundle, extra: tarfile.TarInfo, data: bytes = b"") -> str:

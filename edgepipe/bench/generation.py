@@ -19,25 +19,25 @@ KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
 
 
 def measure(request: dict[str, Any]) -> dict[str, Any]:
-    from ..runtime.bench import peak_rss_mb
     from ..runtime.generator import GenerationConfig, Generator
+    from ..runtime.timing import peak_rss_mb
 
     config = GenerationConfig.from_json(request["runtime"])
     # No EOS: every run generates exactly new_tokens, whatever the (possibly random) weights say.
     config = dataclasses.replace(config, eos_token_ids=())
     start = time.perf_counter()
     generator = Generator(
-        Path(request["model"]), Path(request["tokenizer"]), config, threads=request["threads"],
+        Path(request["model"]),
+        Path(request["tokenizer"]),
+        config,
+        threads=request["threads"],
         spin=False,
-    )  # fmt: skip
+    )
     load_ms = (time.perf_counter() - start) * 1000
     ids = generator.encode(request["prompt"])
     for _ in range(request["warmup"]):
         generator.generate(ids, max_new_tokens=request["new_tokens"])
-    runs = [
-        generator.generate(ids, max_new_tokens=request["new_tokens"])
-        for _ in range(request["runs"])
-    ]
+    runs = [generator.generate(ids, max_new_tokens=request["new_tokens"]) for _ in range(request["runs"])]
     timings = {k: round(statistics.median(r.timings[k] for r in runs), 2) for k in KEYS}
     return {
         **timings,

@@ -12,17 +12,10 @@ from typing import Any
 
 from ..cache import StageCache, default_dir
 from ..errors import ConfigError, ModelError, StageError, VerifyError
-from ..runtime import measure, probe
-from ..runtime.integrity import TEXT_GENERATION, read_manifest
+from ..runtime import encoder_bench, probe
+from .budgets import is_generation, manifest_of
 
 MEASURED_ON = "build host"
-
-
-def manifest_of(root: Path) -> dict[str, Any]:
-    try:
-        return read_manifest(root)
-    except ValueError as exc:
-        raise VerifyError(str(exc)) from None
 
 
 def find_baseline(manifest: dict[str, Any], store: StageCache) -> Path | None:
@@ -49,8 +42,8 @@ def default_baseline(root: Path) -> tuple[Path | None, str, str | None]:
 
 def run_isolated(
     request: dict[str, Any],
-    progress: measure.Progress | None = None,
-    module: str = "edgepipe.runtime.measure",
+    progress: encoder_bench.Progress | None = None,
+    module: str = "edgepipe.runtime.encoder_bench",
 ) -> dict[str, Any]:
     """Run a measure request in a fresh Python process (``python -m module``, the embedding
     benchmark by default) that imports only the runtime.
@@ -88,9 +81,9 @@ def run_isolated(
         stdout.seek(0)
         output = stdout.read()
     message = next((e.removeprefix("error: ") for e in errors if e.startswith("error: ")), None)
-    if code == measure.EXIT_LOAD and message:
+    if code == encoder_bench.EXIT_LOAD and message:
         raise ModelError(message)
-    if code == measure.EXIT_SHAPE and message:
+    if code == encoder_bench.EXIT_SHAPE and message:
         raise ConfigError(message)
     if code != 0:
         last = errors[-1] if errors else f"exit status {code}"
@@ -107,24 +100,23 @@ def _package_root(pythonpath: str | None) -> str:
 
 def run(
     root: Path,
-    settings: measure.BenchSettings,
+    settings: encoder_bench.BenchSettings,
     baseline: Path | None,
-    progress: measure.Progress | None = None,
+    progress: encoder_bench.Progress | None = None,
     baseline_shown: str | None = None,
 ) -> dict[str, Any]:
     """The edgepipe.bench/1 document for the bundle at ``root`` (a text-generation bundle's:
     edgepipe.bench/2), labelled as host-measured."""
-    if manifest_of(root).get("task") == TEXT_GENERATION:  # measured alone: no fp32 baseline
+    if is_generation(manifest_of(root)):  # measured alone: no fp32 baseline
         request = {
             "root": str(root),
-            "settings": {"runs": settings.runs, "warmup": settings.warmup,
-                         "threads": settings.threads},
+            "settings": {"runs": settings.runs, "warmup": settings.warmup, "threads": settings.threads},
             "measured_on": MEASURED_ON,
-        }  # fmt: skip
+        }
         result = run_isolated(request, module="edgepipe.runtime.generation_bench")
         return {**result, "probe": probe.probe()}
     try:
-        request = measure.bundle_request(
+        request = encoder_bench.bundle_request(
             root,
             settings,
             measured_on=MEASURED_ON,

@@ -12,16 +12,10 @@ BENCH_SVG = "bench.svg"
 def where(bench: dict[str, Any]) -> str:
     """Who measured it on what, in words: host-measured numbers never pass for the device's."""
     machine, target = bench["machine"], bench["target"]
-    cpu = (
-        f"{machine['cpu']}, {machine['machine']}, ISA: {' '.join(machine['isa']) or 'none listed'}"
-    )
+    cpu = f"{machine['cpu']}, {machine['machine']}, ISA: {' '.join(machine['isa']) or 'none listed'}"
     if bench["measured_on"] == "build host":
         return f"measured on the build host ({cpu}), not on the target device ({target['name']})"
-    arch = (
-        "the target's arch"
-        if bench["machine_matches_target_arch"]
-        else f"not the target's arch ({target['arch']})"
-    )
+    arch = "the target's arch" if bench["machine_matches_target_arch"] else f"not the target's arch ({target['arch']})"
     return f"measured by the bundle runtime on {cpu}; {arch}"
 
 
@@ -37,8 +31,7 @@ def markdown(name: str, bench: dict[str, Any]) -> str:
             f"| {str(r['speedup_vs_fp32']) + 'x' if fp32 else '-'} |"
         )
     models = [
-        f"| {label} | `{m['path']}` | {m['size_bytes'] / 1e6:.1f} | {m['load_ms']} "
-        f"| {m['first_inference_ms']} |"
+        f"| {label} | `{m['path']}` | {m['size_bytes'] / 1e6:.1f} | {m['load_ms']} | {m['first_inference_ms']} |"
         for label, m in bench["models"].items()
         if m
     ]
@@ -47,10 +40,14 @@ def markdown(name: str, bench: dict[str, Any]) -> str:
         if bench["models"]["fp32"]
         else "no fp32 baseline in this run"
     )
-    short = "" if bench["complete"] else (
-        f"\n**Incomplete:** the {bench['max_seconds']} s limit stopped some shapes before "
-        f"{bench['runs']} runs; the runs column says how many were timed.\n"
-    )  # fmt: skip
+    short = (
+        ""
+        if bench["complete"]
+        else (
+            f"\n**Incomplete:** the {bench['max_seconds']} s limit stopped some shapes before "
+            f"{bench['runs']} runs; the runs column says how many were timed.\n"
+        )
+    )
     return f"""# Benchmark: {name}
 
 Latency {where(bench)}.
@@ -103,12 +100,10 @@ def svg(bench: dict[str, Any]) -> str:
         parts += [
             f'<text x="10" y="{y + 14}">{escape(text)}</text>',
             f'<text x="{left - 40}" y="{y + 14}" fill="#555">{label}</text>',
-            f'<rect x="{left}" y="{y + 3}" width="{p50:.1f}" height="{row - 8}" '
-            f'fill="{colors[label]}"/>',
+            f'<rect x="{left}" y="{y + 3}" width="{p50:.1f}" height="{row - 8}" fill="{colors[label]}"/>',
             f'<line x1="{left + p50:.1f}" y1="{y + row / 2 - 1}" x2="{left + p99:.1f}" '
             f'y2="{y + row / 2 - 1}" stroke="#333"/>',
-            f'<line x1="{left + p99:.1f}" y1="{y + 6}" x2="{left + p99:.1f}" y2="{y + row - 8}" '
-            f'stroke="#333"/>',
+            f'<line x1="{left + p99:.1f}" y1="{y + 6}" x2="{left + p99:.1f}" y2="{y + row - 8}" stroke="#333"/>',
             f'<text x="{left + p99 + 6:.1f}" y="{y + 14}">{s["p50_ms"]}</text>',
         ]
     parts.append("</svg>")

@@ -74,9 +74,7 @@ def _attention(model_type: str, config: dict[str, Any]) -> Attention | str:
     positions = config.get("max_position_embeddings") or config.get("n_positions")
     common = {
         "num_attention_heads": heads,
-        "num_hidden_layers": int(
-            config.get("num_hidden_layers") or config.get("n_layer") or config["num_layers"]
-        ),
+        "num_hidden_layers": int(config.get("num_hidden_layers") or config.get("n_layer") or config["num_layers"]),
         "hidden_size": hidden,
         "head_dim": head_dim,
         "max_position_embeddings": int(positions or 2048),
@@ -124,10 +122,7 @@ def _checked(attention: Attention) -> Attention | str:
     head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // heads)
     width = int(head_dim * float(config.get("partial_rotary_factor", 1.0))) // 2
     if width % 8:
-        return (
-            f"rotary width {2 * width} of head_dim {head_dim} is not a multiple of 16 "
-            "(GroupQueryAttention needs it)"
-        )
+        return f"rotary width {2 * width} of head_dim {head_dim} is not a multiple of 16 (GroupQueryAttention needs it)"
     return attention
 
 
@@ -181,9 +176,7 @@ def _skip_present_casts(graph: Any) -> None:
         old = concat.output[0]
         concat.output[0] = output.name
         cast.output[0] = f"{output.name}/cast"
-        graph.node.append(
-            helper.make_node("Identity", [output.name], [old], name=f"{old}/Identity")
-        )
+        graph.node.append(helper.make_node("Identity", [output.name], [old], name=f"{old}/Identity"))
 
 
 def _constant(graph: Any, name: str) -> Any:
@@ -229,9 +222,7 @@ def _split(graph: Any, layer: int, matmul: Any, add: Any, config: dict[str, Any]
 
     def columns(slots: list[tuple[int, int]]) -> np.ndarray:
         """The columns of (group, slot) heads in that order."""
-        return np.concatenate(
-            [np.arange(head_dim) + (g * (per_group + 2) + s) * head_dim for g, s in slots]
-        )
+        return np.concatenate([np.arange(head_dim) + (g * (per_group + 2) + s) * head_dim for g, s in slots])
 
     query = columns([(g, i) for g in range(groups) for i in range(per_group)])
     repeat = per_group if new_architecture else 1  # the export's cache holds a head per query
@@ -241,16 +232,12 @@ def _split(graph: Any, layer: int, matmul: Any, add: Any, config: dict[str, Any]
         name = LLAMA.format(layer=layer, proj=proj, op="MatMul")
         graph.initializer.append(numpy_helper.from_array(weight[:, cols].copy(), f"{name}.weight"))
         output = f"{name}_output_0"
-        graph.node.append(
-            helper.make_node("MatMul", [matmul.input[0], f"{name}.weight"], [output], name=name)
-        )
+        graph.node.append(helper.make_node("MatMul", [matmul.input[0], f"{name}.weight"], [output], name=name))
         if bias is not None:
             add_name = LLAMA.format(layer=layer, proj=proj, op="Add")
             graph.initializer.append(numpy_helper.from_array(bias[cols].copy(), f"{add_name}.bias"))
             graph.node.append(
-                helper.make_node(
-                    "Add", [output, f"{add_name}.bias"], [f"{add_name}_output_0"], name=add_name
-                )
+                helper.make_node("Add", [output, f"{add_name}.bias"], [f"{add_name}_output_0"], name=add_name)
             )
     matmul.name = f"{matmul.name}/packed"
     if add is not None:

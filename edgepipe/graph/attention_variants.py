@@ -91,8 +91,7 @@ class Variants:
         config = self.config
         kind = layer_types(config)[layer]
         if owns_rope(config):
-            gqa.input[7], gqa.input[8] = self._table("local" if kind == LOCAL else "global",
-                                                     rope_caches)  # fmt: skip
+            gqa.input[7], gqa.input[8] = self._table("local" if kind == LOCAL else "global", rope_caches)
         gqa.input[0] = self._inputs.get((layer, "q"), gqa.input[0])
         gqa.input[1] = self._inputs.get((layer, "k"), gqa.input[1])
 
@@ -139,9 +138,7 @@ class Variants:
             node = producer.get(name)
             if node is None:
                 return name in initializers
-            return node.op_type == "Constant" or (
-                node.op_type == "Identity" and constant(node.input[0])
-            )
+            return node.op_type == "Constant" or (node.op_type == "Identity" and constant(node.input[0]))
 
         entries = {name for n in inside for name in n.input if name and name not in made}
         entries = {name for name in entries if not constant(name)}
@@ -160,18 +157,13 @@ class Variants:
         base = f"{self.prefix}/layers.{layer}/{which}_normed"
         if "Transpose" in steps:  # normed as [batch, heads, seq, head_dim] (Gemma 3)
             self.nodes.append(
-                helper.make_node("Transpose", [out], [f"{base}/bshd"], perm=[0, 2, 1, 3],
-                                 name=f"{base}/Transpose")
-            )  # fmt: skip
+                helper.make_node("Transpose", [out], [f"{base}/bshd"], perm=[0, 2, 1, 3], name=f"{base}/Transpose")
+            )
             out = f"{base}/bshd"
         if steps:  # per head: [batch, seq, heads, head_dim] -> [batch, seq, heads x head_dim]
             shape = f"{self.prefix}/bs_hd"
             if shape not in {i.name for i in self.initializers}:
-                self.initializers.append(
-                    numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape)
-                )
-            self.nodes.append(
-                helper.make_node("Reshape", [out, shape], [base], name=f"{base}/Reshape")
-            )
+                self.initializers.append(numpy_helper.from_array(np.array([0, 0, -1], np.int64), shape))
+            self.nodes.append(helper.make_node("Reshape", [out, shape], [base], name=f"{base}/Reshape"))
             out = base
         return out

@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from ..config import Target
+from ..catalog.config import Target
 from ..errors import ConfigError, ModelError
 
 # onnxruntime release -> (highest ONNX opset, highest IR version) it runs; from onnxruntime's
@@ -72,13 +72,9 @@ def check_external_data(path: Path) -> None:
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
         pure = PurePosixPath(location.replace("\\", "/"))
         if pure.is_absolute() or ".." in pure.parts or not location:
-            raise ModelError(
-                f"{path}: external data '{location}' lies outside the model's directory"
-            )
+            raise ModelError(f"{path}: external data '{location}' lies outside the model's directory")
         data = path.parent / location
         if data.is_symlink():
             raise ModelError(f"{path}: external data '{location}' is a symlink; refused")
         if not data.resolve().is_relative_to(root):
-            raise ModelError(
-                f"{path}: external data '{location}' lies outside the model's directory"
-            )
+            raise ModelError(f"{path}: external data '{location}' lies outside the model's directory")

@@ -38,9 +38,7 @@ def rank(
     fp32 = {name: external.array(inits[name]) for name in weights}  # mapped, not copied
     for name in weights:
         probe.graph.initializer.remove(inits[name])
-        probe.graph.input.append(
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, fp32[name].shape)
-        )
+        probe.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, fp32[name].shape))
     options = ort.SessionOptions()
     options.log_severity_level = 3  # its warnings are about the probe graph, not the model
     options.intra_op_num_threads = threads
@@ -50,8 +48,7 @@ def rank(
     ranking = []
     for node in nodes:
         bits = next(b for (w, b) in codes if w == node.input[1])
-        swapped = {**fp32, node.input[1]: codes[(node.input[1], bits)].dequantize(
-            fp32[node.input[1]].shape[0])}  # fmt: skip
+        swapped = {**fp32, node.input[1]: codes[(node.input[1], bits)].dequantize(fp32[node.input[1]].shape[0])}
         kls = []
         for feed, lp in zip(texts, reference, strict=True):
             lq = log_softmax(session.run(["logits"], {**feed, **swapped})[0][0])

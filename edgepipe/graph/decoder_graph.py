@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import families
+from ..catalog import families
 from ..runtime.kvcache import ATTENTION_HEADS_KEY, KV_CACHE_KEY, LOGITS_TO_KEEP, SHARED_BUFFER
 from . import attention_layers, attention_patterns, attention_variants, external, rope
 
@@ -38,9 +38,7 @@ MS_DOMAIN = "com.microsoft"
 _PROJ = re.compile(r"/model/layers\.(\d+)/self_attn/(qkv|[qkvo])_proj/MatMul$")
 
 
-def optimize(
-    model_in: Path, model_out: Path, config: dict[str, Any] | None = None
-) -> dict[str, Any]:
+def optimize(model_in: Path, model_out: Path, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Rewrite the attention of every layer to GroupQueryAttention; returns what was done.
 
     ``config`` is the Hugging Face config.json (read from beside ``model_in`` when omitted).
@@ -135,19 +133,27 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
         return 0, "longrope without a position_ids input"
     positions = positions and rope_positions
     shared = [
-        helper.make_node("ReduceSum", ["attention_mask", f"{prefix}/axis1"], [f"{prefix}/lengths"],
-                         keepdims=0, name=f"{prefix}/ReduceSum"),
-        helper.make_node("Sub", [f"{prefix}/lengths", f"{prefix}/one"], [f"{prefix}/last"],
-                         name=f"{prefix}/Sub"),
-        helper.make_node("Cast", [f"{prefix}/last"], [f"{prefix}/seqlens_k"], to=TensorProto.INT32,
-                         name=f"{prefix}/Cast"),
-        helper.make_node("Shape", ["attention_mask"], [f"{prefix}/mask_len"], start=1, end=2,
-                         name=f"{prefix}/Shape"),
-        helper.make_node("Squeeze", [f"{prefix}/mask_len"], [f"{prefix}/total64"],
-                         name=f"{prefix}/Squeeze"),
-        helper.make_node("Cast", [f"{prefix}/total64"], [f"{prefix}/total_sequence_length"],
-                         to=TensorProto.INT32, name=f"{prefix}/Cast_1"),
-    ]  # fmt: skip
+        helper.make_node(
+            "ReduceSum",
+            ["attention_mask", f"{prefix}/axis1"],
+            [f"{prefix}/lengths"],
+            keepdims=0,
+            name=f"{prefix}/ReduceSum",
+        ),
+        helper.make_node("Sub", [f"{prefix}/lengths", f"{prefix}/one"], [f"{prefix}/last"], name=f"{prefix}/Sub"),
+        helper.make_node(
+            "Cast", [f"{prefix}/last"], [f"{prefix}/seqlens_k"], to=TensorProto.INT32, name=f"{prefix}/Cast"
+        ),
+        helper.make_node("Shape", ["attention_mask"], [f"{prefix}/mask_len"], start=1, end=2, name=f"{prefix}/Shape"),
+        helper.make_node("Squeeze", [f"{prefix}/mask_len"], [f"{prefix}/total64"], name=f"{prefix}/Squeeze"),
+        helper.make_node(
+            "Cast",
+            [f"{prefix}/total64"],
+            [f"{prefix}/total_sequence_length"],
+            to=TensorProto.INT32,
+            name=f"{prefix}/Cast_1",
+        ),
+    ]
     shared_init = [
         numpy_helper.from_array(np.array([1], np.int64), f"{prefix}/axis1"),
         numpy_helper.from_array(np.array(1, np.int64), f"{prefix}/one"),
@@ -155,9 +161,8 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
     ]
     variants = attention_variants.Variants(config, head_dim, prefix, dtype)
     why_not = variants.prepare(
-        graph, {n: (projected(p["q"]), projected(p["k"])) for n, p in projections.items()
-                if {"q", "k"} <= set(p)}
-    )  # fmt: skip
+        graph, {n: (projected(p["q"]), projected(p["k"])) for n, p in projections.items() if {"q", "k"} <= set(p)}
+    )
     if why_not:
         return 0, why_not
     new_nodes = []
@@ -178,20 +183,20 @@ def fuse_group_query_attention(model: Any, config: dict[str, Any]) -> tuple[int,
             dtype = _elem_type(graph, past)
         attn_out = f"{prefix}/layers.{layer}/output"
         attrs = attention_layers.attributes(config, layer, head_dim)
-        rotary = (
-            [f"{prefix}/cos_cache", f"{prefix}/sin_cache", positions] if attrs["do_rotary"] else []
-        )
+        rotary = [f"{prefix}/cos_cache", f"{prefix}/sin_cache", positions] if attrs["do_rotary"] else []
         new_nodes.append(
             helper.make_node(
                 "GroupQueryAttention",
-                [*qkv, past_k, past_v,
-                 f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length", *rotary],
+                [*qkv, past_k, past_v, f"{prefix}/seqlens_k", f"{prefix}/total_sequence_length", *rotary],
                 [attn_out, present_k, present_v],
                 name=f"/model/layers.{layer}/self_attn/GroupQueryAttention",
-                domain=MS_DOMAIN, num_heads=heads, kv_num_heads=kv_heads,
-                rotary_interleaved=int(attention.interleaved), **attrs,
+                domain=MS_DOMAIN,
+                num_heads=heads,
+                kv_num_heads=kv_heads,
+                rotary_interleaved=int(attention.interleaved),
+                **attrs,
             )
-        )  # fmt: skip
+        )
         variants.apply(new_nodes[-1], layer, rope.rope_caches)
         # The old Concats lose their outputs (the GQA node now writes present.*); o_proj reads GQA.
         producer[present_k].output[0] = f"{prefix}/dead/{layer}/k"
@@ -228,24 +233,31 @@ def keep_last_logits(graph: Any) -> bool:
     # Per-position ops after the lm_head: a soft-cap (Gemma 2: Div, Tanh, Mul), a bias (GPT-J,
     # Phi-2: Add), a Cast.
     while head is not None and head.op_type in ("Div", "Tanh", "Mul", "Cast", "Add"):
-        head = next((producer[i] for i in head.input
-                     if i in producer and producer[i].op_type != "Constant"), None)  # fmt: skip
+        head = next((producer[i] for i in head.input if i in producer and producer[i].op_type != "Constant"), None)
     if head is None or head.op_type != "MatMul" or LOGITS_TO_KEEP in {i.name for i in graph.input}:
         return False
     prefix = "edgepipe_logits"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array([0], np.int64), LOGITS_TO_KEEP),
-        numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), f"{prefix}/end"),
-        numpy_helper.from_array(np.array([1], np.int64), f"{prefix}/axis"),
-    ])  # fmt: skip
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([0], np.int64), LOGITS_TO_KEEP),
+            numpy_helper.from_array(np.array([np.iinfo(np.int64).max], np.int64), f"{prefix}/end"),
+            numpy_helper.from_array(np.array([1], np.int64), f"{prefix}/axis"),
+        ]
+    )
     # An input with an initializer: the default unless a run feeds it (onnxruntime's
     # get_overridable_initializers lists it).
     graph.input.append(helper.make_tensor_value_info(LOGITS_TO_KEEP, TensorProto.INT64, [1]))
-    graph.node.extend([
-        helper.make_node("Neg", [LOGITS_TO_KEEP], [f"{prefix}/start"], name=f"{prefix}/Neg"),
-        helper.make_node("Slice", [head.input[0], f"{prefix}/start", f"{prefix}/end",
-                                   f"{prefix}/axis"], [f"{prefix}/hidden"], name=f"{prefix}/Slice"),
-    ])  # fmt: skip
+    graph.node.extend(
+        [
+            helper.make_node("Neg", [LOGITS_TO_KEEP], [f"{prefix}/start"], name=f"{prefix}/Neg"),
+            helper.make_node(
+                "Slice",
+                [head.input[0], f"{prefix}/start", f"{prefix}/end", f"{prefix}/axis"],
+                [f"{prefix}/hidden"],
+                name=f"{prefix}/Slice",
+            ),
+        ]
+    )
     head.input[0] = f"{prefix}/hidden"
     _topological_sort(graph)
     return True
@@ -274,8 +286,7 @@ def pack_projections(graph: Any) -> int:
             return None
         init = numpy_helper.from_array(np.concatenate(arrays, axis=1), f"{name}.weight")  # type: ignore[arg-type]
         graph.initializer.append(init)
-        node = helper.make_node("MatMul", [nodes[0].input[0], init.name], [f"{name}_output_0"],
-                                name=f"{name}/MatMul")  # fmt: skip
+        node = helper.make_node("MatMul", [nodes[0].input[0], init.name], [f"{name}_output_0"], name=f"{name}/MatMul")
         graph.node.append(node)
         return node, [int(a.shape[1]) for a in arrays]  # type: ignore[union-attr]
 
@@ -287,9 +298,10 @@ def pack_projections(graph: Any) -> int:
         split = numpy_helper.from_array(np.array(made[1], np.int64), f"{name}/split")
         graph.initializer.append(split)
         graph.node.append(
-            helper.make_node("Split", [made[0].output[0], split.name],
-                             [n.output[0] for n in nodes], axis=-1, name=f"{name}/Split")
-        )  # fmt: skip
+            helper.make_node(
+                "Split", [made[0].output[0], split.name], [n.output[0] for n in nodes], axis=-1, name=f"{name}/Split"
+            )
+        )
         for old in nodes:
             old.output[0] = f"{old.output[0]}/unpacked"
         return len(nodes) - 1
@@ -306,8 +318,11 @@ def pack_projections(graph: Any) -> int:
         elif qkv[2] is not None and qkv[2].output[0] == gqa.input[2]:
             # q and k normed before the attention (Qwen3, OLMo 2, Gemma 3): split for the norms.
             removed += packed_split(qkv, f"/model/{layer}/self_attn/qkv_proj")
-        mlp = [by_name[f"/model/{layer}/mlp/{x}_proj/MatMul"] for x in ("gate", "up")
-               if f"/model/{layer}/mlp/{x}_proj/MatMul" in by_name]  # fmt: skip
+        mlp = [
+            by_name[f"/model/{layer}/mlp/{x}_proj/MatMul"]
+            for x in ("gate", "up")
+            if f"/model/{layer}/mlp/{x}_proj/MatMul" in by_name
+        ]
         if len(mlp) == 2:
             removed += packed_split(mlp, f"/model/{layer}/mlp/gate_up_proj")
     _topological_sort(graph)

@@ -94,9 +94,12 @@ def _pad(weight: np.ndarray, block: int) -> np.ndarray:
 
 
 def rtn(
-    weight: np.ndarray, bits: int, block: int, importance: np.ndarray | None = None,
+    weight: np.ndarray,
+    bits: int,
+    block: int,
+    importance: np.ndarray | None = None,
     clips: tuple[float, ...] = CLIPS,
-) -> Quantized:  # fmt: skip
+) -> Quantized:
     """Round-to-nearest, each block's clip searched; ``importance`` [K] weights the error."""
     k = weight.shape[0]
     w = _pad(weight, block)
@@ -118,9 +121,14 @@ def rtn(
 
 
 def gptq(
-    weight: np.ndarray, hessian: np.ndarray, bits: int, block: int, damp: float = 0.01,
-    clips: tuple[float, ...] = CLIPS, act_order: bool = False,
-) -> Quantized:  # fmt: skip
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    bits: int,
+    block: int,
+    damp: float = 0.01,
+    clips: tuple[float, ...] = CLIPS,
+    act_order: bool = False,
+) -> Quantized:
     """GPTQ of ``weight`` [K, N] given the calibration Hessian ``hessian`` = X^T X [K, K].
 
     ``act_order``: the block parameters are fixed first (from the unchanged weights), then the
@@ -140,9 +148,14 @@ def gptq(
 
 
 def _gptq(
-    weight: np.ndarray, hessian: np.ndarray, bits: int, block: int, damp: float,
-    clips: tuple[float, ...], act_order: bool,
-) -> Quantized:  # fmt: skip
+    weight: np.ndarray,
+    hessian: np.ndarray,
+    bits: int,
+    block: int,
+    damp: float,
+    clips: tuple[float, ...],
+    act_order: bool,
+) -> Quantized:
     import torch
 
     k = weight.shape[0]
@@ -158,9 +171,7 @@ def _gptq(
         return _gptq_ordered(w, h, importance, bits, block, damp, clips)
     h += torch.eye(padded, dtype=torch.float64) * damp * torch.mean(torch.diag(h))
     # The upper Cholesky factor of H^-1 gives each column's update row (the GPTQ paper's trick).
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(
-        torch.float32
-    )
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
     maxq = (1 << bits) - 1
     codes = torch.zeros((n, padded), dtype=torch.uint8)
     scales = np.zeros((n, padded // block), np.float32)
@@ -191,9 +202,14 @@ def _gptq(
 
 
 def _gptq_ordered(
-    w: Any, h: Any, importance: Any, bits: int, block: int, damp: float,
+    w: Any,
+    h: Any,
+    importance: Any,
+    bits: int,
+    block: int,
+    damp: float,
     clips: tuple[float, ...],
-) -> Quantized:  # fmt: skip
+) -> Quantized:
     import torch
 
     n, padded = w.shape
@@ -206,9 +222,7 @@ def _gptq_ordered(
     w = w[:, order].clone()
     h = h[order][:, order]
     h += torch.eye(padded, dtype=torch.float64) * damp * torch.mean(torch.diag(h))
-    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(
-        torch.float32
-    )
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True).to(torch.float32)
     groups = order // block
     codes = torch.zeros((n, padded), dtype=torch.uint8)
     span = 128

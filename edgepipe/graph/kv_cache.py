@@ -36,11 +36,7 @@ Scales = dict[str, tuple[np.ndarray, np.ndarray]]  # layer -> key, value scales 
 
 def cache_values(graph: Any) -> list[Any]:
     """The graph's cache inputs and outputs (ValueInfoProto)."""
-    return [
-        v
-        for v in [*graph.input, *graph.output]
-        if v.name.startswith(PAST) or v.name.startswith(PRESENT)
-    ]
+    return [v for v in [*graph.input, *graph.output] if v.name.startswith(PAST) or v.name.startswith(PRESENT)]
 
 
 def declared(model: Any) -> str:
@@ -116,11 +112,13 @@ def set_int8_cache(model: Any, scales: Scales) -> None:
         inputs = [*node.input, *[""] * (12 - len(node.input))][:12] + names
         del node.input[:]
         node.input.extend(inputs)
-        node.attribute.extend([
-            helper.make_attribute("k_quant_type", "PER_CHANNEL"),
-            helper.make_attribute("v_quant_type", "PER_CHANNEL"),
-            helper.make_attribute("kv_cache_bit_width", 8),
-        ])  # fmt: skip
+        node.attribute.extend(
+            [
+                helper.make_attribute("k_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+                helper.make_attribute("kv_cache_bit_width", 8),
+            ]
+        )
     values = cache_values(graph)
     for value in values:
         value.type.tensor_type.elem_type = ELEM_TYPES[INT8]

@@ -39,9 +39,11 @@ def weight_matmuls(graph: Any) -> list[Any]:
 
 
 def hessians(
-    model: Any, feeds: Iterable[Mapping[str, np.ndarray]], names: Sequence[str] | None = None,
+    model: Any,
+    feeds: Iterable[Mapping[str, np.ndarray]],
+    names: Sequence[str] | None = None,
     threads: int = 0,
-) -> dict[str, np.ndarray]:  # fmt: skip
+) -> dict[str, np.ndarray]:
     """X^T X (float64 [K, K]) of each weight MatMul's input (or of ``names``), summed over every
     position fed."""
     import onnx
@@ -113,9 +115,13 @@ def quantize(
         if accuracy_level:
             attrs["accuracy_level"] = accuracy_level
         replaced[node.name] = helper.make_node(
-            "MatMulNBits", [node.input[0], *done[key]], list(node.output),
-            name=f"{node.name}_Q{nbits}", domain="com.microsoft", **attrs,
-        )  # fmt: skip
+            "MatMulNBits",
+            [node.input[0], *done[key]],
+            list(node.output),
+            name=f"{node.name}_Q{nbits}",
+            domain="com.microsoft",
+            **attrs,
+        )
         counts[nbits] += 1
     nodes = [replaced.get(node.name, node) for node in graph.node]
     del graph.node[:]
@@ -126,9 +132,7 @@ def quantize(
     return {"int4": counts[4], "int8": counts[8]}
 
 
-def decoder_feeds(
-    ids: Sequence[Sequence[int]], inputs: Sequence[Any]
-) -> Iterable[dict[str, np.ndarray]]:
+def decoder_feeds(ids: Sequence[Sequence[int]], inputs: Sequence[Any]) -> Iterable[dict[str, np.ndarray]]:
     """Full-sequence feeds (an empty KV cache) for a decoder export's ``inputs``, one text each."""
     empties: dict[str, np.ndarray] = {}
     for value in inputs:
@@ -149,9 +153,12 @@ def decoder_feeds(
 
 
 def gptq_codes(
-    model: Any, feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]], bits: int, block: int,
+    model: Any,
+    feeds: Callable[[], Iterable[Mapping[str, np.ndarray]]],
+    bits: int,
+    block: int,
     budget_bytes: int = 1 << 30,
-) -> Codes:  # fmt: skip
+) -> Codes:
     """GPTQ codes at ``bits`` for every weight MatMul of ``model`` (left unchanged).
 
     The Hessians of at most ``budget_bytes`` (as float64) are held at once: the calibration
@@ -176,8 +183,6 @@ def gptq_codes(
                 key = (node.input[1], bits)
                 if key not in codes:
                     weight = external.array(inits[node.input[1]])
-                    codes[key] = gptq.gptq(
-                        weight, stats[name], bits, block, damp=DAMP, act_order=True
-                    )
+                    codes[key] = gptq.gptq(weight, stats[name], bits, block, damp=DAMP, act_order=True)
         del stats
     return codes

@@ -47,9 +47,7 @@ def unsupported(config: dict[str, Any]) -> str | None:
     """Why the model's RoPE is no static cos/sin table, or None."""
     kind = rope_type(config)
     if kind not in STATIC_TYPES:
-        return f"rope_scaling type {kind!r} has no static cos/sin table (supported: " + (
-            f"{', '.join(STATIC_TYPES)})"
-        )
+        return f"rope_scaling type {kind!r} has no static cos/sin table (supported: " + (f"{', '.join(STATIC_TYPES)})")
     return None
 
 
@@ -138,13 +136,10 @@ def _longrope(config: dict[str, Any], scaling: dict[str, Any], base: float, dim:
     def inv(factors: list[float]) -> np.ndarray:
         return np.float32(1.0) / (np.asarray(factors, np.float32) * powers)
 
-    return Rope(inv(scaling["short_factor"]), float(attention), inv(scaling["long_factor"]),
-                int(original))  # fmt: skip
+    return Rope(inv(scaling["short_factor"]), float(attention), inv(scaling["long_factor"]), int(original))
 
 
-def rope_caches(
-    config: dict[str, Any], head_dim: int, prefix: str, dtype: int
-) -> tuple[list[Any], list[Any], str]:
+def rope_caches(config: dict[str, Any], head_dim: int, prefix: str, dtype: int) -> tuple[list[Any], list[Any], str]:
     """Nodes (and their small constants) computing ``{prefix}/cos_cache`` and ``sin_cache``
     [rows, rotary_dim/2] (positions x inv_freq, in float32, times the attention scaling), and the
     name of the position ids GroupQueryAttention reads (``position_ids``, or for longrope the ids
@@ -173,18 +168,25 @@ def rope_caches(
             numpy_helper.from_array(np.array(float(rows), np.float32), f"{p}/limit"),
         ]
         nodes += [
-            helper.make_node("Range", [f"{prefix}/rope_start", f"{p}/limit", f"{prefix}/rope_delta"],
-                             [f"{p}/positions"], name=f"{p}/Range"),
-            helper.make_node("Unsqueeze", [f"{p}/positions", f"{prefix}/axis1"],
-                             [f"{p}/positions_2d"], name=f"{p}/Unsqueeze"),
-            helper.make_node("Mul", [f"{p}/positions_2d", f"{p}/inv_freq"], [f"{p}/freqs"],
-                             name=f"{p}/Mul"),
-        ]  # fmt: skip
+            helper.make_node(
+                "Range",
+                [f"{prefix}/rope_start", f"{p}/limit", f"{prefix}/rope_delta"],
+                [f"{p}/positions"],
+                name=f"{p}/Range",
+            ),
+            helper.make_node(
+                "Unsqueeze", [f"{p}/positions", f"{prefix}/axis1"], [f"{p}/positions_2d"], name=f"{p}/Unsqueeze"
+            ),
+            helper.make_node("Mul", [f"{p}/positions_2d", f"{p}/inv_freq"], [f"{p}/freqs"], name=f"{p}/Mul"),
+        ]
     freqs = f"{prefix}/rope0/freqs"
     if len(parts) > 1:
         freqs = f"{prefix}/freqs"
-        nodes.append(helper.make_node("Concat", [f"{prefix}/rope0/freqs", f"{prefix}/rope1/freqs"],
-                                      [freqs], axis=0, name=f"{prefix}/Concat"))  # fmt: skip
+        nodes.append(
+            helper.make_node(
+                "Concat", [f"{prefix}/rope0/freqs", f"{prefix}/rope1/freqs"], [freqs], axis=0, name=f"{prefix}/Concat"
+            )
+        )
     for t, op in (("cos", "Cos"), ("sin", "Sin")):
         out = f"{prefix}/{t}_cache"
         scaled = rope.attention_scaling != 1.0
@@ -192,30 +194,38 @@ def rope_caches(
         raw = f"{prefix}/{t}_raw" if scaled or cast else out
         nodes.append(helper.make_node(op, [freqs], [raw], name=f"{prefix}/{op}"))
         if scaled:
-            nodes.append(helper.make_node("Mul", [raw, f"{prefix}/mscale"],
-                                          [f"{prefix}/{t}32" if cast else out],
-                                          name=f"{prefix}/Mul_{t}"))  # fmt: skip
+            nodes.append(
+                helper.make_node(
+                    "Mul", [raw, f"{prefix}/mscale"], [f"{prefix}/{t}32" if cast else out], name=f"{prefix}/Mul_{t}"
+                )
+            )
         if cast:
-            nodes.append(helper.make_node("Cast", [f"{prefix}/{t}32" if scaled else raw], [out],
-                                          to=dtype, name=f"{prefix}/Cast_{t}"))  # fmt: skip
+            nodes.append(
+                helper.make_node(
+                    "Cast", [f"{prefix}/{t}32" if scaled else raw], [out], to=dtype, name=f"{prefix}/Cast_{t}"
+                )
+            )
     if len(parts) == 1:
         return nodes, inits, "position_ids"
     # longrope: a pass whose largest position reaches the switch reads the long rows (after the
     # ``switch`` short ones) for all its positions, as transformers recomputes inv_freq per pass.
-    inits.append(
-        numpy_helper.from_array(np.array(rope.switch - 1, np.int64), f"{prefix}/last_short")
-    )
+    inits.append(numpy_helper.from_array(np.array(rope.switch - 1, np.int64), f"{prefix}/last_short"))
     inits.append(numpy_helper.from_array(np.array(rope.switch, np.int64), f"{prefix}/long_offset"))
     nodes += [
-        helper.make_node("ReduceMax", ["position_ids"], [f"{prefix}/max_position"], keepdims=0,
-                         name=f"{prefix}/ReduceMax"),
-        helper.make_node("Greater", [f"{prefix}/max_position", f"{prefix}/last_short"],
-                         [f"{prefix}/long"], name=f"{prefix}/Greater"),
-        helper.make_node("Cast", [f"{prefix}/long"], [f"{prefix}/long64"], to=TensorProto.INT64,
-                         name=f"{prefix}/Cast_long"),
-        helper.make_node("Mul", [f"{prefix}/long64", f"{prefix}/long_offset"],
-                         [f"{prefix}/offset"], name=f"{prefix}/Mul_offset"),
-        helper.make_node("Add", ["position_ids", f"{prefix}/offset"], [f"{prefix}/rope_positions"],
-                         name=f"{prefix}/Add_offset"),
-    ]  # fmt: skip
+        helper.make_node(
+            "ReduceMax", ["position_ids"], [f"{prefix}/max_position"], keepdims=0, name=f"{prefix}/ReduceMax"
+        ),
+        helper.make_node(
+            "Greater", [f"{prefix}/max_position", f"{prefix}/last_short"], [f"{prefix}/long"], name=f"{prefix}/Greater"
+        ),
+        helper.make_node(
+            "Cast", [f"{prefix}/long"], [f"{prefix}/long64"], to=TensorProto.INT64, name=f"{prefix}/Cast_long"
+        ),
+        helper.make_node(
+            "Mul", [f"{prefix}/long64", f"{prefix}/long_offset"], [f"{prefix}/offset"], name=f"{prefix}/Mul_offset"
+        ),
+        helper.make_node(
+            "Add", ["position_ids", f"{prefix}/offset"], [f"{prefix}/rope_positions"], name=f"{prefix}/Add_offset"
+        ),
+    ]
     return nodes, inits, f"{prefix}/rope_positions"

@@ -16,9 +16,7 @@ from pathlib import Path
 import numpy as np
 
 
-def smooth(
-    src: Path, dst: Path, alpha: float, texts: list[str], tokenizer_path: Path, max_length: int
-) -> None:
+def smooth(src: Path, dst: Path, alpha: float, texts: list[str], tokenizer_path: Path, max_length: int) -> None:
     """Write ``dst``: ``src`` with activation outliers migrated into the MatMul weights."""
     import onnx
     import onnxruntime as ort
@@ -64,13 +62,9 @@ def smooth(
         weights = [numpy_helper.to_array(inits[n.input[1]]) for n in nodes]
         wmax = np.max([np.abs(w).max(1) for w in weights], axis=0)
         scale = np.maximum(amax[name], 1e-5) ** alpha / np.maximum(wmax, 1e-5) ** (1 - alpha)
-        scale = np.clip(scale, 1e-2, 1e2).astype(
-            np.float32
-        )  # bounded: no channel blown up or erased
+        scale = np.clip(scale, 1e-2, 1e2).astype(np.float32)  # bounded: no channel blown up or erased
         inverse = f"{name}_smooth_inv"
-        model.graph.initializer.append(
-            numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse)
-        )
+        model.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inverse))
         smoothed = f"{name}_smoothed"
         muls.append(
             (

@@ -79,9 +79,7 @@ def dedupe_model(model: Any) -> int:
     transposes = []
     for duplicate, table in replaced.items():
         out = f"{table}_transposed"
-        transposes.append(
-            helper.make_node("Transpose", [table], [out], name=f"{table}_Transpose", perm=[1, 0])
-        )
+        transposes.append(helper.make_node("Transpose", [table], [out], name=f"{table}_Transpose", perm=[1, 0]))
         for node in graph.node:
             for i, name in enumerate(node.input):
                 if name == duplicate:
@@ -101,11 +99,7 @@ def find(graph: Any) -> list[Tied]:
     for node in graph.node:
         if node.op_type != "Transpose" or node.input[0] not in gathered:
             continue
-        matmuls = tuple(
-            n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] == node.output[0]
-        )
+        matmuls = tuple(n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] == node.output[0])
         if matmuls:
-            found.append(
-                Tied(node.input[0], tuple(gathered[node.input[0]]), matmuls, node.output[0])
-            )
+            found.append(Tied(node.input[0], tuple(gathered[node.input[0]]), matmuls, node.output[0]))
     return found

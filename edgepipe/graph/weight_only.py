@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..config import WeightOnly
+from ..catalog.config import WeightOnly
 from ..errors import StageError
 from . import external, nbits, tied
 
@@ -47,8 +47,7 @@ def pack(weight: np.ndarray, bits: int, block_size: int) -> Packed:
     scales = np.zeros((n * blocks,), dtype=np.float32)
     zero_points = np.zeros((n * ((blocks * bits + 7) // 8),), dtype=np.uint8)
     quantize = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
-    quantize(data, np.ascontiguousarray(weight, dtype=np.float32), scales, zero_points,
-             block_size, n, k, True)  # fmt: skip
+    quantize(data, np.ascontiguousarray(weight, dtype=np.float32), scales, zero_points, block_size, n, k, True)
     return Packed(data, scales.reshape(n, blocks))
 
 
@@ -72,15 +71,9 @@ def gemm_to_matmul(graph: Any) -> int:
             graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), weight))
         has_bias = len(node.input) > 2 and node.input[2]
         product = f"{node.output[0]}_matmul" if has_bias else node.output[0]
-        nodes.append(
-            helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_mm")
-        )
+        nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_mm"))
         if has_bias:
-            nodes.append(
-                helper.make_node(
-                    "Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"
-                )
-            )
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
         count += 1
     del graph.node[:]
     graph.node.extend(nodes)
@@ -98,18 +91,24 @@ def _gather(node: Any, data: str, scales: str, bits: int, block_size: int, hidde
     out = node.output[0]
     return [
         helper.make_node(
-            "Unsqueeze", [scales, f"{node.name}_axes"], [f"{node.name}_scales3"],
+            "Unsqueeze",
+            [scales, f"{node.name}_axes"],
+            [f"{node.name}_scales3"],
             name=f"{node.name}_scales",
         ),
         helper.make_node(
-            "GatherBlockQuantized", [data, node.input[1], f"{node.name}_scales3"],
-            [f"{out}_blocks"], name=f"{node.name}_Q{bits}", domain="com.microsoft",
-            bits=bits, block_size=block_size, gather_axis=0, quantize_axis=2,
+            "GatherBlockQuantized",
+            [data, node.input[1], f"{node.name}_scales3"],
+            [f"{out}_blocks"],
+            name=f"{node.name}_Q{bits}",
+            domain="com.microsoft",
+            bits=bits,
+            block_size=block_size,
+            gather_axis=0,
+            quantize_axis=2,
         ),
-        helper.make_node(
-            "Reshape", [f"{out}_blocks", f"{node.name}_shape"], [out], name=f"{node.name}_reshape"
-        ),
-    ]  # fmt: skip
+        helper.make_node("Reshape", [f"{out}_blocks", f"{node.name}_shape"], [out], name=f"{node.name}_reshape"),
+    ]
 
 
 def table_block(hidden: int, block_size: int) -> int | None:
@@ -130,9 +129,7 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
     ties = {t.table: t for t in tied.find(graph)}
     vocab = _vocab(graph)
     gathered = {
-        name: gathers
-        for name, gathers in tied.tables(graph).items()
-        if name in ties or inits[name].dims[0] == vocab
+        name: gathers for name, gathers in tied.tables(graph).items() if name in ties or inits[name].dims[0] == vocab
     }
     replace: dict[str, list] = {}
     dropped: set[str] = set()
@@ -151,10 +148,12 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
             ]
         )
         for gather in gathers:
-            graph.initializer.extend([
-                numpy_helper.from_array(np.array([2], dtype=np.int64), f"{gather}_axes"),
-                numpy_helper.from_array(np.array([0, 0, hidden], dtype=np.int64), f"{gather}_shape"),
-            ])  # fmt: skip
+            graph.initializer.extend(
+                [
+                    numpy_helper.from_array(np.array([2], dtype=np.int64), f"{gather}_axes"),
+                    numpy_helper.from_array(np.array([0, 0, hidden], dtype=np.int64), f"{gather}_shape"),
+                ]
+            )
             replace[gather] = [data, scales, block]
         dropped.add(table)
         tie = ties.get(table)
@@ -168,20 +167,21 @@ def quantize_tables(graph: Any, bits: int, block_size: int, accuracy_level: int)
         if how is None:
             nodes.append(node)
         elif node.op_type == "Gather":
-            nodes.extend(
-                _gather(node, how[0], how[1], bits, how[2], int(inits[node.input[0]].dims[1]))
-            )
+            nodes.extend(_gather(node, how[0], how[1], bits, how[2], int(inits[node.input[0]].dims[1])))
         elif node.op_type == "MatMul":
-            kwargs: dict[str, Any] = {"K": how[4], "N": how[3], "bits": bits,
-                                      "block_size": how[2]}  # fmt: skip
+            kwargs: dict[str, Any] = {"K": how[4], "N": how[3], "bits": bits, "block_size": how[2]}
             if accuracy_level:
                 kwargs["accuracy_level"] = accuracy_level
             nodes.append(
                 helper.make_node(
-                    "MatMulNBits", [node.input[0], how[0], how[1]], list(node.output),
-                    name=f"{node.name}_Q{bits}", domain="com.microsoft", **kwargs,
+                    "MatMulNBits",
+                    [node.input[0], how[0], how[1]],
+                    list(node.output),
+                    name=f"{node.name}_Q{bits}",
+                    domain="com.microsoft",
+                    **kwargs,
                 )
-            )  # fmt: skip
+            )
     del graph.node[:]
     graph.node.extend(nodes)
     for name in dropped:
@@ -205,15 +205,18 @@ _CODES: dict[tuple[Any, ...], nbits.Codes] = {}
 
 
 def gptq_codes(
-    settings: WeightOnly, src: Path, model: Any, calibration: Feeds | None, bits: int,
+    settings: WeightOnly,
+    src: Path,
+    model: Any,
+    calibration: Feeds | None,
+    bits: int,
     calibration_digest: str | None,
-) -> nbits.Codes:  # fmt: skip
+) -> nbits.Codes:
     """GPTQ codes of ``model`` (loaded from ``src``), computed once per file, texts and bits."""
     if calibration is None:
         raise StageError("GPTQ needs calibration texts")
     stat = src.stat()
-    key = (str(src.resolve()), stat.st_mtime_ns, stat.st_size, calibration_digest,
-           settings.block_size, bits)  # fmt: skip
+    key = (str(src.resolve()), stat.st_mtime_ns, stat.st_size, calibration_digest, settings.block_size, bits)
     if key not in _CODES:
         _CODES.clear()
         _CODES[key] = nbits.gptq_codes(model, calibration, bits, settings.block_size)
@@ -221,9 +224,13 @@ def gptq_codes(
 
 
 def quantize(
-    settings: WeightOnly, src: Path, dst: Path, bits: int = 4, calibration: Feeds | None = None,
+    settings: WeightOnly,
+    src: Path,
+    dst: Path,
+    bits: int = 4,
+    calibration: Feeds | None = None,
     calibration_digest: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Write ``dst``: ``src`` with its weights blockwise-quantized to ``bits`` (the profile's
     ``int8_nodes`` to 8); return counts. GPTQ runs ``calibration``'s feeds through ``src``.
     ``src``'s external data (a model over 2 GB) is mapped, not loaded."""
@@ -233,13 +240,9 @@ def quantize(
         codes = gptq_codes(settings, src, model, calibration, bits, calibration_digest)
         high = set(settings.int8_nodes)
         plan = {n.name: 8 if n.name in high else bits for n in nbits.weight_matmuls(model.graph)}
-        counts = nbits.quantize(
-            model.graph, plan, settings.block_size, settings.accuracy_level, codes
-        )
+        counts = nbits.quantize(model.graph, plan, settings.block_size, settings.accuracy_level, codes)
         return _finish(settings, model, dst, {"gemm_rewritten": gemms, "matmuls": counts})
-    return _finish(
-        settings, _onnxruntime_rtn(settings, model, bits), dst, {"gemm_rewritten": gemms}
-    )
+    return _finish(settings, _onnxruntime_rtn(settings, model, bits), dst, {"gemm_rewritten": gemms})
 
 
 def _onnxruntime_rtn(settings: WeightOnly, model: Any, bits: int) -> Any:
@@ -276,9 +279,7 @@ def _finish(settings: WeightOnly, model: Any, dst: Path, counts: dict[str, Any])
     tables = {"tables": 0, "tied": 0}
     if settings.embedding_bits:
         block = settings.embedding_block_size or settings.block_size
-        tables = quantize_tables(
-            model.graph, settings.embedding_bits, block, settings.accuracy_level
-        )
+        tables = quantize_tables(model.graph, settings.embedding_bits, block, settings.accuracy_level)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
     external.save(model, dst)

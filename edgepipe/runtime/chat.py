@@ -65,9 +65,7 @@ class ChatTemplate:
     def _content(self, role: str, content: str) -> str:
         return content.strip() if role in self.trim else content
 
-    def render(
-        self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool = True
-    ) -> str:
+    def render(self, messages: Sequence[tuple[str, str]], add_generation_prompt: bool = True) -> str:
         """The prompt text for ``(role, content)`` messages, as the model's template writes it.
 
         The build checked conversations of an optional system message, then user and assistant

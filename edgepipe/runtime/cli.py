@@ -11,9 +11,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import integrity, scoring, serve
+from . import integrity, scoring_commands, serve
 from .cli_input import InputError, UsageError, _decode_lines, _require_task, _texts
-from .integrity import EMBEDDING, TEXT_GENERATION
+from .tasks import Task
 
 __all__ = ["InputError", "UsageError", "_decode_lines", "main", "parser"]
 
@@ -38,7 +38,7 @@ class Parser(argparse.ArgumentParser):
 def _embed(root: Path, args: argparse.Namespace) -> int:
     from .embedder import Embedder
 
-    _require_task(root, EMBEDDING, "embed")
+    _require_task(root, Task.EMBEDDING, "embed")
     texts = _texts(args)
     embedder = Embedder.from_bundle(root, threads=args.threads)
     vectors = embedder.embed(texts)
@@ -70,7 +70,7 @@ def _prompt(args: argparse.Namespace) -> str:
 def _generate(root: Path, args: argparse.Namespace) -> int:
     from .generator import GenerationError, Generator, OptionError, PromptError, check_options
 
-    _require_task(root, TEXT_GENERATION, "generate")
+    _require_task(root, Task.GENERATION, "generate")
     options = {
         "max_new_tokens": args.max_new_tokens,
         "temperature": args.temperature,
@@ -139,32 +139,32 @@ def _bench_text(result: dict[str, Any]) -> str:
 
 
 def _bench_generation(root: Path, args: argparse.Namespace) -> int:
+    from . import encoder_bench, probe
     from . import generation_bench as gb
-    from . import measure, probe
 
     if args.seq_lens or args.baseline_model or args.batch_sizes != "1":
         raise UsageError("a text-generation bundle takes --contexts, not shapes or a baseline")
     try:
         settings = gb.GenerationSettings(
-            contexts=measure.parse_sizes(args.contexts, "--contexts") if args.contexts else None,
+            contexts=encoder_bench.parse_sizes(args.contexts, "--contexts") if args.contexts else None,
             new_tokens=args.new_tokens,
             runs=3 if args.runs is None else args.runs,
             warmup=1 if args.warmup is None else args.warmup,
             threads=args.threads,
         )
         result = gb.measure(root, settings)
-    except measure.BenchError as exc:
+    except encoder_bench.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return measure.EXIT_LOAD if isinstance(exc, measure.LoadError) else measure.EXIT_SHAPE
+        return encoder_bench.EXIT_LOAD if isinstance(exc, encoder_bench.LoadError) else encoder_bench.EXIT_SHAPE
     result["probe"] = probe.probe()
     print(json.dumps(result, indent=2) if args.json else gb.text(result))
     return 0
 
 
 def _bench(root: Path, args: argparse.Namespace) -> int:
-    from . import measure, probe
+    from . import encoder_bench, probe
 
-    if integrity.bundle_task(root) == TEXT_GENERATION:
+    if integrity.bundle_task(root) == Task.GENERATION:
         return _bench_generation(root, args)
     if args.contexts:
         raise UsageError("--contexts is for text-generation bundles; use --seq-lens")
@@ -173,27 +173,27 @@ def _bench(root: Path, args: argparse.Namespace) -> int:
         print(f"\rbench: {done}/{total} runs", end="" if done < total else "\n", file=sys.stderr)
 
     try:
-        settings = measure.BenchSettings(
-            batch_sizes=measure.parse_sizes(args.batch_sizes, "--batch-sizes"),
-            seq_lens=measure.parse_sizes(args.seq_lens, "--seq-lens") if args.seq_lens else None,
+        settings = encoder_bench.BenchSettings(
+            batch_sizes=encoder_bench.parse_sizes(args.batch_sizes, "--batch-sizes"),
+            seq_lens=encoder_bench.parse_sizes(args.seq_lens, "--seq-lens") if args.seq_lens else None,
             runs=30 if args.runs is None else args.runs,
             warmup=5 if args.warmup is None else args.warmup,
             threads=args.threads,
             max_seconds=args.max_seconds,
         )
-        request = measure.bundle_request(
+        request = encoder_bench.bundle_request(
             root,
             settings,
             measured_on="bundle runtime",
             baseline=Path(args.baseline_model) if args.baseline_model else None,
         )
-        result = measure.run_request(request, progress if sys.stderr.isatty() else None)
-    except measure.BenchError as exc:
+        result = encoder_bench.run_request(request, progress if sys.stderr.isatty() else None)
+    except encoder_bench.BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return measure.EXIT_LOAD if isinstance(exc, measure.LoadError) else measure.EXIT_SHAPE
+        return encoder_bench.EXIT_LOAD if isinstance(exc, encoder_bench.LoadError) else encoder_bench.EXIT_SHAPE
     result["probe"] = probe.probe()
     print(json.dumps(result, indent=2) if args.json else _bench_text(result))
-    message = measure.incomplete_message(result)
+    message = encoder_bench.incomplete_message(result)
     if message:
         print(f"warning: {message}", file=sys.stderr)
     return 0
@@ -232,8 +232,8 @@ def _info(root: Path, args: argparse.Namespace) -> int:
     keys = ("name", "task", "model", "target", "profile", "accuracy", "bench", "versions")
     info = {k: manifest.get(k) for k in keys}
     runtime = integrity.read_runtime(root)
-    info["task"] = info["task"] or integrity.bundle_task(root)
-    if info["task"] == TEXT_GENERATION:
+    info["task"] = info["task"] or integrity.bundle_task(root).manifest_name
+    if Task.parse(str(info["task"])) == Task.GENERATION:
         info["generation"] = {
             "max_length": runtime.get("max_length"),
             "eos_token_ids": runtime.get("eos_token_ids"),
@@ -273,10 +273,8 @@ def parser() -> argparse.ArgumentParser:
     embed = sub.add_parser("embed", help='print one JSON line {"embedding": [...]} per text')
     embed.add_argument("texts", nargs="*", metavar="TEXT", help="texts; '-' reads lines from stdin")
     embed.add_argument("--file", help="read texts from a file, one per line")
-    embed.add_argument(
-        "--threads", type=int, default=None, help="intra-op threads (default: target's)"
-    )
-    scoring.add_parsers(sub)
+    embed.add_argument("--threads", type=int, default=None, help="intra-op threads (default: target's)")
+    scoring_commands.add_parsers(sub)
     gen = sub.add_parser("generate", help="continue a prompt (text-generation bundles)")
     gen.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="at most this many (64)")
@@ -284,16 +282,13 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: off)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     gen.add_argument("--seed", type=int, help="sampling seed: the same seed, the same tokens")
-    gen.add_argument(
-        "--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)"
-    )
+    gen.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
     gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
     gen.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
     gen.add_argument(
         "--max-context",
         type=int,
-        help="tokens the KV cache holds, prompt and generated (default: the model's, capped by "
-        "the target's RAM)",
+        help="tokens the KV cache holds, prompt and generated (default: the model's, capped by the target's RAM)",
     )
     gen.add_argument(
         "--json",
@@ -339,8 +334,8 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
     handlers = {
         "embed": _embed,
         "generate": _generate,
-        "classify": scoring.classify,
-        "rerank": scoring.rerank,
+        "classify": scoring_commands.classify,
+        "rerank": scoring_commands.rerank,
         "bench": _bench,
         "info": _info,
         "probe": _probe,
@@ -355,8 +350,7 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
         if exc.name not in RUNTIME_REQUIREMENTS:
             raise
         print(
-            f"error: this bundle needs {exc.name}, which this Python lacks: "
-            f"pip install -r {root / 'requirements.txt'}",
+            f"error: this bundle needs {exc.name}, which this Python lacks: pip install -r {root / 'requirements.txt'}",
             file=sys.stderr,
         )
         return EXIT_SETUP

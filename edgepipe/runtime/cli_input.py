@@ -9,12 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from . import integrity
-from .integrity import EMBEDDING, TEXT_GENERATION
+from .tasks import Task
 
-CLASSIFICATION, RERANKING = "text-classification", "reranking"
 # What each task's bundle does, for the message of a command it does not.
-COMMANDS = {EMBEDDING: "embed", TEXT_GENERATION: "generate", CLASSIFICATION: "classify",
-            RERANKING: "rerank"}  # fmt: skip
+COMMANDS = {
+    Task.EMBEDDING: "embed",
+    Task.GENERATION: "generate",
+    Task.CLASSIFICATION: "classify",
+    Task.RERANKING: "rerank",
+}
 
 
 class InputError(Exception):
@@ -25,7 +28,7 @@ class UsageError(Exception):
     """An option out of range, or a command this bundle's task does not do: exit EXIT_USAGE."""
 
 
-def _require_task(root: Path, task: str, command: str) -> None:
+def _require_task(root: Path, task: Task, command: str) -> None:
     actual = integrity.bundle_task(root)
     if actual != task:
         does = COMMANDS.get(actual)
@@ -58,7 +61,5 @@ def _texts(args: argparse.Namespace) -> list[str]:
             raise InputError(f"cannot read {args.file}: {exc.strerror}") from None
         texts.extend(_decode_lines(data, args.file))
     if not texts:
-        raise InputError(
-            "no text given: pass TEXT arguments, '-' to read lines from stdin, or --file"
-        )
+        raise InputError("no text given: pass TEXT arguments, '-' to read lines from stdin, or --file")
     return texts

@@ -47,9 +47,7 @@ class EmbeddingConfig:
         }
 
 
-def session_options(
-    intra_op_threads: int, inter_op_threads: int, spin: bool = True
-) -> ort.SessionOptions:
+def session_options(intra_op_threads: int, inter_op_threads: int, spin: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     if not spin:
         # Idle intra-op threads busy-wait by default: with several sessions timed in alternation,
@@ -115,9 +113,7 @@ class Embedder:
     ) -> None:
         self.config = config
         intra = host_threads(config.intra_op_threads) if threads is None else threads
-        self.session = open_session(
-            model_path, intra, config.inter_op_threads, config.providers, spin
-        )
+        self.session = open_session(model_path, intra, config.inter_op_threads, config.providers, spin)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
         self.tokenizer.enable_truncation(max_length=config.max_length)
@@ -126,9 +122,7 @@ class Embedder:
     @classmethod
     def from_bundle(cls, root: Path, threads: int | None = None) -> Embedder:
         config = EmbeddingConfig.load(root / RUNTIME_CONFIG)
-        return cls(
-            root / "model" / "model.onnx", root / "tokenizer" / "tokenizer.json", config, threads
-        )
+        return cls(root / "model" / "model.onnx", root / "tokenizer" / "tokenizer.json", config, threads)
 
     def token_count(self, text: str) -> tuple[int, bool]:
         """Tokens the model sees for ``text`` and whether it was truncated to max_length."""

@@ -17,17 +17,18 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from . import bench
+from . import timing
 from .embedder import host_threads
+from .encoder_bench import SAMPLE_TEXT, BenchError, LoadError, ShapeError
 from .generator import GenerationConfig, Generator
 from .integrity import RUNTIME_CONFIG, read_manifest, sha256_file
 from .kvcache import MIN_CONTEXT
-from .measure import SAMPLE_TEXT, BenchError, LoadError, ShapeError
 from .probe import arch
+from .tasks import Task
 
 # Generation's keys are not an encoder's shapes: a schema version of their own in the same family.
 SCHEMA = "edgepipe.bench/2"
-TASK = "text-generation"
+TASK = Task.GENERATION.manifest_name
 # Positions in the KV cache when decoding starts: a chat turn, a page, a long document, and 2,048
 # (a retrieval prompt), where a decode step reads the most cache and the peak memory is reached.
 DEFAULT_CONTEXTS = (64, 512, 1024, 2048)
@@ -52,23 +53,18 @@ def _contexts(settings: GenerationSettings, max_length: int) -> tuple[int, ...]:
         raise ShapeError("threads must be at least 1")
     room = max_length - settings.new_tokens
     if room < 1:
-        raise ShapeError(
-            f"{settings.new_tokens} new tokens leave no room in {max_length} positions"
-        )
+        raise ShapeError(f"{settings.new_tokens} new tokens leave no room in {max_length} positions")
     if settings.contexts:
         long = [c for c in settings.contexts if c > room]
         if long:
             raise ShapeError(
-                f"context {long[0]} and {settings.new_tokens} new tokens are over the model's "
-                f"{max_length} positions"
+                f"context {long[0]} and {settings.new_tokens} new tokens are over the model's {max_length} positions"
             )
         return settings.contexts
     return tuple(c for c in DEFAULT_CONTEXTS if c <= room) or (room,)
 
 
-def measure(
-    root: Path, settings: GenerationSettings, *, measured_on: str = "bundle runtime"
-) -> dict[str, Any]:
+def measure(root: Path, settings: GenerationSettings, *, measured_on: str = "bundle runtime") -> dict[str, Any]:
     """Benchmark the text-generation bundle at ``root``: the SCHEMA document."""
     manifest = read_manifest(root)
     config = GenerationConfig.load(root / RUNTIME_CONFIG)
@@ -81,9 +77,7 @@ def measure(
     # A cache for the longest run, whatever the target's ram_mb would make the default context.
     longest = min(config.max_length, max(MIN_CONTEXT, max(contexts) + settings.new_tokens))
     try:
-        generator = Generator(
-            path, root / "tokenizer" / "tokenizer.json", config, threads, max_context=longest
-        )
+        generator = Generator(path, root / "tokenizer" / "tokenizer.json", config, threads, max_context=longest)
     except Exception as exc:  # onnxruntime's own exception types
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise LoadError(f"{path}: onnxruntime cannot load this model: {reason}") from None
@@ -96,10 +90,7 @@ def measure(
             first_ms = generator.generate(ids, max_new_tokens=1).timings["time_to_first_token_ms"]
         for _ in range(settings.warmup):
             generator.generate(ids, max_new_tokens=settings.new_tokens)
-        runs = [
-            generator.generate(ids, max_new_tokens=settings.new_tokens).timings
-            for _ in range(settings.runs)
-        ]
+        runs = [generator.generate(ids, max_new_tokens=settings.new_tokens).timings for _ in range(settings.runs)]
         results.append(
             {
                 "context_len": context,
@@ -110,7 +101,7 @@ def measure(
             }
         )
     target = manifest.get("target", {})
-    machine = bench.host_info()
+    machine = timing.host_info()
     target_arch = target.get("platform", {}).get("arch")
     return {
         "schema": SCHEMA,
@@ -118,8 +109,7 @@ def measure(
         "measured_on": measured_on,
         "machine": machine,
         "target": {"name": target.get("name"), "arch": target_arch},
-        "machine_matches_target_arch": arch(str(machine["machine"]))
-        == arch(str(target_arch or "")),
+        "machine_matches_target_arch": arch(str(machine["machine"])) == arch(str(target_arch or "")),
         "onnxruntime": ort.__version__,
         "provider": generator.session.get_providers()[0],
         "threads": threads,
@@ -139,7 +129,7 @@ def measure(
             },
             "fp32": None,
         },
-        "peak_rss_mb": bench.peak_rss_mb(),
+        "peak_rss_mb": timing.peak_rss_mb(),
         "results": results,
     }
 
@@ -152,8 +142,7 @@ def text(result: dict[str, Any]) -> str:
         f"{result['provider']}; target {result['target']['name']}",
         f"model {m['size_bytes'] / 1e6:.1f} MB: load {m['load_ms']:.0f} ms; "
         f"peak RSS {result['peak_rss_mb']} MB; {result['new_tokens']} new tokens per run",
-        f"{'context':>7} {'runs':>5} {'first token ms':>14} {'prefill tok/s':>13} "
-        f"{'decode tok/s':>12}",
+        f"{'context':>7} {'runs':>5} {'first token ms':>14} {'prefill tok/s':>13} {'decode tok/s':>12}",
     ]
     for r in result["results"]:
         lines.append(

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer
 
 from .chat import ChatError, ChatTemplate
 from .embedder import host_threads, open_session
-from .integrity import RUNTIME_CONFIG, TEXT_GENERATION
+from .integrity import RUNTIME_CONFIG
 from .kvcache import (
     LAST,
     LOGITS_TO_KEEP,
@@ -38,6 +38,7 @@ from .sampling import (
     TextStream,
     check_options,
 )
+from .tasks import Task
 
 PAST = "past_key_values."
 PRESENT = "present."
@@ -65,7 +66,7 @@ class GenerationConfig:
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
-    task: str = TEXT_GENERATION
+    task: str = Task.GENERATION.manifest_name
     ram_mb: float | None = None  # the target's memory budget: the default context's KV cache fits
 
     @classmethod
@@ -141,9 +142,7 @@ class Generator:
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.past_names = [n for n in inputs if n.startswith(PAST)]
         if not self.past_names or "input_ids" not in inputs:
-            raise GenerationError(
-                f"{model}: not a decoder with a KV cache (no input_ids/past_key_values inputs)"
-            )
+            raise GenerationError(f"{model}: not a decoder with a KV cache (no input_ids/past_key_values inputs)")
         self.output_names = ["logits"] + [PRESENT + n[len(PAST) :] for n in self.past_names]
         self.kv_dtype = _CACHE_TYPES.get(inputs[self.past_names[0]].type, np.float32)
         self.has_mask = "attention_mask" in inputs
@@ -157,8 +156,7 @@ class Generator:
         default = default_max_context(config.max_length, per_token, config.ram_mb)
         if max_context is not None and not MIN_CONTEXT <= max_context <= config.max_length:
             raise OptionError(
-                f"max_context must be {MIN_CONTEXT} to the model's {config.max_length} tokens "
-                f"(got {max_context})"
+                f"max_context must be {MIN_CONTEXT} to the model's {config.max_length} tokens (got {max_context})"
             )
         # Prompt and generated tokens together; the in-place cache holds exactly this many.
         self.max_context = max_context or default
@@ -173,9 +171,7 @@ class Generator:
         self.cache: SharedCache | None = None
         if shared and self.has_mask:
             shape = (1, config.num_kv_heads, self.max_context, config.head_dim)
-            self.cache = SharedCache(
-                self.session, self.past_names, shape, self.kv_dtype, self.has_positions
-            )
+            self.cache = SharedCache(self.session, self.past_names, shape, self.kv_dtype, self.has_positions)
         # Views of these feed every step without allocating: mask[:, :n], positions[:, a:b].
         self._mask = np.ones((1, config.max_length), dtype=np.int64)
         self._positions = np.arange(config.max_length, dtype=np.int64)[None, :]
@@ -187,9 +183,7 @@ class Generator:
         self.eos = frozenset(config.eos_token_ids)
 
     @classmethod
-    def from_bundle(
-        cls, root: Path, threads: int | None = None, max_context: int | None = None
-    ) -> Generator:
+    def from_bundle(cls, root: Path, threads: int | None = None, max_context: int | None = None) -> Generator:
         config = GenerationConfig.load(root / RUNTIME_CONFIG)
         return cls(
             root / "model" / "model.onnx",
@@ -231,9 +225,7 @@ class Generator:
                 raise OptionError(str(exc)) from None
             return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
         if len(messages) != 1 or messages[0][0] != "user":
-            raise OptionError(
-                "this bundle renders one user message only (built before multi-turn chat)"
-            )
+            raise OptionError("this bundle renders one user message only (built before multi-turn chat)")
         return self.encode(messages[0][1], chat=True)
 
     def _forward(
@@ -300,11 +292,7 @@ class Generator:
         if not ids:
             raise PromptError("the prompt is empty: it encodes to no tokens")
         if len(ids) >= limit:
-            cut = (
-                ""
-                if limit == self.config.max_length
-                else f" (max_context; the model's: {self.config.max_length})"
-            )
+            cut = "" if limit == self.config.max_length else f" (max_context; the model's: {self.config.max_length})"
             raise PromptError(
                 f"the prompt is {len(ids)} tokens; this model reads at most {limit} tokens{cut}, "
                 "prompt and generated together"

@@ -92,9 +92,7 @@ class Handler(BaseHTTPRequestHandler):
             if allowed is None:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no such path: {path}")
             if method != allowed:
-                raise RequestError(
-                    HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers {allowed}, not {method}"
-                )
+                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers {allowed}, not {method}")
             self._answer(path)
         except RequestError as exc:
             self._refuse(exc, allow=ROUTES.get(path))
@@ -188,9 +186,7 @@ class Handler(BaseHTTPRequestHandler):
             )
         lengths = self.headers.get_all("Content-Length") or []
         if not lengths:
-            raise RequestError(
-                HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required", body_unread=True
-            )
+            raise RequestError(HTTPStatus.LENGTH_REQUIRED, "a Content-Length header is required", body_unread=True)
         if len(lengths) != 1 or not DECIMAL.fullmatch(lengths[0].strip()):
             raise RequestError(
                 HTTPStatus.BAD_REQUEST,

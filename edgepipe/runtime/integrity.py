@@ -8,12 +8,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .tasks import Task
+
 MANIFEST = "manifest.json"
 # The signature covers the manifest, so the manifest cannot name it: the one file it leaves out.
 # model_signing's own default name, so its CLI (`model_signing verify key BUNDLE`) finds it too.
 SIGNATURE = "model.sig"
 RUNTIME_CONFIG = "runtime.json"
-EMBEDDING, TEXT_GENERATION = "embedding", "text-generation"
 _CHUNK = 1 << 20
 
 
@@ -83,11 +84,12 @@ def read_runtime(root: Path) -> dict[str, Any]:
     return data
 
 
-def bundle_task(root: Path) -> str:
+def bundle_task(root: Path) -> Task:
     """What the bundle does: runtime.json's "task"; embedding bundles predate the field."""
-    return str(read_runtime(root).get("task", EMBEDDING))
+    return Task.parse(str(read_runtime(root).get("task", Task.EMBEDDING.manifest_name)))
 
 
-def a_bundle(task: str) -> str:
+def a_bundle(task: Task) -> str:
     """``"an embedding bundle"``, ``"a text-generation bundle"``: for messages."""
-    return f"{'an' if task[:1] in tuple('aeiou') else 'a'} {task} bundle"
+    name = task.manifest_name
+    return f"{'an' if name[:1] in tuple('aeiou') else 'a'} {name} bundle"

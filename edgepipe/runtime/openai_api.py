@@ -125,9 +125,7 @@ def embedding_inputs(payload: object, max_texts: int) -> tuple[list[str], str]:
     return texts, encoding
 
 
-def embeddings_document(
-    vectors: np.ndarray, encoding: str, prompt_tokens: int, model: str
-) -> dict[str, Any]:
+def embeddings_document(vectors: np.ndarray, encoding: str, prompt_tokens: int, model: str) -> dict[str, Any]:
     import numpy as np
 
     data = []
@@ -227,11 +225,11 @@ def _options(body: dict[str, Any], default_tokens: int) -> dict[str, Any]:
         check_options(**options)
     except OptionError as exc:
         message = str(exc)
-        param = next((p for p in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-                      if message.startswith(p)), "body")  # fmt: skip
-        raise _bad(
-            name if param == "max_new_tokens" else param, message.replace("max_new_tokens", name)
-        ) from None
+        param = next(
+            (p for p in ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop") if message.startswith(p)),
+            "body",
+        )
+        raise _bad(name if param == "max_new_tokens" else param, message.replace("max_new_tokens", name)) from None
     return options
 
 

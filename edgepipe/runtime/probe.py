@@ -130,8 +130,7 @@ def _memory() -> dict[str, int | None]:
     if text is not None:
         return parse_meminfo(text)
     total = _run("sysctl", "-n", "hw.memsize")
-    return {"total_mb": int(total) // 2**20 if total and total.strip().isdigit() else None,
-            "available_mb": None}  # fmt: skip
+    return {"total_mb": int(total) // 2**20 if total and total.strip().isdigit() else None, "available_mb": None}
 
 
 def _os() -> dict[str, Any]:
@@ -148,9 +147,7 @@ def _os() -> dict[str, Any]:
 
 def _gpu() -> dict[str, Any] | None:
     """An NVIDIA GPU (nvidia-smi) or a Jetson (its L4T release file), if there is one."""
-    smi = _run(
-        "nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"
-    )
+    smi = _run("nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader")
     if smi and smi.strip():
         name, _, rest = smi.strip().splitlines()[0].partition(",")
         return {"vendor": "nvidia", "name": name.strip(), "details": rest.strip()}
@@ -222,9 +219,7 @@ def in_range(version: str, spec: str) -> bool:
     return True
 
 
-def mismatches(
-    found: dict[str, Any], target: dict[str, Any], profile: dict[str, Any] | None = None
-) -> list[str]:
+def mismatches(found: dict[str, Any], target: dict[str, Any], profile: dict[str, Any] | None = None) -> list[str]:
     """One line per way this machine does not fit the bundle's target (and profile)."""
     name = target.get("name", "?")
     lines = []
@@ -237,8 +232,7 @@ def mismatches(
         for feature in target.get("cpu", {}).get("isa", []):
             if not isa.intersection(SATISFIED_BY.get(feature, (feature,))):
                 lines.append(
-                    f"no {feature} on this CPU ({found['cpu']}): {by} expects it; its kernels "
-                    "run slower or not at all"
+                    f"no {feature} on this CPU ({found['cpu']}): {by} expects it; its kernels run slower or not at all"
                 )
     runtime, ort = target.get("runtime", {}), found.get("onnxruntime")
     spec = runtime.get("onnxruntime")
@@ -257,9 +251,7 @@ def mismatches(
     memory = found.get("memory") or {}
     for key, what in (("total_mb", "in all"), ("available_mb", "free")):
         if ram and memory.get(key) is not None and memory[key] < ram:
-            lines.append(
-                f"{memory[key]} MB of memory {what}, under target {name}'s {ram:g} MB budget"
-            )
+            lines.append(f"{memory[key]} MB of memory {what}, under target {name}'s {ram:g} MB budget")
     return lines
 
 
@@ -273,8 +265,7 @@ def describe(found: dict[str, Any]) -> str:
         f"memory      {mem['total_mb']} MB total, {mem['available_mb']} MB available",
         f"os          {os_['distribution'] or os_['system']} ({os_['release']}, {os_['libc']})",
         f"python      {found['python']}",
-        "onnxruntime "
-        + (f"{ort['version']} ({', '.join(ort['providers'])})" if ort else "not installed"),
+        "onnxruntime " + (f"{ort['version']} ({', '.join(ort['providers'])})" if ort else "not installed"),
     ]
     if found.get("gpu"):
         lines.append(f"gpu         {found['gpu']['name']} {found['gpu']['details']}".rstrip())

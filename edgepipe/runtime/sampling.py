@@ -33,14 +33,8 @@ def check_options(
     stop: Sequence[str] = (),
 ) -> None:
     """OptionError naming the first option out of range."""
-    if (
-        isinstance(max_new_tokens, bool)
-        or not isinstance(max_new_tokens, int)
-        or max_new_tokens < 1
-    ):
-        raise OptionError(
-            f"max_new_tokens must be an integer of at least 1 (got {max_new_tokens!r})"
-        )
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise OptionError(f"max_new_tokens must be an integer of at least 1 (got {max_new_tokens!r})")
     if not _number(temperature) or not 0 <= temperature < float("inf"):
         raise OptionError(f"temperature must be 0 (greedy) or more (got {temperature!r})")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
@@ -117,9 +111,7 @@ class TextStream:
     be the start of a stop string is held back until it is known not to be one.
     """
 
-    def __init__(
-        self, tokenizer: Tokenizer, stop: Sequence[str], on_text: Callable[[str], None] | None
-    ) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str], on_text: Callable[[str], None] | None) -> None:
         self.tokenizer, self.stop, self.on_text = tokenizer, list(stop), on_text
         self.ids: list[int] = []
         self.prefix, self.read = 0, 0  # the window: ids[prefix:read] are already in self.text
@@ -153,9 +145,7 @@ class TextStream:
 
     def _held_back(self) -> int:
         """Length of the longest end of the text that a stop string starts with."""
-        for size in range(
-            min(len(self.text), max((len(s) for s in self.stop), default=1) - 1), 0, -1
-        ):
+        for size in range(min(len(self.text), max((len(s) for s in self.stop), default=1) - 1), 0, -1):
             tail = self.text[-size:]
             if any(s.startswith(tail) for s in self.stop):
                 return size

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from . import bench
-from .integrity import EMBEDDING, TEXT_GENERATION, bundle_task, read_manifest
+from . import timing
+from .integrity import bundle_task, read_manifest
+from .tasks import Task
 
 SCHEMA = "edgepipe.selftest/1"
 DIR = "selftest"
@@ -35,16 +36,14 @@ def _embedding(root: Path, data: Path) -> tuple[dict[str, Any], float, tuple[str
     reference = np.load(data / "reference.npy", allow_pickle=False)
     vectors = Embedder.from_bundle(root).embed(texts)
     if vectors.shape != reference.shape:
-        raise SelftestError(
-            f"{DIR}/reference.npy is {reference.shape}, the model gives {vectors.shape}"
-        )
+        raise SelftestError(f"{DIR}/reference.npy is {reference.shape}, the model gives {vectors.shape}")
     cosines = np.sum(vectors * reference, axis=1) / (
         np.linalg.norm(vectors, axis=1) * np.linalg.norm(reference, axis=1)
     )
     values = [float(c) for c in cosines]
     device = {
         "min": round(min(values), 6),
-        "p5": round(bench.percentile(values, 5), 6),
+        "p5": round(timing.percentile(values, 5), 6),
         "mean": round(sum(values) / len(values), 6),
         "n": len(values),
         "worst_text": texts[int(np.argmin(cosines))][:80],
@@ -82,7 +81,7 @@ def _generation(root: Path, data: Path) -> tuple[dict[str, Any], float, tuple[st
 def _scores(root: Path, data: Path) -> tuple[dict[str, Any], float, tuple[str, ...]]:
     """A classifier's label agreement with the fp32 PyTorch model (and the labels' mean KL), or
     a reranker's worst per-query Spearman correlation (and largest score error)."""
-    from .classifier import Scorer, label_metrics, query_spearman
+    from .scorer import Scorer, label_metrics, query_spearman
 
     shipped = json.loads((data / "items.json").read_text(encoding="utf-8"))
     items = [tuple(i) if isinstance(i, list) else i for i in shipped["items"]]
@@ -90,9 +89,7 @@ def _scores(root: Path, data: Path) -> tuple[dict[str, Any], float, tuple[str, .
     reference = np.load(data / "reference.npy", allow_pickle=False)
     got = Scorer.from_bundle(root).logits(items)
     if got.shape != reference.shape:
-        raise SelftestError(
-            f"{DIR}/reference.npy is {reference.shape}, the model gives {got.shape}"
-        )
+        raise SelftestError(f"{DIR}/reference.npy is {reference.shape}, the model gives {got.shape}")
     if queries is None:
         agree, kl, _ = label_metrics(reference, got)
         device = {"agreement": round(float(agree.mean()), 6), "mean_kl": round(float(kl.mean()), 6)}
@@ -112,31 +109,29 @@ def run(root: Path) -> dict[str, Any]:
     """The SCHEMA document: this machine's accuracy beside the build's, and whether it passes."""
     task = bundle_task(root)
     check = {
-        EMBEDDING: _embedding,
-        TEXT_GENERATION: _generation,
-        "text-classification": _scores,
-        "reranking": _scores,
+        Task.EMBEDDING: _embedding,
+        Task.GENERATION: _generation,
+        Task.CLASSIFICATION: _scores,
+        Task.RERANKING: _scores,
     }.get(task)
     if check is None:
         raise SelftestError(f"selftest does not check {task} bundles")
     try:
         device, score, keys = check(root, root / DIR)
     except (OSError, ValueError):
-        raise SelftestError(
-            f"this bundle ships no readable {DIR}/ data (built before selftest): rebuild it"
-        ) from None
+        raise SelftestError(f"this bundle ships no readable {DIR}/ data (built before selftest): rebuild it") from None
     accuracy = read_manifest(root).get("accuracy") or {}
     build = accuracy.get("model") or {}
     bar = accuracy.get("bar")
     return {
         "schema": SCHEMA,
-        "task": task,
+        "task": task.manifest_name,
         "metric": accuracy.get("metric"),
         "bar": bar,
         "device": device,
         "build": {k: build.get(k) for k in keys},
         "passed": bar is None or score >= bar,  # unrounded, as the build compares
-        "machine": bench.host_info(),
+        "machine": timing.host_info(),
         "onnxruntime": ort.__version__,
     }
 
@@ -144,13 +139,14 @@ def run(root: Path) -> dict[str, Any]:
 def text(result: dict[str, Any]) -> str:
     d, b = result["device"], result["build"]
     verdict = "passes" if result["passed"] else "FAILS"
-    if result["task"] == "text-classification":
+    task = Task.parse(result["task"])
+    if task == Task.CLASSIFICATION:
         return (
             f"label agreement with the fp32 model over {d['n']} texts on this machine: "
             f"{d['agreement']} (build: {b['agreement']}), mean KL {d['mean_kl']} (build: "
             f"{b['mean_kl']})\nbar {result['metric']} >= {result['bar']}: {verdict}"
         )
-    if result["task"] == "reranking":
+    if task == Task.RERANKING:
         return (
             f"Spearman correlation with the fp32 model over {d['queries']} queries on this "
             f"machine: worst {d['min_spearman']} (build: {b['min_spearman']}), mean "
@@ -158,7 +154,7 @@ def text(result: dict[str, Any]) -> str:
             f"{d['max_score_error']} (build: {b['max_score_error']})\n"
             f"bar {result['metric']} >= {result['bar']}: {verdict}"
         )
-    if result["task"] == TEXT_GENERATION:
+    if task == Task.GENERATION:
         return (
             f"next-token agreement with the fp32 model over {d['positions']} positions of "
             f"{d['n']} texts on this machine: {d['agreement']} (build: {b['agreement']}), worst "

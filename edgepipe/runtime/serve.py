@@ -30,15 +30,19 @@ from typing import Any
 from . import integrity, openai_api
 from .http_handler import CHAT, COMPLETIONS, Handler
 from .http_json import RequestError
-from .integrity import EMBEDDING, TEXT_GENERATION
-from .scoring import CLASSIFICATION, RERANKING, rerank_request
+from .scoring_commands import rerank_request
+from .tasks import Task
 
 __all__ = ["RequestError", "ServeError", "run", "texts_from", "generate_options"]
 
 EXIT_SERVE = 3
 # Each task's own endpoint.
-ROUTES = {EMBEDDING: "/embed", TEXT_GENERATION: "/generate", CLASSIFICATION: "/classify",
-          RERANKING: "/rerank"}  # fmt: skip
+ROUTES = {
+    Task.EMBEDDING: "/embed",
+    Task.GENERATION: "/generate",
+    Task.CLASSIFICATION: "/classify",
+    Task.RERANKING: "/rerank",
+}
 MAX_BODY_BYTES = 1 << 20
 MAX_TEXTS = 64
 MAX_CONNECTIONS = 128
@@ -63,8 +67,7 @@ class ServeError(Exception):
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
-        help="answer /embed, /generate, /classify or /rerank, /health, /manifest and OpenAI's "
-        "/v1/ API over HTTP",
+        help="answer /embed, /generate, /classify or /rerank, /health, /manifest and OpenAI's /v1/ API over HTTP",
     )
     p.add_argument("--host", default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="TCP port; 0 picks a free one")
@@ -140,9 +143,7 @@ def generate_options(payload: object) -> dict[str, Any]:
         raise RequestError(bad, 'body must be a JSON object with "prompt": "..."')
     unknown = sorted(payload.keys() - GENERATE_FIELDS.keys())
     if unknown:
-        raise RequestError(
-            bad, f"unknown field {unknown[0]!r}; known: {', '.join(GENERATE_FIELDS)}"
-        )
+        raise RequestError(bad, f"unknown field {unknown[0]!r}; known: {', '.join(GENERATE_FIELDS)}")
     for key, value in payload.items():
         types = GENERATE_FIELDS[key]
         if isinstance(value, bool) and bool not in types or not isinstance(value, types):
@@ -181,22 +182,20 @@ class BundleServer(ThreadingHTTPServer):
         # them. test_serve_load on a 2-core host, 6 rounds each: /health's slowest 0.51-0.70 s
         # without this bound, 0.10-0.36 s with it.
         self.embed_slots = threading.BoundedSemaphore(os.cpu_count() or 2)
-        if self.task == TEXT_GENERATION:
+        if self.task == Task.GENERATION:
             from .generator import Generator, OptionError
 
             try:
-                self.generator = Generator.from_bundle(
-                    root, threads=args.threads, max_context=args.max_context
-                )
+                self.generator = Generator.from_bundle(root, threads=args.threads, max_context=args.max_context)
             except OptionError as exc:
                 raise ServeError(str(exc)) from None
-        elif self.task == EMBEDDING:
+        elif self.task == Task.EMBEDDING:
             from .embedder import Embedder
 
             # onnxruntime's run() is thread-safe: requests embed concurrently.
             self.embedder = Embedder.from_bundle(root, threads=args.threads)
         elif self.task in ROUTES:
-            from .classifier import Scorer
+            from .scorer import Scorer
 
             self.scorer = Scorer.from_bundle(root, threads=args.threads)
         else:
@@ -238,19 +237,18 @@ class BundleServer(ThreadingHTTPServer):
     def _wrong_task(self, path: str, right: str | None = None) -> RequestError:
         return RequestError(
             HTTPStatus.NOT_FOUND,
-            f"this is {integrity.a_bundle(self.task)}: POST {right or ROUTES[self.task]}, "
-            f"not {path}",
+            f"this is {integrity.a_bundle(self.task)}: POST {right or ROUTES[self.task]}, not {path}",
         )
 
     def classify(self, payload: object) -> dict[str, Any]:
-        if self.task != CLASSIFICATION:
+        if self.task != Task.CLASSIFICATION:
             raise self._wrong_task("/classify")
         texts = texts_from(payload, self.max_texts)
         with self.embed_slots:
             return {"results": self.scorer.classify(texts)}
 
     def rerank(self, payload: object) -> dict[str, Any]:
-        if self.task != RERANKING:
+        if self.task != Task.RERANKING:
             raise self._wrong_task("/rerank")
         query, documents = rerank_request(payload, self.max_texts)
         with self.embed_slots:
@@ -283,9 +281,7 @@ class BundleServer(ThreadingHTTPServer):
             raise self._wrong_task(CHAT if chat else COMPLETIONS, embeddings)
         return openai_api.completion_request(payload, chat, self.model["id"], self.generator)
 
-    def run_generation(
-        self, request: openai_api.Completion, on_text: Callable[[str], None] | None = None
-    ) -> Any:
+    def run_generation(self, request: openai_api.Completion, on_text: Callable[[str], None] | None = None) -> Any:
         from .generator import GenerationError
 
         try:
@@ -313,7 +309,7 @@ class BundleServer(ThreadingHTTPServer):
         health = {
             "status": "ok",
             "name": self.manifest.get("name"),
-            "task": self.task,
+            "task": self.task.manifest_name,
             "model_sha256": self.manifest.get("model", {}).get("sha256"),
             "max_length": runtime.config.max_length,
             "connections": self.connections,
@@ -337,9 +333,7 @@ def run(root: Path, args: argparse.Namespace) -> int:
                 "127.0.0.1/::1 (put a reverse proxy in front to expose it)"
             )
         if args.max_body_bytes < 1 or args.max_texts < 1 or args.max_connections < 1:
-            raise ServeError(
-                "--max-body-bytes, --max-texts and --max-connections must be at least 1"
-            )
+            raise ServeError("--max-body-bytes, --max-texts and --max-connections must be at least 1")
         if not 0 < args.timeout < float("inf"):
             raise ServeError(f"--timeout must be a positive number of seconds (got {args.timeout})")
         try:

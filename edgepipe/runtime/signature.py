@@ -51,9 +51,7 @@ def _verifier(public_key: Path | None, chain: Sequence[Path]) -> Any:
     try:
         from model_signing import verifying
     except ModuleNotFoundError:
-        raise KeyFileError(
-            f"checking a signature needs model-signing, which this Python lacks: {INSTALL}"
-        ) from None
+        raise KeyFileError(f"checking a signature needs model-signing, which this Python lacks: {INSTALL}") from None
     trusted = str(public_key) if public_key else ", ".join(map(str, chain))
     try:
         if public_key is not None:
@@ -91,14 +89,10 @@ def verify_signature(
         raise SignatureError(f"{shown}: unreadable signature {SIGNATURE} ({exc!r})") from None
     by_certificate = isinstance(material, dict) and "x509CertificateChain" in material
     if certificate_chain and not by_certificate:
-        raise SignatureError(
-            f"{shown}: signed with a key, not a certificate: check it with --public-key"
-        )
+        raise SignatureError(f"{shown}: signed with a key, not a certificate: check it with --public-key")
     # Running the bundle writes bytecode; it is neither signed nor in the manifest.
     ignored = [SIGNATURE, *(str(p.relative_to(root)) for p in root.rglob("__pycache__"))]
-    config.set_hashing_config(
-        hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=False)
-    )
+    config.set_hashing_config(hashing.Config().set_ignored_paths(paths=ignored, ignore_git_paths=False))
     try:
         # It prints a warning of its own (an old signature format) on stdout: one line, ours.
         with contextlib.redirect_stdout(io.StringIO()):
@@ -119,7 +113,5 @@ def verify_signature(
                 f"{', '.join(map(str, certificate_chain))} ({message})"
             ) from None
         if message.startswith("Signature mismatch"):
-            raise SignatureError(
-                f"{shown}: files differ from what was signed: {_mismatch(exc)}"
-            ) from None
+            raise SignatureError(f"{shown}: files differ from what was signed: {_mismatch(exc)}") from None
         raise SignatureError(f"{shown}: invalid signature {SIGNATURE} ({message})") from None

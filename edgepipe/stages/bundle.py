@@ -13,42 +13,39 @@ from pathlib import Path
 from typing import Any
 
 from ..bench import report as bench_report
-from ..config import Target
+from ..catalog.config import Target
 from ..errors import ConfigError
 from ..graph import external
 from ..runtime import RUNTIME_PACKAGE
-from ..runtime.classifier import ScoringConfig
 from ..runtime.embedder import RUNTIME_CONFIG, EmbeddingConfig
 from ..runtime.generator import GenerationConfig
 from ..runtime.integrity import MANIFEST, bundle_files, sha256_file
+from ..runtime.scorer import ScoringConfig
+from ..runtime.tasks import Task
 
 # 1980-01-01: the earliest time every archive format (zip included) can store.
 DEFAULT_EPOCH = 315532800
 # Written by finish() from the manifest; `edgepipe bench` rewrites them with new results.
 DOCUMENTS = ("README.md", bench_report.BENCH_MD, bench_report.BENCH_SVG, MANIFEST)
-RUNTIME_MODULES = (
-    "__init__.py",
-    "integrity.py",
-    "embedder.py",
-    "classifier.py",
-    "scoring.py",
-    "generator.py",
-    "sampling.py",
-    "kvcache.py",
-    "bench.py",
-    "measure.py",
-    "probe.py",
-    "generation_bench.py",
-    "selftest.py",
-    "cli.py",
-    "cli_input.py",
-    "serve.py",
-    "http_json.py",
-    "http_handler.py",
-    "openai_api.py",
-    "chat.py",
-    "signature.py",
-)
+
+
+def _runtime_modules() -> tuple[str, ...]:
+    """Every module of the runtime package (subpackages too), as paths inside it; bundle_main.py
+    becomes the bundle's own __main__.py instead."""
+    found: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:  # an importlib.resources Traversable
+        for child in node.iterdir():
+            if child.is_dir() and child.name != "__pycache__":
+                walk(child, f"{prefix}{child.name}/")
+            elif child.name.endswith(".py") and f"{prefix}{child.name}" != "bundle_main.py":
+                found.append(f"{prefix}{child.name}")
+
+    walk(resources.files("edgepipe.runtime"), "")
+    return tuple(sorted(found))
+
+
+RUNTIME_MODULES = _runtime_modules()
 
 
 # onnxruntime's kernels and the tokenizer's ids decide the numbers the evaluation measured, so the
@@ -82,13 +79,10 @@ def runtime_requirements(
     in the target's range. A GPU target keeps a range: its onnxruntime build comes from the vendor.
     """
     ranges = {"onnxruntime": target.runtime.onnxruntime, **RANGES}
-    if onnxruntime is not None and (
-        gpu_target(target) or not _in_range(onnxruntime, ranges["onnxruntime"])
-    ):
+    if onnxruntime is not None and (gpu_target(target) or not _in_range(onnxruntime, ranges["onnxruntime"])):
         raise ConfigError(
             f"--runtime-version {onnxruntime}: target '{target.name}' runs onnxruntime"
-            f"{ranges['onnxruntime']}"
-            + (" from its vendor's build, not PyPI's" if gpu_target(target) else "")
+            f"{ranges['onnxruntime']}" + (" from its vendor's build, not PyPI's" if gpu_target(target) else "")
         )
     specs = dict(ranges)
     for name in PINNED:
@@ -107,9 +101,7 @@ def requirements(target: Target, specs: Mapping[str, str], evaluated: Mapping[st
         f"# The build's evaluation ran on {ran}; '==' pins what ran (or --runtime-version).",
     ]
     if gpu_target(target):
-        lines.append(
-            "# For the GPU, install NVIDIA's onnxruntime-gpu build for this device instead."
-        )
+        lines.append("# For the GPU, install NVIDIA's onnxruntime-gpu build for this device instead.")
     lines += [f"{name}{spec}" for name, spec in specs.items()]
     return "\n".join(lines) + "\n"
 
@@ -117,9 +109,7 @@ def requirements(target: Target, specs: Mapping[str, str], evaluated: Mapping[st
 def speed(bench: dict[str, Any] | None) -> str:
     """The README's one-paragraph summary of the first measured shape."""
     if bench is None:
-        return (
-            "Not measured at build time (built with --no-bench). On the device: `python . bench`."
-        )
+        return "Not measured at build time (built with --no-bench). On the device: `python . bench`."
     r = bench["results"][0]
     versus = (
         f"{r['speedup_vs_fp32']}x the fp32 model measured in the same run"
@@ -211,7 +201,7 @@ The fp32 export itself agrees with PyTorch on {acc["fp32_onnx"]["agreement"]} of
 def scoring_readme(manifest: dict[str, Any], install: str) -> str:
     """A classifier's or reranker's README: how to run it and how close it is to fp32."""
     acc, target, score = manifest["accuracy"], manifest["target"], manifest["accuracy"]["model"]
-    if manifest["task"] == "reranking":
+    if Task.parse(manifest["task"]) == Task.RERANKING:
         run = (
             'python . rerank "kitchen lights" "turn on the kitchen lights" "play some jazz"\n'
             "                                                 # one JSON line per document, best first\n"
@@ -266,9 +256,9 @@ def readme(manifest: dict[str, Any]) -> str:
     install = "pip install -r requirements.txt"
     if "wheels" in manifest:  # offline: the wheels for the device's platform ship in the bundle
         install = f"{manifest['wheels']['install']}   # offline"
-    if manifest["task"] == "text-generation":
+    if Task.parse(manifest["task"]) == Task.GENERATION:
         return generation_readme(manifest, install)
-    if manifest["task"] in ("text-classification", "reranking"):
+    if Task.parse(manifest["task"]).is_head:
         return scoring_readme(manifest, install)
     return f"""# {manifest["name"]}
 
@@ -314,10 +304,9 @@ def assemble(
     pkg.mkdir()
     source = resources.files("edgepipe.runtime")
     for name in RUNTIME_MODULES:
+        (pkg / name).parent.mkdir(parents=True, exist_ok=True)
         (pkg / name).write_text(source.joinpath(name).read_text(encoding="utf-8"), encoding="utf-8")
-    (dest / "__main__.py").write_text(
-        source.joinpath("bundle_main.py").read_text(encoding="utf-8"), encoding="utf-8"
-    )
+    (dest / "__main__.py").write_text(source.joinpath("bundle_main.py").read_text(encoding="utf-8"), encoding="utf-8")
     # Every runtime.json names its task first (a decoder's to_json() has it already).
     data = {"task": task, **runtime.to_json()}
     (dest / RUNTIME_CONFIG).write_text(json.dumps(data, indent=2) + "\n")
@@ -330,10 +319,8 @@ def finish(dest: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Write DOCUMENTS, then manifest.json naming every other file's sha256; return the manifest."""
     (dest / "README.md").write_text(readme(manifest), encoding="utf-8")
     # The BENCH documents render the embedding benchmark; a decoder's is in the README.
-    measured = manifest["bench"] if manifest["task"] != "text-generation" else None
-    for name, text in (
-        bench_report.documents(manifest["name"], measured) if measured else {}
-    ).items():
+    measured = manifest["bench"] if Task.parse(manifest["task"]) != Task.GENERATION else None
+    for name, text in (bench_report.documents(manifest["name"], measured) if measured else {}).items():
         (dest / name).write_text(text, encoding="utf-8")
     manifest = {
         **manifest,

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import families
+from ..catalog import families
 from ..errors import StageError
 from ..graph import decoder_graph, external, tied
 from . import digests

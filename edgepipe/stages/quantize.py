@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -12,7 +11,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import Calibration, Profile, Quantization, WeightOnly
+from ..cache import texts_digest
+from ..catalog.config import Calibration, Profile, Quantization, WeightOnly
 from ..errors import StageError
 from ..graph import external, kv_cache, nbits, weight_only
 from ..graph.smooth import smooth
@@ -31,9 +31,7 @@ class QuantizeConfig(BaseModel):
     method: str = Field(description="fp32 (copy), fp16, dynamic-int8 or static-int8.")
     quantization: Quantization | None = Field(default=None, description="int8 settings.")
     fp16_op_block_list: list[str] = Field(default_factory=list, description="Ops kept in fp32.")
-    calibration_digest: str | None = Field(
-        default=None, description="static-int8: sha256 of the calibration texts."
-    )
+    calibration_digest: str | None = Field(default=None, description="static-int8: sha256 of the calibration texts.")
     weight_only: WeightOnly | None = Field(default=None, description="int4 settings.")
     task_kind: str = Field(description="embedding or generation.")
     kv_cache: str = Field(default="float32", description="The KV cache's element type (decoders).")
@@ -84,13 +82,19 @@ class CalibrationData:
     @property
     def digest(self) -> str:
         """sha256 of the texts: what a stage calibrated on them puts in its cache key."""
-        return hashlib.sha256("\n".join(self.texts).encode()).hexdigest()
+        return texts_digest(self.texts)
 
 
 def run_profile(
-    stage: Any, profile: Profile, keep: list[str] | None, label: str, kind: str, fp32_model: Path,
-    digests: dict[str, str], calibration: CalibrationData,
-) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    stage: Any,
+    profile: Profile,
+    keep: list[str] | None,
+    label: str,
+    kind: str,
+    fp32_model: Path,
+    digests: dict[str, str],
+    calibration: CalibrationData,
+) -> tuple[Path, dict[str, Any]]:
     """The quantize stage of ``profile`` (``keep`` nodes kept at higher precision), through the
     build's stage runner: its model file and record."""
     config = QuantizeConfig.from_profile(profile, keep, calibration.digest, task_kind=kind)
@@ -203,9 +207,7 @@ def _fp16(block_list: list[str], src: Path, dst: Path) -> None:
     model = external.load(src)
     external.inline(model)  # the converter reads every tensor's values
     # keep_io_types: the runtime feeds and reads fp32, whatever the weights are.
-    converted = convert_float_to_float16(
-        model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *block_list]
-    )
+    converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *block_list])
     external.save(converted, dst)
 
 
@@ -216,15 +218,11 @@ def prepared(q: Quantization, model: Path, tmp: Path, calibration: CalibrationDa
     if calibration is None:
         raise StageError("smooth_alpha needs calibration texts")
     dst = tmp / "smoothed.onnx"
-    smooth(
-        model, dst, q.smooth_alpha, calibration.texts, calibration.tokenizer, calibration.max_length
-    )
+    smooth(model, dst, q.smooth_alpha, calibration.texts, calibration.tokenizer, calibration.max_length)
     return dst
 
 
-def run(
-    config: QuantizeConfig, model: Path, out: Path, calibration: CalibrationData | None = None
-) -> dict[str, Any]:
+def run(config: QuantizeConfig, model: Path, out: Path, calibration: CalibrationData | None = None) -> dict[str, Any]:
     """Write ``out/model.onnx`` in the profile's precision; return the stage record."""
     dst = out / "model.onnx"
     extra: dict[str, Any] = {}
@@ -236,9 +234,7 @@ def run(
                 _fp16(config.fp16_op_block_list, model, dst)
             elif config.method == "int4" and config.weight_only is not None:
                 feeds = decoder_calibration(calibration, model) if calibration else None
-                extra = weight_only.quantize(
-                    config.weight_only, model, dst, 4, feeds, config.calibration_digest
-                )
+                extra = weight_only.quantize(config.weight_only, model, dst, 4, feeds, config.calibration_digest)
             elif config.method == "dynamic-int8" and config.task_kind == "generation":
                 settings = config.weight_only or DECODER_INT8
                 extra = weight_only.quantize(settings, model, dst, bits=8)

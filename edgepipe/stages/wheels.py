@@ -58,11 +58,24 @@ def run(config: WheelsConfig, out: Path) -> dict[str, Any]:
         req = Path(tmp) / "requirements.txt"
         req.write_text(config.requirements, encoding="utf-8")
         command = [
-            sys.executable, "-m", "pip", "download", "--only-binary=:all:",
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--only-binary=:all:",
             *(arg for tag in config.platforms for arg in ("--platform", tag)),
-            "--python-version", config.python, "--implementation", config.implementation,
-            "--dest", str(dest), "--requirement", str(req), "--no-input", "--progress-bar", "off",
-        ]  # fmt: skip
+            "--python-version",
+            config.python,
+            "--implementation",
+            config.implementation,
+            "--dest",
+            str(dest),
+            "--requirement",
+            str(req),
+            "--no-input",
+            "--progress-bar",
+            "off",
+        ]
         try:
             proc = subprocess.run(command, capture_output=True, text=True, timeout=1800)
         except subprocess.TimeoutExpired:

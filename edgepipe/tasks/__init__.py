@@ -3,16 +3,12 @@ scoring, bench, runtime config). A kind is added by its module and one line in T
 
 from __future__ import annotations
 
-from types import ModuleType
-
+from ..engine.spec import TaskSpec
+from ..runtime.tasks import Task
 from . import classification, embedding, generation, reranking
 
-# task kind (the profiles' "embedding", "generation", "classification", "reranking") -> its
-# module: KIND; NAME, the model's task in the manifest and runtime.json; run(ctx) -> BuildResult;
-# EXAMPLE, its runtime entry's command.
-TASKS: dict[str, ModuleType] = {
-    embedding.KIND: embedding,
-    generation.KIND: generation,
-    classification.KIND: classification,
-    reranking.KIND: reranking,
+# task kind -> what its module provides (engine.spec.TaskSpec: the kind, run(ctx) -> BuildResult,
+# the runtime entry's example command).
+TASKS: dict[Task, TaskSpec] = {
+    spec.kind: spec for spec in (embedding.SPEC, generation.SPEC, classification.SPEC, reranking.SPEC)
 }

@@ -54,10 +54,7 @@ def kv_shape(onnx_model: Path, config: dict[str, Any]) -> tuple[int, int, int]:
         if dims is None and len(shape) == 4:
             dims = (shape[1].dim_value, shape[3].dim_value)
     if not layers or dims is None:
-        raise ModelError(
-            f"{onnx_model}: no past_key_values inputs; export it with task "
-            "text-generation-with-past"
-        )
+        raise ModelError(f"{onnx_model}: no past_key_values inputs; export it with task text-generation-with-past")
     if sorted(layers) != list(range(len(layers))):
         raise ModelError(f"{onnx_model}: past_key_values layers are not 0..{len(layers) - 1}")
     heads, head_dim = dims
@@ -191,9 +188,7 @@ def _conversations(system: bool) -> list[list[dict[str, str]]]:
 
 def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
     with quiet():
-        rendered = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation_prompt
-        )
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     if not isinstance(rendered, str):
         raise TemplateRefused("apply_chat_template did not return text")
     return rendered
@@ -273,9 +268,7 @@ def multi_turn_template(model_dir: Path, tokenizer: Any = None) -> tuple[ChatTem
         return None, "the model has no chat template"
     try:
         template = _extract(tokenizer)
-        for number, conversation in enumerate(
-            _conversations(template.system_mode != SYSTEM_NONE), start=1
-        ):
+        for number, conversation in enumerate(_conversations(template.system_mode != SYSTEM_NONE), start=1):
             expected = _render(tokenizer, conversation, True)
             got = template.render([(m["role"], m["content"]) for m in conversation])
             if got != expected:

@@ -1,4 +1,4 @@
-"""Sentence embeddings: export, PyTorch reference, cosine scoring, keep_float ranking, latency bench."""
+"""Sentence embeddings: export, PyTorch reference, cosine scoring, keep_float ranking, latency encoder_bench."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from typing import Any
 
 import numpy as np
 
-from ..build.publish import write_bundle
-from ..build.runner import StageRunner, bench_labels
-from ..build.search import Attempt, Search, over_budget
-from ..build.spec import BuildContext, BuildResult
-from ..config import Profile, Target
+from ..catalog.config import Profile, Target
+from ..catalog.families import EXPORT_TASKS
+from ..engine.publish import write_bundle
+from ..engine.runner import StageRunner, bench_labels
+from ..engine.search import Attempt, Search, over_budget
+from ..engine.spec import BuildContext, BuildResult, TaskSpec
 from ..errors import ModelError
-from ..families import EXPORT_TASKS
 from ..graph.checks import check_runtime_support
 from ..runtime.embedder import EmbeddingConfig
-from ..stages import bench, evaluate, export, quantize, reference, sensitivity
+from ..runtime.tasks import Task
+from ..stages import embedding_evaluate, embedding_reference, embedding_sensitivity, encoder_bench, export, quantize
 from .texts import builtin_calibration_texts, load_texts
 
-KIND = "embedding"
-NAME = "embedding"  # the manifest's and runtime.json's "task"
+KIND = Task.EMBEDDING
 EXAMPLE = 'embed "turn on the kitchen lights"'
 
 
@@ -49,17 +49,13 @@ class EmbeddingRecipes:
     def calibration_digest(self) -> str:
         return self.calibration.digest
 
-    def quantize(
-        self, profile: Profile, keep: list[str] | None, label: str
-    ) -> tuple[Path, dict[str, Any]]:
+    def quantize(self, profile: Profile, keep: list[str] | None, label: str) -> tuple[Path, dict[str, Any]]:
         return quantize.run_profile(
             self.stage, profile, keep, label, KIND, self.fp32_model, self.digests, self.calibration
         )
 
-    def score(
-        self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]
-    ) -> dict[str, Any]:
-        eval_cfg = evaluate.EvaluateConfig(
+    def score(self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]) -> dict[str, Any]:
+        eval_cfg = embedding_evaluate.EvaluateConfig(
             bar=profile.bar(KIND).min,
             texts_digest=self.texts_digest,
             runtime=self.runtime.to_json(),
@@ -68,7 +64,7 @@ class EmbeddingRecipes:
             "evaluate",
             eval_cfg,
             {"reference": self.digests["reference"], "model": quantized["outputs"]["model.onnx"]},
-            lambda d: evaluate.run(
+            lambda d: embedding_evaluate.run(
                 eval_cfg, self.reference, model, self.tokenizer, self.runtime, self.texts, d
             ),
             label=f"evaluate/{label}",
@@ -100,13 +96,9 @@ class EmbeddingRecipes:
             return None
         vectors = np.load(self.work / f"evaluate/{first.label}" / "embeddings.npy")
         ref = np.load(self.reference)
-        per_text = np.sum(vectors * ref, axis=1) / (
-            np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1)
-        )
-        probe = sorted(
-            int(i) for i in np.argsort(per_text, kind="stable")[: q.keep_float.probe_texts]
-        )
-        config = sensitivity.SensitivityConfig(
+        per_text = np.sum(vectors * ref, axis=1) / (np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1))
+        probe = sorted(int(i) for i in np.argsort(per_text, kind="stable")[: q.keep_float.probe_texts])
+        config = embedding_sensitivity.SensitivityConfig(
             quantization=q,
             probe=probe,
             texts_digest=self.texts_digest,
@@ -117,7 +109,7 @@ class EmbeddingRecipes:
             "sensitivity",
             config,
             {"fp32": self.digests["fp32"], "reference": self.digests["reference"]},
-            lambda d: sensitivity.run(
+            lambda d: embedding_sensitivity.run(
                 config,
                 self.fp32_model,
                 self.reference,
@@ -126,20 +118,18 @@ class EmbeddingRecipes:
                 self.texts,
                 self.calibration,
                 d,
-            ),  # fmt: skip
+            ),
             label=f"sensitivity/{profile.name}",
         )
         return self.stage.ranked_nodes(f"sensitivity/{profile.name}"), q.keep_float.max_nodes
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
-        bench_cfg = bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
+        bench_cfg = encoder_bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
         return self.stage.latency(
             attempt,
             bench_cfg,
             self.digests,
-            lambda d: bench.run(
-                bench_cfg, self.fp32_model, attempt.model, self.tokenizer, self.runtime, d
-            ),
+            lambda d: encoder_bench.run(bench_cfg, self.fp32_model, attempt.model, self.tokenizer, self.runtime, d),
         )
 
     def cost(self, attempt: Attempt) -> float:
@@ -147,7 +137,7 @@ class EmbeddingRecipes:
 
 
 def bench_summary(measured: dict[str, Any] | None) -> dict[str, Any]:
-    """The build's CI summary fields for an embedding bench."""
+    """The build's CI summary fields for an embedding encoder_bench."""
     return {
         "latency_p50_ms": measured["results"][0]["model"]["p50_ms"] if measured else None,
         "speedup_vs_fp32": measured["results"][0]["speedup_vs_fp32"] if measured else None,
@@ -158,9 +148,7 @@ def run(ctx: BuildContext) -> BuildResult:
     """Export, reference, the recipe search and the bundle of an embedding model."""
     spec, source, stage, work = ctx.spec, ctx.source, ctx.stage, ctx.work
     target = spec.target
-    export_cfg = export.ExportConfig(
-        task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code
-    )
+    export_cfg = export.ExportConfig(task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code)
     exported = stage(
         "export",
         export_cfg,
@@ -189,22 +177,16 @@ def run(ctx: BuildContext) -> BuildResult:
         inter_op_threads=target.runtime.inter_op_threads,
         providers=tuple(target.runtime.execution_providers),
     )
-    ref_cfg = reference.ReferenceConfig(texts_digest=ctx.texts_digest, runtime=runtime.to_json())
+    ref_cfg = embedding_reference.ReferenceConfig(texts_digest=ctx.texts_digest, runtime=runtime.to_json())
     referenced = stage(
         "reference",
         ref_cfg,
         {"source": source.digest, **digests},
-        lambda d: reference.run(source.path, fp32_model, tokenizer, runtime, ctx.texts, d),
+        lambda d: embedding_reference.run(source.path, fp32_model, tokenizer, runtime, ctx.texts, d),
     )
     digests["reference"] = referenced["outputs"]["reference.npy"]
-    stage.summary(
-        "reference", f"fp32 ONNX vs PyTorch min cosine {referenced['fp32_onnx']['min']:.6f}"
-    )
-    calibration_texts = (
-        load_texts(spec.calibration_data)
-        if spec.calibration_data
-        else builtin_calibration_texts(KIND)
-    )
+    stage.summary("reference", f"fp32 ONNX vs PyTorch min cosine {referenced['fp32_onnx']['min']:.6f}")
+    calibration_texts = load_texts(spec.calibration_data) if spec.calibration_data else builtin_calibration_texts(KIND)
     recipes = EmbeddingRecipes(
         stage=stage,
         work=work,
@@ -222,10 +204,16 @@ def run(ctx: BuildContext) -> BuildResult:
     search = Search(recipes, stage.summary)
     chosen = search.run(spec, ctx.profiles)
     return write_bundle(
-        ctx, chosen, search.attempts, runtime=runtime, tokenizer_dir=tokenizer_dir,
-        fp32_onnx=referenced["fp32_onnx"], bench_fields=bench_summary(chosen.bench),
-        example=EXAMPLE, selftest=selftest_files(ctx.texts, work / "reference" / "reference.npy"),
-    )  # fmt: skip
+        ctx,
+        chosen,
+        search.attempts,
+        runtime=runtime,
+        tokenizer_dir=tokenizer_dir,
+        fp32_onnx=referenced["fp32_onnx"],
+        bench_fields=bench_summary(chosen.bench),
+        example=EXAMPLE,
+        selftest=selftest_files(ctx.texts, work / "reference" / "reference.npy"),
+    )
 
 
 def selftest_files(texts: list[str], reference: Path) -> dict[str, bytes]:
@@ -241,3 +229,6 @@ def _has_output(model: Path, name: str) -> bool:
 
     graph = onnx.load(str(model), load_external_data=False).graph
     return any(o.name == name for o in graph.output)
+
+
+SPEC = TaskSpec(KIND, run, EXAMPLE)

@@ -10,22 +10,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..build.publish import write_bundle
-from ..build.runner import StageRunner, bench_labels
-from ..build.search import Attempt, Search, over_budget
-from ..build.spec import BuildContext, BuildResult
-from ..config import Profile, Target
-from ..families import EXPORT_TASKS
+from ..catalog.config import Profile, Target
+from ..catalog.families import EXPORT_TASKS
+from ..engine.publish import write_bundle
+from ..engine.runner import StageRunner, bench_labels
+from ..engine.search import Attempt, Search, over_budget
+from ..engine.spec import BuildContext, BuildResult, TaskSpec
 from ..graph import external
 from ..graph.checks import check_runtime_support
 from ..runtime.generator import GenerationConfig
-from ..stages import bench_generation, decoder_sensitivity, export, next_token, quantize
+from ..runtime.tasks import Task
+from ..stages import export, generation_bench, generation_reference, generation_sensitivity, quantize
 from .decoder_runtime import runtime_config
 from .texts import builtin_calibration_texts, load_texts
 
 log = logging.getLogger(__name__)
-KIND = "generation"
-NAME = "text-generation"  # the manifest's and runtime.json's "task"
+KIND = Task.GENERATION
 EXAMPLE = 'generate "Once upon a time"'
 # Tokens per calibration text at most (GPTQ's statistics; the sensitivity probe takes fewer).
 CALIBRATION_TOKENS = 256
@@ -51,9 +51,7 @@ class GenerationRecipes:
     def calibration_digest(self) -> str:
         return self.calibration.digest
 
-    def quantize(
-        self, profile: Profile, keep: list[str] | None, label: str
-    ) -> tuple[Path, dict[str, Any]]:
+    def quantize(self, profile: Profile, keep: list[str] | None, label: str) -> tuple[Path, dict[str, Any]]:
         return quantize.run_profile(
             self.stage,
             profile,
@@ -65,14 +63,15 @@ class GenerationRecipes:
             self.calibration,
         )
 
-    def score(
-        self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]
-    ) -> dict[str, Any]:
+    def score(self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]) -> dict[str, Any]:
         bar = profile.bar(KIND)
-        eval_cfg = next_token.NextTokenEvaluateConfig(
-            texts_digest=self.texts_digest, bar=bar.min, max_kl=bar.max_kl, metric=bar.metric,
+        eval_cfg = generation_reference.NextTokenEvaluateConfig(
+            texts_digest=self.texts_digest,
+            bar=bar.min,
+            max_kl=bar.max_kl,
+            metric=bar.metric,
             max_perplexity_ratio=bar.max_perplexity_ratio,
-        )  # fmt: skip
+        )
         tokenizer = self.work / "export" / "tokenizer" / "tokenizer.json"
         scored = self.stage(
             "evaluate",
@@ -82,8 +81,8 @@ class GenerationRecipes:
                 "model": external.digest(quantized["outputs"], "model.onnx"),
                 "runtime": self.digests["runtime"],
                 "chat": self.digests["chat"],
-            },  # fmt: skip
-            lambda d: next_token.evaluate(
+            },
+            lambda d: generation_reference.evaluate(
                 eval_cfg,
                 self.work / "export" / "model.onnx",
                 model,
@@ -92,14 +91,14 @@ class GenerationRecipes:
                 self.texts,
                 self.work / "reference" / "chat.json",
                 d,
-            ),  # fmt: skip
+            ),
             label=f"evaluate/{label}",
         )
         return {k: v for k, v in scored.items() if k != "outputs"}
 
     def problem(self, profile: Profile, accuracy: dict[str, Any], size_bytes: int) -> str | None:
         score, bar = accuracy["model"], profile.bar(KIND)
-        missed = next_token.problem(score, bar.min, bar.max_kl, bar.max_perplexity_ratio)
+        missed = generation_reference.problem(score, bar.min, bar.max_kl, bar.max_perplexity_ratio)
         return missed or over_budget(size_bytes, self.target.budgets.generation_model_size_mb)
 
     def best(self, attempt: Attempt) -> float:
@@ -124,7 +123,7 @@ class GenerationRecipes:
         if w.keep_8bit.extra_size is None:
             return []
         record, ranked = self._rank(profile)
-        kept = decoder_sensitivity.within(ranked, record["int4_bytes"], w.keep_8bit.extra_size)
+        kept = generation_sensitivity.within(ranked, record["int4_bytes"], w.keep_8bit.extra_size)
         return kept[: w.keep_8bit.max_nodes]
 
     def ranking(self, profile: Profile, first: Attempt) -> tuple[list[str], int] | None:
@@ -139,7 +138,7 @@ class GenerationRecipes:
         """The sensitivity stage's record for an int4 profile, and its ranking.json."""
         w = profile.weight_only
         assert w is not None and w.keep_8bit is not None
-        config = decoder_sensitivity.DecoderSensitivityConfig(
+        config = generation_sensitivity.DecoderSensitivityConfig(
             weight_only=w.model_copy(update={"int8_nodes": [], "keep_8bit": None}),
             calibration_digest=self.calibration_digest,
             probe_texts=w.keep_8bit.probe_texts,
@@ -152,9 +151,7 @@ class GenerationRecipes:
             "sensitivity",
             config,
             {"fp32": self.digests["fp32"], "tokenizer": self.digests["tokenizer"]},
-            lambda d: decoder_sensitivity.run(
-                config, self.work / "export" / "model.onnx", self.calibration, d
-            ),
+            lambda d: generation_sensitivity.run(config, self.work / "export" / "model.onnx", self.calibration, d),
             label=label,
         )
         worst = record["worst"][0]["node"] if record["worst"] else "none"
@@ -162,7 +159,7 @@ class GenerationRecipes:
         return record, json.loads(ranking.read_text())
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
-        config = bench_generation.GenerationBenchConfig
+        config = generation_bench.GenerationBenchConfig
         bench_cfg = config(
             runs=min(self.bench_runs, config.model_fields["runs"].default),
             **bench_labels(self.target),
@@ -173,9 +170,7 @@ class GenerationRecipes:
             attempt.label,
             bench_cfg,
             self.digests,
-            lambda d: bench_generation.run(
-                bench_cfg, fp32_model, attempt.model, tokenizer, self.runtime, d
-            ),
+            lambda d: generation_bench.run(bench_cfg, fp32_model, attempt.model, tokenizer, self.runtime, d),
         )
         m = measured["model"]
         self.stage.summary(
@@ -211,9 +206,11 @@ def run(ctx: BuildContext) -> BuildResult:
         fuse_attention=True,
     )
     exported = stage(
-        "export", export_cfg, {"source": source.digest},
+        "export",
+        export_cfg,
+        {"source": source.digest},
         lambda d: export.run(export_cfg, source.path, d),
-    )  # fmt: skip
+    )
     fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
     tokenizer = tokenizer_dir / "tokenizer.json"
     check_runtime_support(fp32_model, target)
@@ -242,14 +239,12 @@ def run(ctx: BuildContext) -> BuildResult:
         "tokenizer": exported["outputs"]["tokenizer/tokenizer.json"],
         "runtime": hashlib.sha256(repr(runtime.to_json()).encode()).hexdigest(),
     }
-    ref_cfg = next_token.NextTokenConfig(texts_digest=ctx.texts_digest)
+    ref_cfg = generation_reference.NextTokenConfig(texts_digest=ctx.texts_digest)
     referenced = stage(
         "reference",
         ref_cfg,
         {"source": source.digest, **digests},
-        lambda d: next_token.reference(
-            ref_cfg, source.path, fp32_model, tokenizer, runtime, ctx.texts, d
-        ),
+        lambda d: generation_reference.reference(ref_cfg, source.path, fp32_model, tokenizer, runtime, ctx.texts, d),
     )
     fp32_onnx = referenced["fp32_onnx"]
     digests["chat"] = referenced["outputs"]["chat.json"]
@@ -259,24 +254,37 @@ def run(ctx: BuildContext) -> BuildResult:
         f"diff {fp32_onnx['max_abs_logit_diff']:.2e}",
     )
     calibration = quantize.CalibrationData(
-        load_texts(spec.calibration_data)
-        if spec.calibration_data
-        else builtin_calibration_texts(KIND),
+        load_texts(spec.calibration_data) if spec.calibration_data else builtin_calibration_texts(KIND),
         tokenizer,
         CALIBRATION_TOKENS,
     )
     recipes = GenerationRecipes(
-        stage, work, target, runtime, ctx.texts, ctx.texts_digest, digests, calibration,
+        stage,
+        work,
+        target,
+        runtime,
+        ctx.texts,
+        ctx.texts_digest,
+        digests,
+        calibration,
         spec.bench_runs,
-    )  # fmt: skip
+    )
     search = Search(recipes, stage.summary)
     chosen = search.run(spec, ctx.profiles)
     return write_bundle(
-        ctx, chosen, search.attempts, runtime=runtime, tokenizer_dir=tokenizer_dir,
-        fp32_onnx=fp32_onnx, bench_fields=bench_summary(chosen.bench), example=EXAMPLE,
-        selftest=selftest_files(next_token.token_ids(tokenizer, ctx.texts, ref_cfg.max_tokens),
-                                work / "reference" / "next_tokens.npy"),
-    )  # fmt: skip
+        ctx,
+        chosen,
+        search.attempts,
+        runtime=runtime,
+        tokenizer_dir=tokenizer_dir,
+        fp32_onnx=fp32_onnx,
+        bench_fields=bench_summary(chosen.bench),
+        example=EXAMPLE,
+        selftest=selftest_files(
+            generation_reference.token_ids(tokenizer, ctx.texts, ref_cfg.max_tokens),
+            work / "reference" / "next_tokens.npy",
+        ),
+    )
 
 
 def selftest_files(ids: list[list[int]], next_tokens: Path) -> dict[str, bytes]:
@@ -295,3 +303,6 @@ def _graph_summary(graph: dict[str, Any]) -> str:
             f"({graph['nodes_before']} -> {graph['nodes_after']} nodes)"
         )
     return f", attention as exported ({graph['skipped']})" if graph.get("skipped") else ""
+
+
+SPEC = TaskSpec(KIND, run, EXAMPLE)

@@ -4,17 +4,17 @@ the largest score error."""
 
 from __future__ import annotations
 
-from ..build.spec import BuildContext, BuildResult
-from ..runtime.classifier import Item
+from ..engine.spec import BuildContext, BuildResult, TaskSpec
+from ..runtime.scorer import Item
+from ..runtime.tasks import Task
 from . import scoring
 from .scoring import bench_summary
 from .texts import builtin_pairs, load_pairs
 
-KIND = scoring.RERANKING
-NAME = "reranking"  # the manifest's and runtime.json's "task"
+KIND = Task.RERANKING
 EXAMPLE = 'rerank "kitchen lights" "turn on the kitchen lights" "play some jazz"'
 
-__all__ = ["EXAMPLE", "KIND", "NAME", "bench_summary", "run"]
+__all__ = ["EXAMPLE", "KIND", "SPEC", "bench_summary", "run"]
 
 
 def run(ctx: BuildContext) -> BuildResult:
@@ -23,3 +23,6 @@ def run(ctx: BuildContext) -> BuildResult:
     pairs, queries = load_pairs(ctx.spec.eval_data) if ctx.spec.eval_data else builtin_pairs()
     items: list[Item] = list(pairs)
     return scoring.run(ctx, KIND, items, queries, EXAMPLE)
+
+
+SPEC = TaskSpec(KIND, run, EXAMPLE)

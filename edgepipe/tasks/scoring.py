@@ -1,5 +1,5 @@
 """What text classification and reranking share: a sequence-classification head's export, its
-fp32 PyTorch logits, the scoring against them, keep_float ranking and the latency bench."""
+fp32 PyTorch logits, the scoring against them, keep_float ranking and the latency encoder_bench."""
 
 from __future__ import annotations
 
@@ -11,27 +11,28 @@ from typing import Any
 
 import numpy as np
 
-from ..build.publish import write_bundle
-from ..build.runner import StageRunner, bench_labels
-from ..build.search import Attempt, Search, over_budget
-from ..build.spec import BuildContext, BuildResult
-from ..config import Profile, Target
-from ..families import EXPORT_TASKS
+from ..catalog.config import Profile, Target
+from ..catalog.families import EXPORT_TASKS
+from ..engine.publish import write_bundle
+from ..engine.runner import StageRunner, bench_labels
+from ..engine.search import Attempt, Search, over_budget
+from ..engine.spec import BuildContext, BuildResult
 from ..graph.checks import check_runtime_support
-from ..runtime.classifier import Item, ScoringConfig
-from ..stages import bench, export, quantize, scores
-from ..stages.sensitivity import SensitivityConfig
+from ..runtime.scorer import Item, ScoringConfig
+from ..runtime.tasks import Task
+from ..stages import encoder_bench, export, quantize, scoring
+from ..stages.embedding_sensitivity import SensitivityConfig
 from .embedding import bench_summary  # the same latency bench as an embedding model's
 from .texts import builtin_calibration_texts, load_texts
 
-CLASSIFICATION, RERANKING = "classification", "reranking"
+CLASSIFICATION, RERANKING = Task.CLASSIFICATION, Task.RERANKING
 
 
 @dataclass
 class ScoringRecipes:
     """What every attempt of one classifier or reranker build shares (search.TaskRecipes)."""
 
-    kind: str  # CLASSIFICATION or RERANKING
+    kind: Task  # CLASSIFICATION or RERANKING
     stage: StageRunner
     work: Path
     target: Target
@@ -50,26 +51,26 @@ class ScoringRecipes:
     head: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        self.head = scores.head_nodes(self.fp32_model)
-        self.score_name = (
-            "label agreement" if self.kind == CLASSIFICATION else "worst-query Spearman"
-        )
+        self.head = scoring.head_nodes(self.fp32_model)
+        self.score_name = "label agreement" if self.kind == CLASSIFICATION else "worst-query Spearman"
 
-    def quantize(
-        self, profile: Profile, keep: list[str] | None, label: str
-    ) -> tuple[Path, dict[str, Any]]:
-        """The profile's model, with the classification head always float (scores.head_nodes)
+    def quantize(self, profile: Profile, keep: list[str] | None, label: str) -> tuple[Path, dict[str, Any]]:
+        """The profile's model, with the classification head always float (scoring.head_nodes)
         besides the ``keep`` nodes."""
         return quantize.run_profile(
-            self.stage, profile, [*self.head, *(keep or [])], label, self.kind, self.fp32_model,
-            self.digests, self.calibration,
-        )  # fmt: skip
+            self.stage,
+            profile,
+            [*self.head, *(keep or [])],
+            label,
+            self.kind,
+            self.fp32_model,
+            self.digests,
+            self.calibration,
+        )
 
-    def score(
-        self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]
-    ) -> dict[str, Any]:
+    def score(self, profile: Profile, label: str, model: Path, quantized: dict[str, Any]) -> dict[str, Any]:
         bar = profile.bar(self.kind)
-        config = scores.EvaluateConfig(
+        config = scoring.EvaluateConfig(
             metric=bar.metric,
             bar=bar.min,
             max_kl=bar.max_kl,
@@ -81,7 +82,7 @@ class ScoringRecipes:
             "evaluate",
             config,
             {"reference": self.digests["reference"], "model": quantized["outputs"]["model.onnx"]},
-            lambda d: scores.run_evaluate(
+            lambda d: scoring.run_evaluate(
                 config,
                 self.reference,
                 model,
@@ -90,7 +91,7 @@ class ScoringRecipes:
                 self.items,
                 self.queries,
                 d,
-            ),  # fmt: skip
+            ),
             label=f"evaluate/{label}",
         )
         return {k: v for k, v in scored.items() if k != "outputs"}
@@ -119,10 +120,7 @@ class ScoringRecipes:
         if self.kind == CLASSIFICATION:
             score = f"label agreement {got['agreement']:.4f}, mean KL {got['mean_kl']:.5f}"
         else:
-            score = (
-                f"worst-query Spearman {got['min_spearman']:.4f}, max score error "
-                f"{got['max_score_error']:.4f}"
-            )
+            score = f"worst-query Spearman {got['min_spearman']:.4f}, max score error {got['max_score_error']:.4f}"
         problem = "" if attempt.passed else ": " + str(attempt.problem)
         return f"{attempt.size_bytes / 1e6:.1f} MB, {score} (bar {bar.min}){problem}"
 
@@ -136,7 +134,7 @@ class ScoringRecipes:
         if q is None or q.keep_float is None or profile.method != "dynamic-int8":
             return None
         got = np.load(self.work / f"evaluate/{first.label}" / "logits.npy")
-        probe = scores.worst_items(np.load(self.reference), got, self.queries is None)
+        probe = scoring.worst_items(np.load(self.reference), got, self.queries is None)
         config = SensitivityConfig(
             quantization=q,
             probe=probe[: q.keep_float.probe_texts],
@@ -148,7 +146,7 @@ class ScoringRecipes:
             "sensitivity",
             config,
             {"fp32": self.digests["fp32"], "reference": self.digests["reference"]},
-            lambda d: scores.run_sensitivity(
+            lambda d: scoring.run_sensitivity(
                 config,
                 self.fp32_model,
                 self.reference,
@@ -158,18 +156,18 @@ class ScoringRecipes:
                 self.queries is None,
                 self.calibration,
                 d,
-            ),  # fmt: skip
+            ),
             label=f"sensitivity/{profile.name}",
         )
         return self.stage.ranked_nodes(f"sensitivity/{profile.name}"), q.keep_float.max_nodes
 
     def measure(self, attempt: Attempt) -> dict[str, Any]:
-        config = bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
+        config = encoder_bench.BenchConfig(runs=self.bench_runs, **bench_labels(self.target))
         return self.stage.latency(
             attempt,
             config,
             self.digests,
-            lambda d: bench.run(
+            lambda d: encoder_bench.run(
                 config,
                 self.fp32_model,
                 attempt.model,
@@ -177,12 +175,12 @@ class ScoringRecipes:
                 self.runtime.session_settings(),
                 d,
                 task=self.runtime_task,
-            ),  # fmt: skip
+            ),
         )
 
     @property
     def runtime_task(self) -> str:
-        return "text-classification" if self.kind == CLASSIFICATION else "reranking"
+        return self.kind.manifest_name
 
     def cost(self, attempt: Attempt) -> float:
         return attempt.p50_ms or float("inf")
@@ -204,18 +202,16 @@ def digest(items: list[Item], queries: list[int] | None) -> str:
     return hashlib.sha256(json.dumps([items, queries], ensure_ascii=False).encode()).hexdigest()
 
 
-def run(
-    ctx: BuildContext, kind: str, items: list[Item], queries: list[int] | None, example: str
-) -> BuildResult:
+def run(ctx: BuildContext, kind: Task, items: list[Item], queries: list[int] | None, example: str) -> BuildResult:
     """Export, reference, the recipe search and the bundle of a classifier or reranker."""
     spec, source, stage, work = ctx.spec, ctx.source, ctx.stage, ctx.work
-    export_cfg = export.ExportConfig(
-        task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code
-    )
+    export_cfg = export.ExportConfig(task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code)
     exported = stage(
-        "export", export_cfg, {"source": source.digest},
+        "export",
+        export_cfg,
+        {"source": source.digest},
         lambda d: export.run(export_cfg, source.path, d),
-    )  # fmt: skip
+    )
     fp32_model, tokenizer_dir = work / "export" / "model.onnx", work / "export" / "tokenizer"
     tokenizer = tokenizer_dir / "tokenizer.json"
     check_runtime_support(fp32_model, spec.target)
@@ -233,31 +229,33 @@ def run(
         providers=tuple(spec.target.runtime.execution_providers),
     )
     items_digest = digest(items, queries)
-    ref_cfg = scores.ReferenceConfig(items_digest=items_digest, runtime=runtime.to_json())
+    ref_cfg = scoring.ReferenceConfig(items_digest=items_digest, runtime=runtime.to_json())
     referenced = stage(
         "reference",
         ref_cfg,
         {"source": source.digest, **digests},
-        lambda d: scores.run_reference(
-            source.path, fp32_model, tokenizer, runtime, items, queries, d
-        ),
+        lambda d: scoring.run_reference(source.path, fp32_model, tokenizer, runtime, items, queries, d),
     )
     digests["reference"] = referenced["outputs"]["reference.npy"]
     fp32 = referenced["fp32_onnx"]
-    stage.summary("reference", f"fp32 ONNX vs PyTorch: largest logit difference "
-                  f"{fp32['max_abs_logit_diff']}")  # fmt: skip
-    calibration_texts = (
-        load_texts(spec.calibration_data)
-        if spec.calibration_data
-        else builtin_calibration_texts(kind)
-    )
+    stage.summary("reference", f"fp32 ONNX vs PyTorch: largest logit difference {fp32['max_abs_logit_diff']}")
+    calibration_texts = load_texts(spec.calibration_data) if spec.calibration_data else builtin_calibration_texts(kind)
     recipes = ScoringRecipes(
-        kind=kind, stage=stage, work=work, target=spec.target, fp32_model=fp32_model,
-        reference=work / "reference" / "reference.npy", tokenizer=tokenizer, runtime=runtime,
-        items=items, queries=queries, items_digest=items_digest, digests=digests,
+        kind=kind,
+        stage=stage,
+        work=work,
+        target=spec.target,
+        fp32_model=fp32_model,
+        reference=work / "reference" / "reference.npy",
+        tokenizer=tokenizer,
+        runtime=runtime,
+        items=items,
+        queries=queries,
+        items_digest=items_digest,
+        digests=digests,
         calibration=quantize.CalibrationData(calibration_texts, tokenizer, runtime.max_length),
         bench_runs=spec.bench_runs,
-    )  # fmt: skip
+    )
     search = Search(recipes, stage.summary)
     chosen = search.run(spec, ctx.profiles)
     selftest = {
@@ -265,7 +263,13 @@ def run(
         "reference.npy": (work / "reference" / "reference.npy").read_bytes(),
     }
     return write_bundle(
-        ctx, chosen, search.attempts, runtime=runtime, tokenizer_dir=tokenizer_dir,
-        fp32_onnx=fp32, bench_fields=bench_summary(chosen.bench), example=example,
+        ctx,
+        chosen,
+        search.attempts,
+        runtime=runtime,
+        tokenizer_dir=tokenizer_dir,
+        fp32_onnx=fp32,
+        bench_fields=bench_summary(chosen.bench),
+        example=example,
         selftest=selftest,
-    )  # fmt: skip
+    )

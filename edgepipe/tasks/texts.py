@@ -64,9 +64,7 @@ def load_texts(path: Path) -> list[str]:
                 record = json.loads(line)
                 texts.append(str(record["text"]))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise ConfigError(
-                    f'{path}: line {number} is not a JSON object with a "text" field'
-                ) from None
+                raise ConfigError(f'{path}: line {number} is not a JSON object with a "text" field') from None
         else:
             texts.append(line)
     if not texts:
@@ -109,15 +107,11 @@ def load_pairs(path: Path) -> Pairs:
         except (json.JSONDecodeError, KeyError, TypeError):
             pair = None
         if pair is None or not all(isinstance(x, str) for x in pair):
-            raise ConfigError(
-                f'{path}: line {number} is not a JSON object with "query" and "document" strings'
-            )
+            raise ConfigError(f'{path}: line {number} is not a JSON object with "query" and "document" strings')
         numbers.setdefault(pair[0], len(numbers))
         pairs.append(pair)
     if not pairs:
-        raise ConfigError(
-            f'{path}: no pairs in the file (JSONL: {{"query": ..., "document": ...}})'
-        )
+        raise ConfigError(f'{path}: no pairs in the file (JSONL: {{"query": ..., "document": ...}})')
     counts = Counter(q for q, _ in pairs)
     alone = next((q for q, n in counts.items() if n < 2), None)
     if alone is not None:

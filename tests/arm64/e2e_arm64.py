@@ -24,7 +24,7 @@ import numpy as np
 
 from edgepipe import sources
 from edgepipe.runtime.embedder import Embedder
-from edgepipe.stages.reference import reference_embeddings
+from edgepipe.stages.embedding_reference import reference_embeddings
 from edgepipe.tasks.texts import builtin_texts
 
 PYTHON = "usr/bin/python3.11"
@@ -41,11 +41,19 @@ def ensure_tools() -> None:
     if not missing:
         return
     if os.geteuid() != 0:
-        sys.exit(f"error: {', '.join(missing)} missing; run as root, or apt-get install "
-                 "qemu-user-static debootstrap first")  # fmt: skip
+        sys.exit(
+            f"error: {', '.join(missing)} missing; run as root, or apt-get install qemu-user-static debootstrap first"
+        )
     sh("apt-get", "update", "-qq")
-    sh("apt-get", "install", "-y", "-qq", "qemu-user-static", "debootstrap",
-       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})  # fmt: skip
+    sh(
+        "apt-get",
+        "install",
+        "-y",
+        "-qq",
+        "qemu-user-static",
+        "debootstrap",
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
 
 
 def ensure_rootfs(root: Path, suite: str, mirror: str) -> None:
@@ -53,8 +61,17 @@ def ensure_rootfs(root: Path, suite: str, mirror: str) -> None:
     if (root / PYTHON).is_file():
         return
     shutil.rmtree(root, ignore_errors=True)
-    sh("debootstrap", "--foreign", "--arch=arm64", "--variant=minbase", "--include=python3",
-       suite, str(root), mirror, stdout=subprocess.DEVNULL)  # fmt: skip
+    sh(
+        "debootstrap",
+        "--foreign",
+        "--arch=arm64",
+        "--variant=minbase",
+        "--include=python3",
+        suite,
+        str(root),
+        mirror,
+        stdout=subprocess.DEVNULL,
+    )
     # The second stage would run the arm64 maintainer scripts; python needs only its files.
     for deb in sorted((root / "var/cache/apt/archives").glob("*.deb")):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
@@ -93,15 +110,31 @@ def main() -> int:
     ensure_tools()
     ensure_rootfs(args.root.resolve(), args.suite, args.mirror)
     root = args.root.resolve()
-    sh(sys.executable, "-m", "edgepipe", "build", "--target", "rpi5", "--out", str(args.out),
-       "--with-wheels", "--runtime-version", args.onnxruntime)  # fmt: skip
+    sh(
+        sys.executable,
+        "-m",
+        "edgepipe",
+        "build",
+        "--target",
+        "rpi5",
+        "--out",
+        str(args.out),
+        "--with-wheels",
+        "--runtime-version",
+        args.onnxruntime,
+    )
     bundle = (args.out / "all-minilm-l6-v2-rpi5").resolve()
     manifest = json.loads((bundle / "manifest.json").read_text())
     site = install_wheels(bundle, root)
 
-    probe = emulated(root, site, "-c", "import platform, onnxruntime, numpy, tokenizers; print("
-                     "platform.machine(), onnxruntime.__version__, numpy.__version__, "
-                     "tokenizers.__version__)")  # fmt: skip
+    probe = emulated(
+        root,
+        site,
+        "-c",
+        "import platform, onnxruntime, numpy, tokenizers; print("
+        "platform.machine(), onnxruntime.__version__, numpy.__version__, "
+        "tokenizers.__version__)",
+    )
     if probe.returncode != 0:
         print(f"error: the runtime does not import under qemu: {probe.stderr.strip()[-300:]}")
         return 1
@@ -124,17 +157,14 @@ def main() -> int:
     vs_ref, vs_host = cosines(arm, reference), cosines(arm, host)
     host_ref = cosines(host, reference)
     worst = np.argsort(vs_ref)[:5]
-    print(f"\n{len(texts)} texts embedded on emulated Cortex-A76 in {seconds:.0f} s "
-          "(emulated: the time means nothing)")  # fmt: skip
+    print(f"\n{len(texts)} texts embedded on emulated Cortex-A76 in {seconds:.0f} s (emulated: the time means nothing)")
     print(f"{'cosine vs fp32 PyTorch':<34} {'min':>8} {'p5':>8} {'mean':>8}")
     for label, c in (
         (f"arm64, onnxruntime {args.onnxruntime}", vs_ref),
         (f"x86 host, onnxruntime {manifest['versions']['onnxruntime']}", host_ref),
     ):
         print(f"{label:<34} {c.min():8.4f} {np.percentile(c, 5):8.4f} {c.mean():8.4f}")
-    print(
-        f"arm64 vs x86 run of the same bundle: min {vs_host.min():.4f}, mean {vs_host.mean():.4f}"
-    )
+    print(f"arm64 vs x86 run of the same bundle: min {vs_host.min():.4f}, mean {vs_host.mean():.4f}")
     print("worst texts on arm64: " + "; ".join(f"{vs_ref[i]:.4f} {texts[i][:30]!r}" for i in worst))
     bar, recorded = manifest["accuracy"]["bar"], manifest["accuracy"]["model"]["min"]
     print(f"manifest (evaluated on the x86 host): min {recorded}, bar {bar}")
@@ -142,16 +172,17 @@ def main() -> int:
     selftest = emulated(root, site, str(bundle), "selftest", "--json")
     if selftest.returncode in (0, 5):
         device = json.loads(selftest.stdout)["device"]
-        print(f"python BUNDLE selftest under qemu: min {device['min']} (host: {recorded}), "
-              f"exit {selftest.returncode}")  # fmt: skip
+        print(f"python BUNDLE selftest under qemu: min {device['min']} (host: {recorded}), exit {selftest.returncode}")
     else:
         print(f"error: selftest failed under qemu: {selftest.stderr.strip()[-300:]}")
     # The device must meet the profile's bar and what the manifest claims (as tests/test_e2e.py).
     low = vs_ref.min()
     ok = low >= bar and low >= recorded - 1e-4
-    print(f"{'PASS' if ok else 'FAIL'}: arm64 min cosine {low:.6f} "
-          f"{'>=' if low >= bar else '<'} bar {bar}, "
-          f"{'>=' if low >= recorded - 1e-4 else '<'} the manifest's min {recorded}")  # fmt: skip
+    print(
+        f"{'PASS' if ok else 'FAIL'}: arm64 min cosine {low:.6f} "
+        f"{'>=' if low >= bar else '<'} bar {bar}, "
+        f"{'>=' if low >= recorded - 1e-4 else '<'} the manifest's min {recorded}"
+    )
     return 0 if ok else 1
 
 

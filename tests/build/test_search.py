@@ -68,9 +68,7 @@ def spec(model, out, recipes_dir, profile, **kw):
     )
 
 
-def test_mixed_precision_keeps_the_fewest_nodes_that_meet_the_bar(
-    tiny_bert_master, tmp_path, recipes_dir
-):
+def test_mixed_precision_keeps_the_fewest_nodes_that_meet_the_bar(tiny_bert_master, tmp_path, recipes_dir):
     result = build(spec(tiny_bert_master, tmp_path, recipes_dir, "tiny-mixed"))
     manifest = result.manifest
     kept = manifest["model"]["kept_float"]
@@ -94,12 +92,8 @@ def test_fallback_is_used_when_the_profile_misses(tiny_bert_master, tmp_path, re
 
 def test_static_int8_is_calibrated_qdq(tiny_bert_master, tmp_path, recipes_dir):
     calib = tmp_path / "calib.jsonl"
-    calib.write_text(
-        "\n".join(json.dumps({"text": t}) for t in ["hello there", "turn it off", "ok"])
-    )
-    result = build(
-        spec(tiny_bert_master, tmp_path / "o", recipes_dir, "tiny-static", calibration_data=calib)
-    )
+    calib.write_text("\n".join(json.dumps({"text": t}) for t in ["hello there", "turn it off", "ok"]))
+    result = build(spec(tiny_bert_master, tmp_path / "o", recipes_dir, "tiny-static", calibration_data=calib))
     counts = result.manifest["stages"]["quantize"]["op_counts"]
     assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > 0
     assert result.manifest["stages"]["quantize"]["config"]["calibration_digest"]
@@ -108,10 +102,24 @@ def test_static_int8_is_calibrated_qdq(tiny_bert_master, tmp_path, recipes_dir):
 def test_search_keeps_the_fastest_passing_recipe(tiny_bert_master, tmp_path, recipes_dir):
     result = CliRunner().invoke(
         main,
-        ["build", "--model", str(tiny_bert_master), "--target", "laptop-avx2", "--search",
-         "--profiles-dir", str(recipes_dir), "--profile", "tiny-static", "--out", str(tmp_path),
-         "--bench-runs", "2", "--json"],
-    )  # fmt: skip
+        [
+            "build",
+            "--model",
+            str(tiny_bert_master),
+            "--target",
+            "laptop-avx2",
+            "--search",
+            "--profiles-dir",
+            str(recipes_dir),
+            "--profile",
+            "tiny-static",
+            "--out",
+            str(tmp_path),
+            "--bench-runs",
+            "2",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     rows = summary["attempts"]

@@ -4,7 +4,7 @@ Each group module defines ``TINY: dict[str, Callable[[Path], Path]]``: model_typ
 saves a tiny random model of that family (config.json copying the real checkpoint's fields, scaled
 down; a tokenizer trained in code) into the given directory and returns it. A key
 ``model_type@variant`` is one more tiny model of that family (Llama 3.2 beside the seeds' Llama).
-tests/test_families.py checks that every entry of edgepipe.families.FAMILIES has one, and builds
+tests/test_families.py checks that every entry of edgepipe.catalog.families.FAMILIES has one, and builds
 each.
 """
 

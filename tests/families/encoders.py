@@ -22,9 +22,12 @@ from tests.families import vocab
 SEQ = 64  # the tiny models' longest input, in tokens
 # Shared by all: 2 layers, 2 heads of 16, an MLP twice as wide, near-unit-gain weights.
 SMALL = dict(
-    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
     initializer_range=0.2,
-)  # fmt: skip
+)
 
 
 def _save(config: Any, tokenizer: Any, dest: Path, seed: int) -> Path:
@@ -41,8 +44,10 @@ def _sentence_transformers(dest: Path, dim: int, pooling: str, max_seq_length: i
     """Make ``dest`` a sentence-transformers model: Transformer, Pooling, Normalize, in the files
     a hub checkpoint has (the pooling config in its legacy ``pooling_mode_*`` form)."""
     modules = [
-        ("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize"),
-    ]  # fmt: skip
+        ("", "Transformer"),
+        ("1_Pooling", "Pooling"),
+        ("2_Normalize", "Normalize"),
+    ]
     (dest / "modules.json").write_text(
         json.dumps(
             [
@@ -66,9 +71,7 @@ def _sentence_transformers(dest: Path, dim: int, pooling: str, max_seq_length: i
     modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
     (dest / "1_Pooling").mkdir()
     (dest / "1_Pooling" / "config.json").write_text(
-        json.dumps(
-            {"word_embedding_dimension": dim, **{f"pooling_mode_{m}": m == pooling for m in modes}}
-        )
+        json.dumps({"word_embedding_dimension": dim, **{f"pooling_mode_{m}": m == pooling for m in modes}})
     )
     (dest / "2_Normalize").mkdir()
     return dest
@@ -80,14 +83,27 @@ def make_tiny_distilbert(dest: Path, seed: int = 0) -> Path:
 
     tok = vocab.wordpiece(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[CLS]", "[SEP]", "[UNK]")
     tokenizer = vocab.fast(
-        DistilBertTokenizerFast, tok, SEQ, unk_token="[UNK]", sep_token="[SEP]",
-        pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
-    )  # fmt: skip
+        DistilBertTokenizerFast,
+        tok,
+        SEQ,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
     config = DistilBertConfig(
-        vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-        max_position_embeddings=SEQ, activation="gelu", sinusoidal_pos_embds=False,
-        pad_token_id=0, initializer_range=0.2,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        dim=32,
+        n_layers=2,
+        n_heads=2,
+        hidden_dim=64,
+        max_position_embeddings=SEQ,
+        activation="gelu",
+        sinusoidal_pos_embds=False,
+        pad_token_id=0,
+        initializer_range=0.2,
+    )
     return _save(config, tokenizer, dest, seed)
 
 
@@ -98,21 +114,38 @@ def make_tiny_electra(dest: Path, seed: int = 0) -> Path:
 
     tok = vocab.wordpiece(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"], "[CLS]", "[SEP]", "[UNK]")
     tokenizer = vocab.fast(
-        ElectraTokenizerFast, tok, SEQ, unk_token="[UNK]", sep_token="[SEP]",
-        pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]",
-    )  # fmt: skip
+        ElectraTokenizerFast,
+        tok,
+        SEQ,
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        mask_token="[MASK]",
+    )
     config = ElectraConfig(
-        vocab_size=len(tokenizer), embedding_size=32, hidden_size=64, num_hidden_layers=2,
-        num_attention_heads=4, intermediate_size=128, max_position_embeddings=SEQ,
-        type_vocab_size=2, initializer_range=0.2,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        embedding_size=32,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=SEQ,
+        type_vocab_size=2,
+        initializer_range=0.2,
+    )
     return _save(config, tokenizer, dest, seed)
 
 
 ROBERTA_SPECIALS = dict(
-    bos_token="<s>", eos_token="</s>", sep_token="</s>", cls_token="<s>", unk_token="<unk>",
-    pad_token="<pad>", mask_token="<mask>",
-)  # fmt: skip
+    bos_token="<s>",
+    eos_token="</s>",
+    sep_token="</s>",
+    cls_token="<s>",
+    unk_token="<unk>",
+    pad_token="<pad>",
+    mask_token="<mask>",
+)
 
 
 def make_tiny_roberta(dest: Path, seed: int = 0) -> Path:
@@ -125,9 +158,15 @@ def make_tiny_roberta(dest: Path, seed: int = 0) -> Path:
     tok.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0), trim_offsets=True)
     tokenizer = vocab.fast(RobertaTokenizerFast, tok, SEQ, **ROBERTA_SPECIALS)
     config = RobertaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=SEQ + 2, type_vocab_size=1,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, **SMALL,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        max_position_embeddings=SEQ + 2,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+        **SMALL,
+    )
     return _save(config, tokenizer, dest, seed)
 
 
@@ -140,9 +179,15 @@ def make_tiny_xlm_roberta(dest: Path, seed: int = 0) -> Path:
     tok.post_processor = vocab.template(tok, "<s>", "</s>", "</s> </s>")
     tokenizer = vocab.fast(XLMRobertaTokenizerFast, tok, SEQ, **ROBERTA_SPECIALS)
     config = XLMRobertaConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=SEQ + 2, type_vocab_size=1,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, **SMALL,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        max_position_embeddings=SEQ + 2,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+        **SMALL,
+    )
     _save(config, tokenizer, dest, seed)
     return _sentence_transformers(dest, 32, "cls_token", SEQ)
 
@@ -158,9 +203,15 @@ def make_tiny_camembert(dest: Path, seed: int = 0) -> Path:
     tok.post_processor = vocab.template(tok, "<s>", "</s>", "</s> </s>")
     tokenizer = vocab.fast(CamembertTokenizerFast, tok, None, **ROBERTA_SPECIALS)
     config = CamembertConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=SEQ + 2, type_vocab_size=1,
-        pad_token_id=1, bos_token_id=5, eos_token_id=6, layer_norm_eps=1e-5, **SMALL,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        max_position_embeddings=SEQ + 2,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=5,
+        eos_token_id=6,
+        layer_norm_eps=1e-5,
+        **SMALL,
+    )
     return _save(config, tokenizer, dest, seed)
 
 
@@ -172,13 +223,17 @@ def make_tiny_mpnet(dest: Path, seed: int = 0) -> Path:
 
     tok = vocab.wordpiece(["<s>", "<pad>", "</s>", "[UNK]", "<mask>"], "<s>", "</s>", "[UNK]")
     tok.post_processor = vocab.template(tok, "<s>", "</s>", "</s> </s>")
-    tokenizer = vocab.fast(
-        MPNetTokenizerFast, tok, SEQ, **{**ROBERTA_SPECIALS, "unk_token": "[UNK]"}
-    )
+    tokenizer = vocab.fast(MPNetTokenizerFast, tok, SEQ, **{**ROBERTA_SPECIALS, "unk_token": "[UNK]"})
     config = MPNetConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=SEQ + 2, relative_attention_num_buckets=32,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5, **SMALL,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        max_position_embeddings=SEQ + 2,
+        relative_attention_num_buckets=32,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        layer_norm_eps=1e-5,
+        **SMALL,
+    )
     _save(config, tokenizer, dest, seed)
     return _sentence_transformers(dest, 32, "mean_tokens", 48)
 
@@ -192,16 +247,33 @@ def make_tiny_deberta_v2(dest: Path, seed: int = 0) -> Path:
     tok = vocab.unigram(["[PAD]", "[CLS]", "[SEP]", "[UNK]"], ["[MASK]"])
     tok.post_processor = vocab.template(tok, "[CLS]", "[SEP]", "[SEP]")
     tokenizer = vocab.fast(
-        DebertaV2TokenizerFast, tok, None, bos_token="[CLS]", eos_token="[SEP]",
-        unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]",
+        DebertaV2TokenizerFast,
+        tok,
+        None,
+        bos_token="[CLS]",
+        eos_token="[SEP]",
+        unk_token="[UNK]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
         mask_token="[MASK]",
-    )  # fmt: skip
+    )
     config = DebertaV2Config(
-        vocab_size=len(tokenizer), max_position_embeddings=SEQ, relative_attention=True,
-        position_buckets=16, max_relative_positions=-1, norm_rel_ebd="layer_norm",
-        share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False,
-        type_vocab_size=0, pad_token_id=0, layer_norm_eps=1e-7, hidden_act="gelu", **SMALL,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        max_position_embeddings=SEQ,
+        relative_attention=True,
+        position_buckets=16,
+        max_relative_positions=-1,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        pos_att_type=["p2c", "c2p"],
+        position_biased_input=False,
+        type_vocab_size=0,
+        pad_token_id=0,
+        layer_norm_eps=1e-7,
+        hidden_act="gelu",
+        **SMALL,
+    )
     return _save(config, tokenizer, dest, seed)
 
 
@@ -215,24 +287,46 @@ def make_tiny_modernbert(dest: Path, seed: int = 0) -> Path:
     tail = ["[UNK]", "[CLS]", "[SEP]", "[PAD]", "[MASK]"]
     tok = vocab.byte_bpe(["<|endoftext|>"], tail)
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )  # fmt: skip
+    )
     tokenizer = vocab.fast(
-        PreTrainedTokenizerFast, tok, SEQ, unk_token="[UNK]", cls_token="[CLS]",
-        sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]",
+        PreTrainedTokenizerFast,
+        tok,
+        SEQ,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
         model_input_names=["input_ids", "attention_mask"],
-    )  # fmt: skip
+    )
     ids = {name: tok.token_to_id(f"[{name.upper()}]") for name in ("cls", "sep", "pad")}
     config = ModernBertConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-        num_attention_heads=2, hidden_activation="gelu", max_position_embeddings=SEQ,
-        initializer_range=0.2, norm_eps=1e-5, norm_bias=False, global_rope_theta=160000.0,
-        local_rope_theta=10000.0, global_attn_every_n_layers=3, local_attention=16,
-        attention_bias=False, mlp_bias=False, classifier_pooling="mean",
-        pad_token_id=ids["pad"], bos_token_id=ids["cls"], cls_token_id=ids["cls"],
-        eos_token_id=ids["sep"], sep_token_id=ids["sep"],
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        hidden_activation="gelu",
+        max_position_embeddings=SEQ,
+        initializer_range=0.2,
+        norm_eps=1e-5,
+        norm_bias=False,
+        global_rope_theta=160000.0,
+        local_rope_theta=10000.0,
+        global_attn_every_n_layers=3,
+        local_attention=16,
+        attention_bias=False,
+        mlp_bias=False,
+        classifier_pooling="mean",
+        pad_token_id=ids["pad"],
+        bos_token_id=ids["cls"],
+        cls_token_id=ids["cls"],
+        eos_token_id=ids["sep"],
+        sep_token_id=ids["sep"],
+    )
     return _save(config, tokenizer, dest, seed)
 
 

@@ -52,9 +52,7 @@ def _save(config: Any, tokenizer: Any, dest: Path, eos: list[int], seed: int = 0
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config).eval()
-    model.generation_config = GenerationConfig(
-        eos_token_id=eos, bos_token_id=config.bos_token_id, do_sample=False
-    )
+    model.generation_config = GenerationConfig(eos_token_id=eos, bos_token_id=config.bos_token_id, do_sample=False)
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
     return dest
@@ -67,13 +65,26 @@ def make_qwen3(dest: Path) -> Path:
 
     tokenizer = train_bpe("qwen2")  # Qwen3 keeps Qwen2's vocabulary, specials and ChatML
     config = Qwen3Config(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=3 * HIDDEN,
-        num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=HEADS // 2,
-        head_dim=HEAD_DIM, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=1e6,
-        rope_scaling=None, tie_word_embeddings=True, use_sliding_window=False, sliding_window=None,
-        max_window_layers=2, attention_bias=False, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, initializer_range=0.2,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=3 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS // 2,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=1e6,
+        rope_scaling=None,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        sliding_window=None,
+        max_window_layers=2,
+        attention_bias=False,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        initializer_range=0.2,
+    )
     return _save(config, tokenizer, dest, [tokenizer.eos_token_id])
 
 
@@ -85,12 +96,23 @@ def make_olmo2(dest: Path) -> Path:
     tokenizer = train_bpe("gpt2")  # OLMo 2's GPT-style BPE: <|endoftext|> ends a text, no BOS
     eos = tokenizer.eos_token_id
     config = Olmo2Config(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=4 * HIDDEN,
-        num_hidden_layers=2, num_attention_heads=HEADS, num_key_value_heads=HEADS,
-        max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=5e5, rope_scaling=None,
-        tie_word_embeddings=False, attention_bias=False, pad_token_id=eos, bos_token_id=None,
-        eos_token_id=eos, initializer_range=0.2,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=4 * HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        num_key_value_heads=HEADS,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        rope_theta=5e5,
+        rope_scaling=None,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        pad_token_id=eos,
+        bos_token_id=None,
+        eos_token_id=eos,
+        initializer_range=0.2,
+    )
     return _save(config, tokenizer, dest, [eos])
 
 
@@ -101,11 +123,19 @@ def _gemma_eos(tokenizer: Any) -> list[int]:
 
 def _gemma_common(tokenizer: Any) -> dict[str, Any]:
     return dict(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, num_hidden_layers=2,
-        num_attention_heads=HEADS, head_dim=HEAD_DIM, max_position_embeddings=256,
-        rms_norm_eps=1e-6, pad_token_id=0, bos_token_id=2, tie_word_embeddings=True,
-        attention_bias=False, initializer_range=0.2,
-    )  # fmt: skip
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        head_dim=HEAD_DIM,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-6,
+        pad_token_id=0,
+        bos_token_id=2,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        initializer_range=0.2,
+    )
 
 
 def make_gemma(dest: Path) -> Path:
@@ -115,9 +145,13 @@ def make_gemma(dest: Path) -> Path:
 
     tokenizer = gemma_tokenizer()
     config = GemmaConfig(
-        **_gemma_common(tokenizer), num_key_value_heads=1, intermediate_size=8 * HIDDEN,
-        hidden_act="gelu", rope_theta=10000.0, eos_token_id=1,
-    )  # fmt: skip
+        **_gemma_common(tokenizer),
+        num_key_value_heads=1,
+        intermediate_size=8 * HIDDEN,
+        hidden_act="gelu",
+        rope_theta=10000.0,
+        eos_token_id=1,
+    )
     return _save(config, tokenizer, dest, _gemma_eos(tokenizer))
 
 
@@ -128,15 +162,21 @@ def make_gemma2(dest: Path) -> Path:
 
     tokenizer = gemma_tokenizer()
     config = Gemma2Config(
-        **_gemma_common(tokenizer), num_key_value_heads=HEADS // 2, intermediate_size=4 * HIDDEN,
-        hidden_activation="gelu_pytorch_tanh", rope_theta=10000.0, eos_token_id=1,
+        **_gemma_common(tokenizer),
+        num_key_value_heads=HEADS // 2,
+        intermediate_size=4 * HIDDEN,
+        hidden_activation="gelu_pytorch_tanh",
+        rope_theta=10000.0,
+        eos_token_id=1,
         # 50 on the real scores; the tiny model's are ~1-10, and a cap of 5 bends them.
-        attn_logit_softcapping=5.0, final_logit_softcapping=30.0,
+        attn_logit_softcapping=5.0,
+        final_logit_softcapping=30.0,
         # gemma-2-2b's is head_dim (256), gemma-2-27b's is not (144 for 128): not head_dim here,
         # so a GroupQueryAttention left at its default scale would be wrong.
         query_pre_attn_scalar=2 * HEAD_DIM,
-        sliding_window=WINDOW, cache_implementation="hybrid",
-    )  # fmt: skip
+        sliding_window=WINDOW,
+        cache_implementation="hybrid",
+    )
     return _save(config, tokenizer, dest, _gemma_eos(tokenizer))
 
 
@@ -148,14 +188,21 @@ def make_gemma3_text(dest: Path) -> Path:
 
     tokenizer = gemma_tokenizer()
     config = Gemma3TextConfig(
-        **_gemma_common(tokenizer), num_key_value_heads=1, intermediate_size=6 * HIDDEN,
-        hidden_activation="gelu_pytorch_tanh", query_pre_attn_scalar=HEAD_DIM,
-        rope_theta=1e6, rope_local_base_freq=10000.0,
+        **_gemma_common(tokenizer),
+        num_key_value_heads=1,
+        intermediate_size=6 * HIDDEN,
+        hidden_activation="gelu_pytorch_tanh",
+        query_pre_attn_scalar=HEAD_DIM,
+        rope_theta=1e6,
+        rope_local_base_freq=10000.0,
         rope_scaling={"rope_type": "linear", "factor": 8.0},
-        sliding_window=WINDOW, layer_types=["sliding_attention", "full_attention"],
-        attn_logit_softcapping=None, final_logit_softcapping=None, eos_token_id=_gemma_eos(tokenizer),
+        sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        attn_logit_softcapping=None,
+        final_logit_softcapping=None,
+        eos_token_id=_gemma_eos(tokenizer),
         cache_implementation="hybrid",
-    )  # fmt: skip
+    )
     return _save(config, tokenizer, dest, _gemma_eos(tokenizer))
 
 

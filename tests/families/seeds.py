@@ -11,8 +11,5 @@ from tests.decoders import make_tiny_decoder
 
 TINY: dict[str, Callable[[Path], Path]] = {
     "bert": make_tiny_bert,
-    **{
-        kind: partial(make_tiny_decoder, kind)
-        for kind in ("llama", "mistral", "qwen2", "phi3", "gpt2")
-    },
+    **{kind: partial(make_tiny_decoder, kind) for kind in ("llama", "mistral", "qwen2", "phi3", "gpt2")},
 }

@@ -31,17 +31,13 @@ def template(tok: Tokenizer, first: str, sep: str, pair_sep: str) -> processors.
     )
 
 
-def wordpiece(
-    specials: list[str], cls: str, sep: str, unk: str, vocab_size: int = 400
-) -> Tokenizer:
+def wordpiece(specials: list[str], cls: str, sep: str, unk: str, vocab_size: int = 400) -> Tokenizer:
     """BERT-style: lower-cased, each character alone and as a ``##`` continuation (every word
     tokenizes), then the most frequent words; ``specials`` first, in id order."""
     normalizer = normalizers.BertNormalizer(lowercase=True)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     words = Counter(
-        word
-        for text in _texts()
-        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        word for text in _texts() for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
     )
     chars = sorted({c for word in words for c in word})
     vocab = [*specials, *chars, *(f"##{c}" for c in chars)]
@@ -94,13 +90,9 @@ def unigram(specials: list[str], tail: list[str], words_kept: int = 300) -> Toke
     """SentencePiece-style Unigram: NFKC, runs of spaces folded, ``▁`` before each word; pieces
     are ``▁`` + the most frequent words and every character (so every text tokenizes), scored
     by log frequency. ``specials`` first in id order, ``tail`` (XLM-R's <mask>) last."""
-    normalizer = normalizers.Sequence(
-        [normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")]
-    )
+    normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Replace(Regex(" {2,}"), " ")])
     pre = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    counts = Counter(
-        w for text in _texts() for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text))
-    )
+    counts = Counter(w for text in _texts() for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
     chars: Counter[str] = Counter()
     for word, n in counts.items():
         for c in word:
@@ -112,9 +104,7 @@ def unigram(specials: list[str], tail: list[str], words_kept: int = 300) -> Toke
     vocab: list[tuple[str, float]] = [(s, 0.0) for s in specials]
     vocab += [(piece, math.log(n / total)) for piece, n in scored]
     vocab += [(s, 0.0) for s in tail]
-    tok = Tokenizer(
-        models.Unigram(vocab, unk_id=specials.index(_unk(specials)), byte_fallback=False)
-    )
+    tok = Tokenizer(models.Unigram(vocab, unk_id=specials.index(_unk(specials)), byte_fallback=False))
     tok.normalizer = normalizer
     tok.pre_tokenizer = pre
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")

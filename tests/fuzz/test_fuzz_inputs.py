@@ -16,25 +16,21 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edgepipe.config import Profile, Target, load_yaml_model
+from edgepipe.catalog.config import Profile, Target, load_yaml_model
 from edgepipe.errors import ConfigError, VerifyError
 from edgepipe.runtime import integrity
 from edgepipe.runtime.cli import InputError, _decode_lines
 from edgepipe.runtime.serve import RequestError, texts_from
-from edgepipe.verify import extract_archive
+from edgepipe.trust.verify import extract_archive
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 fuzz = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-scalars = (
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
-)
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20)
 documents = st.recursive(
     scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5)
-    ),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=5),
     max_leaves=20,
 )
 
@@ -65,8 +61,13 @@ def test_any_text_as_target_or_profile(text):
 
 
 @fuzz
-@given(st.lists(st.sampled_from(["platform", "cpu", "runtime", "budgets", "cores", "isa",
-                                 "onnxruntime", "name", "arch"]), max_size=3), documents)  # fmt: skip
+@given(
+    st.lists(
+        st.sampled_from(["platform", "cpu", "runtime", "budgets", "cores", "isa", "onnxruntime", "name", "arch"]),
+        max_size=3,
+    ),
+    documents,
+)
 def test_a_real_target_with_one_field_damaged(path, value):
     good = yaml.safe_load((ROOT / "targets" / "rpi5.yaml").read_text())
     load(yaml.safe_dump(mutate(good, path, value)), Target)
@@ -155,10 +156,23 @@ ATOMS = st.one_of(
     documents.map(json.dumps),
     st.integers(1, 6000).map(lambda n: "9" * n),
     st.sampled_from(
-        ["1e999", "-1.5e400", "1e-99999", "NaN", "-Infinity", '"\\ud800"', '"\\udc00\\ud800x"',
-         '"\\ud83d\\ude00"', '{"a": 1, "a": 2}', '{"\\ud800": 1}', '"\\u0000"', "[]", "{}"]
+        [
+            "1e999",
+            "-1.5e400",
+            "1e-99999",
+            "NaN",
+            "-Infinity",
+            '"\\ud800"',
+            '"\\udc00\\ud800x"',
+            '"\\ud83d\\ude00"',
+            '{"a": 1, "a": 2}',
+            '{"\\ud800": 1}',
+            '"\\u0000"',
+            "[]",
+            "{}",
+        ]
     ),
-)  # fmt: skip
+)
 
 
 @st.composite

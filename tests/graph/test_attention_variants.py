@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from edgepipe import families
+from edgepipe.catalog import families
 from edgepipe.graph import attention_variants, decoder_graph
 from tests.decoders import export_decoder
 from tests.families.norms import TINY, WINDOW
@@ -34,9 +34,12 @@ def torch_run(model_dir: Path, ids: list[int], steps: int) -> tuple[np.ndarray, 
     with torch.inference_mode():
         logits = model(input_ids=torch.tensor([ids])).logits[0].numpy()
         out = model.generate(
-            torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            max_new_tokens=steps, min_new_tokens=steps, do_sample=False,
-        )  # fmt: skip
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=steps,
+            min_new_tokens=steps,
+            do_sample=False,
+        )
     return logits, out[0, len(ids) :].tolist()
 
 
@@ -83,14 +86,17 @@ def test_layer_kinds_of_real_configs_and_what_is_refused() -> None:
     Gemma 3 on five of six; what the rewrite cannot express is refused in one line."""
     gemma2 = {"model_type": "gemma2", "num_hidden_layers": 4, "sliding_window": 4096}
     assert attention_variants.layer_types(gemma2) == ["sliding_attention", "full_attention"] * 2
-    gemma3 = {"model_type": "gemma3_text", "num_hidden_layers": 7, "sliding_window_pattern": 6,
-              "sliding_window": 512, "rope_local_base_freq": 10000.0}  # fmt: skip
+    gemma3 = {
+        "model_type": "gemma3_text",
+        "num_hidden_layers": 7,
+        "sliding_window_pattern": 6,
+        "sliding_window": 512,
+        "rope_local_base_freq": 10000.0,
+    }
     kinds = attention_variants.layer_types(gemma3)
     assert kinds.count("full_attention") == 1 and kinds[5] == "full_attention"
     assert attention_variants.unsupported(gemma3) is None
-    assert (
-        attention_variants.unsupported({**gemma3, "rope_scaling": {"rope_type": "linear"}}) is None
-    )
+    assert attention_variants.unsupported({**gemma3, "rope_scaling": {"rope_type": "linear"}}) is None
     yarn = {**gemma3, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}
     assert "'yarn'" in str(attention_variants.unsupported(yarn))
     both_ways = {**gemma3, "use_bidirectional_attention": True}

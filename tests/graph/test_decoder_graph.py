@@ -13,9 +13,7 @@ from edgepipe.graph import decoder_graph
 from tests.decoders import export_decoder, make_tiny_decoder
 
 
-def run_steps(
-    path: Path, ids: list[int], split: int, steps: int = 8
-) -> tuple[np.ndarray, list[int]]:
+def run_steps(path: Path, ids: list[int], split: int, steps: int = 8) -> tuple[np.ndarray, list[int]]:
     """Logits of a prefill of ids[:split] then one pass over the rest with the cache (one pass
     when ``split`` is len(ids)), and the greedy continuation of ``steps`` tokens, one at a time."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -27,9 +25,7 @@ def run_steps(
 
     def forward(chunk: list[int], start: int) -> np.ndarray:
         end = start + len(chunk)
-        feeds.update(
-            input_ids=np.asarray([chunk], np.int64), attention_mask=np.ones((1, end), np.int64)
-        )
+        feeds.update(input_ids=np.asarray([chunk], np.int64), attention_mask=np.ones((1, end), np.int64))
         if "position_ids" in inputs:  # Gemma's export has none
             feeds["position_ids"] = np.arange(start, end, dtype=np.int64)[None]
         logits, *presents = session.run(names, feeds)
@@ -95,16 +91,18 @@ def test_unsupported_models_are_left_alone(tmp_path: Path) -> None:
     assert info["attention_layers_fused"] == 0
     assert "head_dim 8" in info["skipped"]
     config = {
-        "model_type": "llama", "num_attention_heads": 2, "num_key_value_heads": 2, "hidden_size": 32,
-        "max_position_embeddings": 256, "rope_scaling": {"rope_type": "mrope", "factor": 8.0},
-    }  # fmt: skip
+        "model_type": "llama",
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "hidden_size": 32,
+        "max_position_embeddings": 256,
+        "rope_scaling": {"rope_type": "mrope", "factor": 8.0},
+    }
     info = decoder_graph.optimize(original, tmp_path / "same.onnx", config=config)
     assert "rope_scaling" in info["skipped"]
     assert "GroupQueryAttention" not in info["op_counts"]
     assert info["nodes_after"] == info["nodes_before"]
-    assert not any(
-        p.key.startswith("edgepipe.") for p in onnx.load(str(tmp_path / "same.onnx")).metadata_props
-    )
+    assert not any(p.key.startswith("edgepipe.") for p in onnx.load(str(tmp_path / "same.onnx")).metadata_props)
     gpt2 = {**config, "model_type": "gpt2"}
     info = decoder_graph.optimize(original, tmp_path / "same.onnx", config=gpt2)
     assert "model_type 'gpt2'" in info["skipped"] and info["attention_layers_fused"] == 0

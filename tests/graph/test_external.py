@@ -29,9 +29,12 @@ def two_matmuls(seed: int = 0) -> onnx.ModelProto:
         helper.make_node("Add", ["z", "b"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])], inits,
-    )  # fmt: skip
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
@@ -66,12 +69,8 @@ def test_over_the_threshold_tensors_go_to_one_aligned_data_file(tmp_path, monkey
     assert all(int(where[w]["offset"]) % external.ALIGN == 0 for w in ("w1", "w2"))
     # onnx and onnxruntime read it as the same model.
     full = onnx.load(str(path))
-    for tensor, original in zip(
-        full.graph.initializer, two_matmuls().graph.initializer, strict=True
-    ):
-        np.testing.assert_array_equal(
-            numpy_helper.to_array(tensor), numpy_helper.to_array(original)
-        )
+    for tensor, original in zip(full.graph.initializer, two_matmuls().graph.initializer, strict=True):
+        np.testing.assert_array_equal(numpy_helper.to_array(tensor), numpy_helper.to_array(original))
     np.testing.assert_array_equal(run(path, x), expected)
 
 
@@ -116,10 +115,7 @@ def test_digest_covers_the_data_file():
     with_data = {**outputs, "model.onnx.data": "c" * 64}
     other_data = {**outputs, "model.onnx.data": "d" * 64}
     assert external.digest(with_data, "model.onnx") != external.digest(other_data, "model.onnx")
-    assert (
-        external.digest(with_data, "model.onnx")
-        == hashlib.sha256(f"{'a' * 64}\n{'c' * 64}\n".encode()).hexdigest()
-    )
+    assert external.digest(with_data, "model.onnx") == hashlib.sha256(f"{'a' * 64}\n{'c' * 64}\n".encode()).hexdigest()
 
 
 def test_keep_external_writes_data_under_the_threshold(tmp_path, x):

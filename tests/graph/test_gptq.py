@@ -14,15 +14,22 @@ from edgepipe.graph import gptq, nbits
 def _matmul_nbits(q: gptq.Quantized, k: int, n: int) -> ort.InferenceSession:
     data, scales, zeros = q.packed()
     node = helper.make_node(
-        "MatMulNBits", ["x", "B", "s", "z"], ["y"], domain="com.microsoft",
-        K=k, N=n, bits=q.bits, block_size=q.block,
-    )  # fmt: skip
+        "MatMulNBits",
+        ["x", "B", "s", "z"],
+        ["y"],
+        domain="com.microsoft",
+        K=k,
+        N=n,
+        bits=q.bits,
+        block_size=q.block,
+    )
     graph = helper.make_graph(
-        [node], "g",
+        [node],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, k])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, n])],
         [numpy_helper.from_array(a, name) for a, name in ((data, "B"), (scales, "s"), (zeros, "z"))],
-    )  # fmt: skip
+    )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
     )
@@ -76,11 +83,12 @@ def _two_layer_model(rng: np.random.Generator) -> onnx.ModelProto:
         helper.make_node("MatMul", ["r", "w2"], ["logits"], name="second"),
     ]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5, 64])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 5, 32])],
         [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
-    )  # fmt: skip
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

@@ -21,26 +21,34 @@ from tests.graph.test_decoder_graph import run_steps
 SHORT = [1.0, 1.1, 1.3, 1.7, 2.2, 3.0, 4.1, 5.5]  # longrope factors for head_dim 16 (8 of each)
 LONG = [1.0, 1.5, 2.5, 4.0, 6.0, 9.0, 13.0, 18.0]
 CASES: dict[str, dict[str, Any]] = {
-    "llama3": {"rope_theta": 500000.0, "rope_scaling": {
-        "rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192}},
+    "llama3": {
+        "rope_theta": 500000.0,
+        "rope_scaling": {
+            "rope_type": "llama3",
+            "factor": 32.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192,
+        },
+    },
     "linear": {"rope_scaling": {"rope_type": "linear", "factor": 4.0}},
     "dynamic": {"rope_scaling": {"type": "dynamic", "factor": 4.0}},
-    "yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0,
-                              "original_max_position_embeddings": 64}},
-    "longrope": {"original_max_position_embeddings": 32, "rope_scaling": {
-        "rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG}},
+    "yarn": {"rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}},
+    "longrope": {
+        "original_max_position_embeddings": 32,
+        "rope_scaling": {"rope_type": "longrope", "short_factor": SHORT, "long_factor": LONG},
+    },
     "mistral-window": {"model_type": "mistral", "sliding_window": 16},
-    "qwen2-window": {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 16,
-                     "max_window_layers": 1},
-}  # fmt: skip
+    "qwen2-window": {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 16, "max_window_layers": 1},
+}
 
 
 def _hf_config(changes: dict[str, Any]) -> Any:
     from transformers import AutoConfig
 
-    base = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
-                max_position_embeddings=256, num_hidden_layers=2)  # fmt: skip
+    base = dict(
+        hidden_size=64, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, num_hidden_layers=2
+    )
     merged = {**base, **changes}
     return AutoConfig.for_model(merged.pop("model_type", "llama"), **merged)
 
@@ -69,8 +77,13 @@ def test_windows_and_layers_follow_the_config() -> None:
     assert [attention_layers.window(mistral, i) for i in (0, 1)] == [4096, 4096]
     assert attention_layers.window({**mistral, "sliding_window": None}, 0) is None
     assert attention_layers.window({**mistral, "max_position_embeddings": 4096}, 0) is None
-    qwen = {"model_type": "qwen2", "sliding_window": 32768, "max_position_embeddings": 65536,
-            "max_window_layers": 1, "use_sliding_window": False}  # fmt: skip
+    qwen = {
+        "model_type": "qwen2",
+        "sliding_window": 32768,
+        "max_position_embeddings": 65536,
+        "max_window_layers": 1,
+        "use_sliding_window": False,
+    }
     assert attention_layers.window(qwen, 1) is None  # Qwen2.5 ships it off
     assert [attention_layers.window({**qwen, "use_sliding_window": True}, i) for i in (0, 1)] == [
         None,
@@ -81,8 +94,12 @@ def test_windows_and_layers_follow_the_config() -> None:
     attrs = attention_layers.attributes({**mistral, "attention_multiplier": 0.015625}, 0, 64)
     assert attrs == {"do_rotary": 1, "local_window_size": 4096, "scale": 0.015625}
     assert "rope_scaling type 'mrope'" in str(rope.unsupported({"rope_scaling": {"type": "mrope"}}))
-    phi35 = {**CASES["longrope"], "model_type": "phi3", "max_position_embeddings": 131072,
-             "original_max_position_embeddings": 4096}  # fmt: skip
+    phi35 = {
+        **CASES["longrope"],
+        "model_type": "phi3",
+        "max_position_embeddings": 131072,
+        "original_max_position_embeddings": 4096,
+    }
     assert rope.unsupported(phi35) is None  # exact below the switch; see rope.py
     assert rope.unsupported({**phi35, "model_type": "llama"}) is None  # per pass, as tested below
 
@@ -108,17 +125,31 @@ def _torch_run(model_dir: Path, changes: dict[str, Any], ids: list[int], new: in
             torch.nn.init.zeros_(param)
     with torch.inference_mode():
         logits = model(torch.tensor([ids])).logits[0].numpy()
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids)),
-                             max_new_tokens=new, min_new_tokens=new, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)  # fmt: skip
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids)),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
     return logits, out[0, len(ids) :].tolist()
 
 
 @pytest.mark.parametrize(
     ("case", "prompt"),
-    [("llama3", 40), ("linear", 40), ("dynamic", 40), ("yarn", 40), ("longrope", 40),
-     ("longrope", 28), ("mistral-window", 40), ("qwen2-window", 40)],
-)  # fmt: skip
+    [
+        ("llama3", 40),
+        ("linear", 40),
+        ("dynamic", 40),
+        ("yarn", 40),
+        ("longrope", 40),
+        ("longrope", 28),
+        ("mistral-window", 40),
+        ("qwen2-window", 40),
+    ],
+)
 def test_fused_matches_transformers(case: str, prompt: int, llama: tuple[Path, Path], tmp_path):
     """Past the window (16) and across longrope's switch (32): in the prompt's one pass (40) or
     during the greedy steps (28 + 8)."""

@@ -44,6 +44,7 @@ def assemble_bundle(model_dir: Path, onnx_model: Path, root: Path, name: str) ->
     source = resources.files("edgepipe.runtime")
     (root / "edgepipe_runtime").mkdir()
     for module in RUNTIME_MODULES:
+        (root / "edgepipe_runtime" / module).parent.mkdir(parents=True, exist_ok=True)
         (root / "edgepipe_runtime" / module).write_text(source.joinpath(module).read_text())
     (root / "__main__.py").write_text(source.joinpath("bundle_main.py").read_text())
     files = {rel: sha256_file(path) for rel, path in bundle_files(root).items()}
@@ -82,9 +83,7 @@ def gqa_bundle(tmp_path_factory: pytest.TempPathFactory, decoder_bundle):
             plain = decoder_bundle(kind)
             base = tmp_path_factory.mktemp(f"gqa-{kind}")
             config = json.loads((plain.model_dir / "config.json").read_text())
-            info = decoder_graph.optimize(
-                plain.root / "model" / "model.onnx", base / "model.onnx", config
-            )
+            info = decoder_graph.optimize(plain.root / "model" / "model.onnx", base / "model.onnx", config)
             assert info["attention_layers_fused"] == config["num_hidden_layers"]
             root = assemble_bundle(plain.model_dir, base / "model.onnx", base / "bundle", kind)
             built[kind] = DecoderBundle(kind, plain.model_dir, root)

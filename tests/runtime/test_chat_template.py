@@ -80,9 +80,7 @@ def test_multi_turn_renders_exactly_as_apply_chat_template(tokenizers, kind):
         assert text == expected(tokenizer, conversation)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         messages = [{"role": r, "content": c} for r, c in conversation]
-        assert ids == list(
-            tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
-        )
+        assert ids == list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
     # What runtime.json stores reads back as the same template.
     assert ChatTemplate.from_json(json.loads(json.dumps(template.to_json()))) == template
 
@@ -144,10 +142,15 @@ def test_templates_it_cannot_reproduce_are_refused_in_one_line(tokenizers):
 
 def test_runtime_json_of_older_bundles_still_reads():
     old = {
-        "task": "text-generation", "num_layers": 2, "num_kv_heads": 2, "head_dim": 16,
-        "eos_token_ids": [2], "max_length": 256, "chat_prefix": "<|im_start|>user\n",
+        "task": "text-generation",
+        "num_layers": 2,
+        "num_kv_heads": 2,
+        "head_dim": 16,
+        "eos_token_ids": [2],
+        "max_length": 256,
+        "chat_prefix": "<|im_start|>user\n",
         "chat_suffix": "<|im_end|>\n<|im_start|>assistant\n",
-    }  # fmt: skip
+    }
     config = GenerationConfig.from_json(old)
     assert config.chat_template is None and config.chat_off is None
     assert config.chat_prefix == old["chat_prefix"]
@@ -155,22 +158,17 @@ def test_runtime_json_of_older_bundles_still_reads():
     assert again == config
 
 
-def test_the_build_keeps_one_message_chat_and_says_why_multi_turn_is_off(
-    decoder_bundle, tmp_path, caplog
-):
+def test_the_build_keeps_one_message_chat_and_says_why_multi_turn_is_off(decoder_bundle, tmp_path, caplog):
     from edgepipe.tasks.decoder_runtime import runtime_config
 
     bundle = decoder_bundle("qwen2")
     # Turns joined by a separator: one message renders, but no per-role text reproduces the join.
     joined = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}"
-        "{% if not loop.last %} | {% endif %}{% endfor %}"
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if not loop.last %} | {% endif %}{% endfor %}"
     )
     model_dir = with_chat_template(bundle.model_dir, tmp_path / "qwen2", joined)
     with caplog.at_level("WARNING"):
-        config = runtime_config(
-            model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"]
-        )
+        config = runtime_config(model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"])
     assert config.chat_template is None and config.chat_prefix is not None
     assert config.chat_off.startswith("chat template not reproducible without Jinja")
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]

@@ -11,9 +11,7 @@ from edgepipe.runtime.generator import Generator
 
 
 def run_bundle(root, *args, stdin=b""):
-    return subprocess.run(
-        [sys.executable, str(root), *args], input=stdin, capture_output=True, timeout=120
-    )
+    return subprocess.run([sys.executable, str(root), *args], input=stdin, capture_output=True, timeout=120)
 
 
 def one_line_error(proc, code, message):
@@ -25,9 +23,7 @@ def one_line_error(proc, code, message):
 
 def test_json_output_equals_the_generator_in_process(decoder_bundle):
     bundle = decoder_bundle("llama")
-    proc = run_bundle(
-        bundle.root, "generate", "Turn on the lights", "--max-new-tokens", "12", "--json"
-    )
+    proc = run_bundle(bundle.root, "generate", "Turn on the lights", "--max-new-tokens", "12", "--json")
     assert proc.returncode == 0, proc.stderr
     record = json.loads(proc.stdout)
     assert set(record) == {"text", "token_ids", "stop_reason", "timings"}
@@ -52,9 +48,7 @@ def test_sampling_options_reach_the_generator(decoder_bundle):
     args = ["--temperature", "0.9", "--top-k", "40", "--top-p", "0.9", "--seed", "5", "--json"]
     first = json.loads(run_bundle(bundle.root, "generate", "hello", *args).stdout)
     again = json.loads(run_bundle(bundle.root, "generate", "hello", *args).stdout)
-    expected = Generator.from_bundle(bundle.root).generate(
-        "hello", temperature=0.9, top_k=40, top_p=0.9, seed=5
-    )
+    expected = Generator.from_bundle(bundle.root).generate("hello", temperature=0.9, top_k=40, top_p=0.9, seed=5)
     assert first["token_ids"] == again["token_ids"] == expected.token_ids
 
 
@@ -63,9 +57,7 @@ def test_stop_and_chat_options(decoder_bundle):
     g = Generator.from_bundle(bundle.root)
     full = g.generate("hello", chat=True, max_new_tokens=32)
     stop = full.text[6:8]
-    proc = run_bundle(
-        bundle.root, "generate", "hello", "--chat", "--stop", stop, "--stop", "zzz", "--json"
-    )
+    proc = run_bundle(bundle.root, "generate", "hello", "--chat", "--stop", stop, "--stop", "zzz", "--json")
     record = json.loads(proc.stdout)
     assert record["stop_reason"] == "stop" and record["text"] == full.text[: full.text.index(stop)]
     assert record["timings"]["prompt_tokens"] == len(g.encode("hello", chat=True))

@@ -10,15 +10,14 @@ KEYS = {"context_len", "new_tokens", "runs", "time_to_first_token_ms", "prefill_
 
 
 def run_bundle(root, *args):
-    return subprocess.run(
-        [sys.executable, str(root), *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, str(root), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_bench_times_first_token_prefill_and_decode(decoder_bundle):
     root = decoder_bundle("llama").root
-    proc = run_bundle(root, "bench", "--json", "--contexts", "16,64", "--new-tokens", "4",
-                      "--runs", "2", "--warmup", "0")  # fmt: skip
+    proc = run_bundle(
+        root, "bench", "--json", "--contexts", "16,64", "--new-tokens", "4", "--runs", "2", "--warmup", "0"
+    )
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert (doc["schema"], doc["task"]) == ("edgepipe.bench/2", "text-generation")
@@ -30,9 +29,7 @@ def test_bench_times_first_token_prefill_and_decode(decoder_bundle):
         assert r["time_to_first_token_ms"] > 0 and r["decode_tokens_per_s"] > 0
     model = doc["models"]["model"]
     assert model["sha256"] == sha256_file(root / "model" / "model.onnx")
-    assert (
-        model["load_ms"] > 0 and model["size_bytes"] == (root / "model/model.onnx").stat().st_size
-    )
+    assert model["load_ms"] > 0 and model["size_bytes"] == (root / "model/model.onnx").stat().st_size
     assert doc["peak_rss_mb"] > 10 and doc["probe"]["schema"] == "edgepipe.probe/1"
 
 
@@ -41,14 +38,11 @@ def test_default_contexts_fit_the_model_and_text_output(decoder_bundle):
     proc = run_bundle(root, "bench", "--new-tokens", "2", "--runs", "1", "--warmup", "0")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[2].split() == ["context", "runs", "first", "token", "ms", "prefill", "tok/s",
-                                "decode", "tok/s"]  # fmt: skip
+    assert lines[2].split() == ["context", "runs", "first", "token", "ms", "prefill", "tok/s", "decode", "tok/s"]
     assert len(lines) == 4 and lines[3].split()[:2] == ["64", "1"]
 
 
 def test_a_context_over_the_model_is_one_line_exit_2(decoder_bundle):
     proc = run_bundle(decoder_bundle("llama").root, "bench", "--contexts", "250")
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == (
-        "error: context 250 and 32 new tokens are over the model's 256 positions\n"
-    )
+    assert proc.stderr == ("error: context 250 and 32 new tokens are over the model's 256 positions\n")

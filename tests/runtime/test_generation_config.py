@@ -16,9 +16,7 @@ from tests.decoders import KINDS
 def test_kv_shape_and_limits_follow_the_model(decoder_bundle, kind):
     bundle = decoder_bundle(kind)
     config = json.loads((bundle.model_dir / "config.json").read_text())
-    runtime = runtime_config(
-        bundle.model_dir, bundle.root / "model" / "model.onnx", 2, 1, ["CPUExecutionProvider"]
-    )
+    runtime = runtime_config(bundle.model_dir, bundle.root / "model" / "model.onnx", 2, 1, ["CPUExecutionProvider"])
     layers = config.get("num_hidden_layers") or config["n_layer"]
     heads = config.get("num_attention_heads") or config["n_head"]
     kv_heads = config.get("num_key_value_heads", heads)
@@ -53,9 +51,7 @@ def decoder_stub(path, dims, layers=2):
         for part in ("key", "value"):
             name = f"past_key_values.{i}.{part}"
             inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, dims))
-            outputs.append(
-                helper.make_tensor_value_info(f"present.{i}.{part}", TensorProto.FLOAT, dims)
-            )
+            outputs.append(helper.make_tensor_value_info(f"present.{i}.{part}", TensorProto.FLOAT, dims))
             nodes.append(helper.make_node("Identity", [name], [f"present.{i}.{part}"]))
     onnx.save(helper.make_model(helper.make_graph(nodes, "stub", inputs, outputs)), path)
     return path
@@ -86,9 +82,7 @@ def test_a_model_without_kv_cache_or_context_length_is_refused(tmp_path, decoder
     del config["max_position_embeddings"]
     (model_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(ModelError, match="cannot tell the model's context length"):
-        runtime_config(
-            model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"]
-        )
+        runtime_config(model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"])
 
 
 def test_templates_that_cannot_be_split_give_no_chat(decoder_bundle, tmp_path):

@@ -51,9 +51,7 @@ def test_greedy_tokens_equal_transformers_generate(decoder_bundle, kind):
     for prompt in PROMPTS:
         enc = tokenizer(prompt, return_tensors="pt")
         with torch.no_grad():
-            out = model.generate(
-                **enc, do_sample=False, max_new_tokens=16, min_new_tokens=16, pad_token_id=eos
-            )
+            out = model.generate(**enc, do_sample=False, max_new_tokens=16, min_new_tokens=16, pad_token_id=eos)
         expected = out[0, enc["input_ids"].shape[1] :].tolist()
         assert g.encode(prompt) == enc["input_ids"][0].tolist()
         result = g.generate(prompt, max_new_tokens=16)
@@ -77,10 +75,7 @@ def test_logits_equal_transformers_forward(decoder_bundle, kind):
 
 def test_same_seed_same_tokens_other_seeds_differ(decoder_bundle):
     g = generator(decoder_bundle("llama"), eos_token_ids=())
-    runs = {
-        seed: g.generate(PROMPTS[0], max_new_tokens=24, temperature=1.0, seed=seed).token_ids
-        for seed in range(4)
-    }
+    runs = {seed: g.generate(PROMPTS[0], max_new_tokens=24, temperature=1.0, seed=seed).token_ids for seed in range(4)}
     again = g.generate(PROMPTS[0], max_new_tokens=24, temperature=1.0, seed=2).token_ids
     assert again == runs[2]
     assert len({tuple(ids) for ids in runs.values()}) > 1
@@ -139,13 +134,9 @@ def test_sampling_frequencies_follow_the_probabilities():
 def test_stop_string_cuts_the_text_before_it(decoder_bundle, kind):
     g = generator(decoder_bundle(kind), eos_token_ids=())
     full = g.generate(PROMPTS[0], max_new_tokens=32)
-    stop = next(
-        full.text[i : i + 2] for i in range(4, len(full.text)) if full.text[i : i + 2].strip()
-    )
+    stop = next(full.text[i : i + 2] for i in range(4, len(full.text)) if full.text[i : i + 2].strip())
     pieces: list[str] = []
-    cut = g.generate(
-        PROMPTS[0], max_new_tokens=32, stop=["never there", stop], on_text=pieces.append
-    )
+    cut = g.generate(PROMPTS[0], max_new_tokens=32, stop=["never there", stop], on_text=pieces.append)
     assert cut.stop_reason == "stop"
     assert cut.text == full.text[: full.text.index(stop)]
     assert "".join(pieces) == cut.text
@@ -214,9 +205,7 @@ def test_chat_ids_equal_apply_chat_template(decoder_bundle):
     g = generator(bundle)
     for prompt in PROMPTS:
         messages = [{"role": "user", "content": prompt}]
-        expected = tokenizer.apply_chat_template(
-            messages, tokenize=True, add_generation_prompt=True
-        )
+        expected = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
         assert g.encode(prompt, chat=True) == list(expected)
     result = g.generate(PROMPTS[0], chat=True, max_new_tokens=4)
     assert result.timings["prompt_tokens"] == len(g.encode(PROMPTS[0], chat=True))
@@ -281,9 +270,7 @@ def test_bad_options_are_refused(decoder_bundle, options, message):
 
 
 def test_timings_describe_the_run(decoder_bundle):
-    result = generator(decoder_bundle("qwen2"), eos_token_ids=()).generate(
-        PROMPTS[3], max_new_tokens=8
-    )
+    result = generator(decoder_bundle("qwen2"), eos_token_ids=()).generate(PROMPTS[3], max_new_tokens=8)
     t = result.timings
     assert set(t) == {
         "prompt_tokens",

@@ -51,9 +51,11 @@ def no_eos(bundle, **kwargs):
     g = Generator.from_bundle(bundle.root, threads=1)
     config = dataclasses.replace(g.config, eos_token_ids=(), **kwargs)
     return Generator(
-        bundle.root / "model" / "model.onnx", bundle.root / "tokenizer" / "tokenizer.json",
-        config, 1,
-    )  # fmt: skip
+        bundle.root / "model" / "model.onnx",
+        bundle.root / "tokenizer" / "tokenizer.json",
+        config,
+        1,
+    )
 
 
 def log_softmax(x):

@@ -123,9 +123,7 @@ def test_max_context_option(gqa_bundle):
     one_line_error(proc, 4, "reads at most 32 tokens (max_context; the model's: 256)")
     proc = run_bundle(bundle.root, "generate", "hello", "--max-context", "300")
     one_line_error(proc, 2, "max_context must be 16 to the model's 256 tokens (got 300)")
-    proc = run_bundle(
-        bundle.root, "generate", "hello", "--max-context", "24", "--max-new-tokens", "64", "--json"
-    )
+    proc = run_bundle(bundle.root, "generate", "hello", "--max-context", "24", "--max-new-tokens", "64", "--json")
     record = json.loads(proc.stdout)
     assert record["stop_reason"] == "length"
     assert record["timings"]["prompt_tokens"] + record["timings"]["new_tokens"] == 24
@@ -152,10 +150,11 @@ def test_prefill_chunk_bounds_the_scratch():
 
 def test_serve_refuses_a_max_context_out_of_range(gqa_bundle):
     proc = subprocess.run(
-        [sys.executable, str(gqa_bundle("qwen2").root), "serve", "--port", "0",
-         "--max-context", "4096"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [sys.executable, str(gqa_bundle("qwen2").root), "serve", "--port", "0", "--max-context", "4096"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 3 and len(lines) == 1, lines
     assert lines[0] == "error: max_context must be 16 to the model's 256 tokens (got 4096)"

@@ -97,16 +97,11 @@ def test_runtime_memory_and_versions_checked():
 def test_probe_command_on_a_bundle(tiny_bundle):
     """The bundle's own probe, on this host, against its laptop-avx2 target."""
     root = str(tiny_bundle.bundle_dir)
-    done = subprocess.run(
-        [sys.executable, root, "probe", "--json", "--strict"], capture_output=True, text=True
-    )
+    done = subprocess.run([sys.executable, root, "probe", "--json", "--strict"], capture_output=True, text=True)
     data = json.loads(done.stdout)
     assert data["schema"] == "edgepipe.probe/1" and data["target"] == "laptop-avx2"
     assert data["mismatches"] == [] and done.returncode == 0, done.stderr
-    assert (
-        data["onnxruntime"]["version"]
-        and "CPUExecutionProvider" in data["onnxruntime"]["providers"]
-    )
+    assert data["onnxruntime"]["version"] and "CPUExecutionProvider" in data["onnxruntime"]["providers"]
     assert data["memory"]["total_mb"] > 0 and data["python"].startswith("3.")
     text = subprocess.run([sys.executable, root, "probe"], capture_output=True, text=True)
     assert "target      laptop-avx2: fits" in text.stdout and text.returncode == 0

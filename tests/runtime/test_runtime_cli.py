@@ -9,9 +9,7 @@ import pytest
 
 
 def run_bundle(bundle, *args, stdin=b""):
-    return subprocess.run(
-        [sys.executable, str(bundle), *args], input=stdin, capture_output=True, timeout=120
-    )
+    return subprocess.run([sys.executable, str(bundle), *args], input=stdin, capture_output=True, timeout=120)
 
 
 def test_embed_prints_one_normalised_vector_per_text(tiny_bundle):

@@ -9,9 +9,7 @@ import pytest
 
 
 def run_bundle(root, *args):
-    return subprocess.run(
-        [sys.executable, str(root), *args], capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([sys.executable, str(root), *args], capture_output=True, text=True, timeout=120)
 
 
 def test_selftest_on_this_host_matches_the_build(tiny_bundle):
@@ -42,6 +40,4 @@ def test_below_the_bar_exits_5_and_no_data_is_one_line(tiny_bundle, tmp_path):
     shutil.rmtree(root / "selftest")
     gone = run_bundle(root, "selftest")
     assert gone.returncode == 2 and gone.stdout == ""
-    assert gone.stderr == (
-        "error: this bundle ships no readable selftest/ data (built before selftest): rebuild it\n"
-    )
+    assert gone.stderr == ("error: this bundle ships no readable selftest/ data (built before selftest): rebuild it\n")

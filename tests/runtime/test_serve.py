@@ -21,10 +21,20 @@ MAX_BODY, MAX_TEXTS = 4096, 4
 def server(tiny_bundle):
     """The bundle serving on an ephemeral loopback port; yields (port, process)."""
     proc = subprocess.Popen(
-        [sys.executable, str(tiny_bundle.bundle_dir), "serve", "--port", "0",
-         "--max-body-bytes", str(MAX_BODY), "--max-texts", str(MAX_TEXTS)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(tiny_bundle.bundle_dir),
+            "serve",
+            "--port",
+            "0",
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--max-texts",
+            str(MAX_TEXTS),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         line = _read_line(proc, timeout=60)
         match = re.search(r"on http://127\.0\.0\.1:(\d+)$", line)
@@ -68,9 +78,7 @@ def test_health_and_manifest(server, tiny_bundle):
     status, _, health = request(port, "GET", "/health")
     manifest = json.loads((tiny_bundle.bundle_dir / "manifest.json").read_text())
     assert status == 200 and health["status"] == "ok"
-    assert (
-        health["name"] == manifest["name"] and health["model_sha256"] == manifest["model"]["sha256"]
-    )
+    assert health["name"] == manifest["name"] and health["model_sha256"] == manifest["model"]["sha256"]
     status, _, served = request(port, "GET", "/manifest")
     assert status == 200 and served == manifest
 
@@ -115,8 +123,9 @@ def test_missing_content_length_is_refused(server):
 def test_stops_cleanly_on_sigterm(tiny_bundle):
     proc = subprocess.Popen(
         [sys.executable, str(tiny_bundle.bundle_dir), "serve", "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     _read_line(proc, timeout=60)
     proc.terminate()
     _, stderr = proc.communicate(timeout=10)
@@ -137,8 +146,10 @@ def test_stops_cleanly_on_sigterm(tiny_bundle):
 def test_refuses_to_start_with_one_line(tiny_bundle, args, message):
     proc = subprocess.run(
         [sys.executable, str(tiny_bundle.bundle_dir), "serve", "--port", "0", *args],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 3 and len(lines) == 1 and lines[0].startswith(message), lines
 
@@ -147,12 +158,12 @@ def test_port_in_use_is_one_line(server, tiny_bundle):
     port, _ = server
     proc = subprocess.run(
         [sys.executable, str(tiny_bundle.bundle_dir), "serve", "--port", str(port)],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert proc.returncode == 3
-    assert (
-        proc.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
+    assert proc.returncode == 3
+    assert proc.stderr.strip() == f"error: cannot listen on 127.0.0.1:{port}: Address already in use"
 
 
 def test_generate_on_an_embedding_bundle_is_404(server):

@@ -19,9 +19,14 @@ MAX_CONNECTIONS = 16
 @pytest.fixture(scope="module")
 def embed_server(tiny_bundle):
     server = Server(
-        tiny_bundle.bundle_dir, "--timeout", str(TIMEOUT),
-        "--max-connections", str(MAX_CONNECTIONS), "--max-texts", "8",
-    )  # fmt: skip
+        tiny_bundle.bundle_dir,
+        "--timeout",
+        str(TIMEOUT),
+        "--max-connections",
+        str(MAX_CONNECTIONS),
+        "--max-texts",
+        "8",
+    )
     yield server
     server.stop()
 
@@ -184,10 +189,7 @@ def test_a_content_length_longer_than_the_body(embed_server):
 )
 def test_bodies_without_one_honest_length(embed_server, headers, status, reason):
     since = len(embed_server.lines)
-    data = (
-        f"POST /v1/embeddings HTTP/1.1\r\n{headers}\r\n".encode("latin-1")
-        + b'5\r\n{"in"\r\n0\r\n\r\n'
-    )
+    data = f"POST /v1/embeddings HTTP/1.1\r\n{headers}\r\n".encode("latin-1") + b'5\r\n{"in"\r\n0\r\n\r\n'
     [(got, answer_headers, body)] = responses(exchange(embed_server.port, data))
     assert got == status and reason in body["error"]["message"]
     assert answer_headers["Connection"] == "close"
@@ -302,9 +304,7 @@ def _longest(fits) -> str:
     return "x " * words
 
 
-def test_a_burst_of_texts_at_the_token_limit(
-    embed_server, chat_server, decoder_bundle, tiny_bundle
-):
+def test_a_burst_of_texts_at_the_token_limit(embed_server, chat_server, decoder_bundle, tiny_bundle):
     from edgepipe.runtime.embedder import Embedder
     from edgepipe.runtime.generator import Generator
 
@@ -325,9 +325,7 @@ def test_a_burst_of_texts_at_the_token_limit(
 
     def chat(content: str) -> None:
         payload = {"messages": [{"role": "user", "content": content}], "max_tokens": 5}
-        status, _, body = request(
-            chat_server.port, "POST", "/v1/chat/completions", json.dumps(payload).encode()
-        )
+        status, _, body = request(chat_server.port, "POST", "/v1/chat/completions", json.dumps(payload).encode())
         outcome = body["choices"][0]["finish_reason"] if status == 200 else body["error"]["code"]
         results.append(("chat", status, outcome))
 
@@ -350,9 +348,14 @@ def test_a_burst_of_texts_at_the_token_limit(
 def test_a_client_that_leaves_a_stream_stops_its_generation(chat_server):
     since = len(chat_server.lines)
     body = json.dumps(
-        {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 250, "stream": True,
-         "temperature": 1.5, "seed": 1}
-    ).encode()  # fmt: skip
+        {
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 250,
+            "stream": True,
+            "temperature": 1.5,
+            "seed": 1,
+        }
+    ).encode()
     with socket.create_connection(("127.0.0.1", chat_server.port), timeout=10) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         sock.sendall(post("/v1/chat/completions", body))

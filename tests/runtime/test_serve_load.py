@@ -49,9 +49,7 @@ def test_health_stays_under_a_second_while_64_connections_embed_and_64_generate(
         "temperature": 0,
     }
     load = [
-        threading.Thread(
-            target=client, args=(embed.port, "/v1/embeddings", texts, 4, statuses), daemon=True
-        )
+        threading.Thread(target=client, args=(embed.port, "/v1/embeddings", texts, 4, statuses), daemon=True)
         for _ in range(CONNECTIONS)
     ] + [
         threading.Thread(
@@ -72,9 +70,7 @@ def test_health_stays_under_a_second_while_64_connections_embed_and_64_generate(
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
     assert not any(t.is_alive() for t in load), "the load did not finish by its deadline"
     assert sorted(statuses) == [200] * (CONNECTIONS * 4 + CONNECTIONS * 2)
-    print(
-        f"round {round_}: {len(statuses)} answers, /health {checks} checks, slowest {slowest:.3f} s"
-    )
+    print(f"round {round_}: {len(statuses)} answers, /health {checks} checks, slowest {slowest:.3f} s")
     assert checks >= 3 and slowest < 1.0, (checks, slowest)
     for server in servers:
         assert not [line for line in server.lines if '" 500 ' in line or "Traceback" in line]

@@ -34,9 +34,7 @@ def client(server, key=KEY):
 
 
 def run_bundle(root, *args):
-    proc = subprocess.run(
-        [sys.executable, str(root), *args], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, str(root), *args], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -69,23 +67,23 @@ def test_embeddings_equal_the_bundles_embed_command(embed_server, tiny_bundle):
 
 def test_chat_completion_equals_generate_chat_token_for_token(chat_server, decoder_bundle):
     root = decoder_bundle("qwen2").root
-    expected = json.loads(
-        run_bundle(root, "generate", "hello", "--chat", "--json", "--max-new-tokens", "12")
-    )
+    expected = json.loads(run_bundle(root, "generate", "hello", "--chat", "--json", "--max-new-tokens", "12"))
     api = client(chat_server)
     messages = [{"role": "user", "content": "hello"}]
-    reply = api.chat.completions.create(
-        model="tiny-qwen2", messages=messages, temperature=0, max_tokens=12
-    )
+    reply = api.chat.completions.create(model="tiny-qwen2", messages=messages, temperature=0, max_tokens=12)
     choice = reply.choices[0]
     assert choice.message.content == expected["text"] and choice.message.role == "assistant"
     assert reply.usage.completion_tokens == len(expected["token_ids"])
     assert reply.usage.prompt_tokens == expected["timings"]["prompt_tokens"]
     assert choice.finish_reason == {"eos": "stop", "length": "length"}[expected["stop_reason"]]
     stream = api.chat.completions.create(
-        model="tiny-qwen2", messages=messages, temperature=0, max_tokens=12, stream=True,
+        model="tiny-qwen2",
+        messages=messages,
+        temperature=0,
+        max_tokens=12,
+        stream=True,
         stream_options={"include_usage": True},
-    )  # fmt: skip
+    )
     chunks = list(stream)
     pieces = [c.choices[0].delta.content or "" for c in chunks if c.choices]
     assert "".join(pieces) == expected["text"]
@@ -104,13 +102,9 @@ def test_multi_turn_chat_is_the_models_own_template(chat_server, decoder_bundle)
         {"role": "assistant", "content": "Hello!"},
         {"role": "user", "content": [{"type": "text", "text": "and now?"}]},
     ]
-    reply = client(chat_server).chat.completions.create(
-        model="m", messages=messages, temperature=0, max_tokens=8
-    )
+    reply = client(chat_server).chat.completions.create(model="m", messages=messages, temperature=0, max_tokens=8)
     tokenizer = AutoTokenizer.from_pretrained(bundle.model_dir)
-    flat = [{**m, "content": m["content"]} for m in messages[:3]] + [
-        {"role": "user", "content": "and now?"}
-    ]
+    flat = [{**m, "content": m["content"]} for m in messages[:3]] + [{"role": "user", "content": "and now?"}]
     ids = tokenizer.apply_chat_template(flat, tokenize=True, add_generation_prompt=True)
     expected = Generator.from_bundle(bundle.root).generate(list(ids), max_new_tokens=8)
     assert reply.usage.prompt_tokens == len(ids)
@@ -124,9 +118,7 @@ def test_completion_equals_generate(chat_server, decoder_bundle):
     reply = api.completions.create(model="m", prompt="Once upon", temperature=0, max_tokens=64)
     assert reply.choices[0].text == expected["text"]
     assert reply.usage.completion_tokens == len(expected["token_ids"])
-    stream = api.completions.create(
-        model="m", prompt="Once upon", temperature=0, max_tokens=64, stream=True
-    )
+    stream = api.completions.create(model="m", prompt="Once upon", temperature=0, max_tokens=64, stream=True)
     assert "".join(c.choices[0].text for c in stream) == expected["text"]
     short = api.completions.create(model="m", prompt="Once upon", temperature=0)
     assert short.usage.completion_tokens <= 16  # OpenAI's default max_tokens
@@ -140,9 +132,7 @@ def test_a_wrong_or_missing_key_is_401(chat_server):
     for path in ("/health", "/v1/models"):
         status, headers, body = request(chat_server.port, "GET", path)
         assert status == 401 and headers["WWW-Authenticate"] == "Bearer"
-    status, _, _ = request(
-        chat_server.port, "GET", "/health", headers={"Authorization": f"Bearer {KEY}"}
-    )
+    status, _, _ = request(chat_server.port, "GET", "/health", headers={"Authorization": f"Bearer {KEY}"})
     assert status == 200
 
 
@@ -152,20 +142,28 @@ def test_a_wrong_or_missing_key_is_401(chat_server):
         ({"messages": []}, "messages", '"messages" must be a non-empty list'),
         ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0]", "must be an object"),
         ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n", '"n" other than 1'),
-        ({"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature",
-         '"temperature" must be a number'),
+        (
+            {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            "temperature",
+            '"temperature" must be a number',
+        ),
         ({"messages": [{"role": "user", "content": "x"}], "stop": [1]}, "stop", '"stop" must be'),
-        ({"messages": [{"role": "assistant", "content": "x"}]}, "messages",
-         "message 0 is 'assistant' where 'user' belongs"),
-        ({"messages": [{"role": "user", "content": "word " * 400}]}, "messages",
-         "reads at most 256 tokens"),
+        (
+            {"messages": [{"role": "assistant", "content": "x"}]},
+            "messages",
+            "message 0 is 'assistant' where 'user' belongs",
+        ),
+        ({"messages": [{"role": "user", "content": "word " * 400}]}, "messages", "reads at most 256 tokens"),
     ],
-)  # fmt: skip
+)
 def test_bad_chat_requests_are_400_in_openais_shape(chat_server, payload, param, message):
     status, _, body = request(
-        chat_server.port, "POST", "/v1/chat/completions", json.dumps(payload).encode(),
+        chat_server.port,
+        "POST",
+        "/v1/chat/completions",
+        json.dumps(payload).encode(),
         {"Authorization": f"Bearer {KEY}"},
-    )  # fmt: skip
+    )
     error = body["error"]
     assert status == 400 and set(error) == {"message", "type", "param", "code"}
     assert error["param"] == param and message in error["message"], error
@@ -185,12 +183,8 @@ def test_chat_is_off_with_the_builds_reason(decoder_bundle):
     server = Server(decoder_bundle("llama").root)
     try:
         with pytest.raises(openai.BadRequestError) as caught:
-            client(server).chat.completions.create(
-                model="m", messages=[{"role": "user", "content": "hi"}]
-            )
-        assert caught.value.body["message"] == (
-            "chat is off for this bundle: the model has no chat template"
-        )
+            client(server).chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        assert caught.value.body["message"] == ("chat is off for this bundle: the model has no chat template")
         status, _, health = request(server.port, "GET", "/health")
         assert health["chat"] == "the model has no chat template"
     finally:

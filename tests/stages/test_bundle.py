@@ -34,14 +34,10 @@ def test_manifest_names_every_file_with_its_sha256(tiny_bundle):
     assert manifest["files"] == {rel: sha256_file(path) for rel, path in files.items()}
     assert manifest["model"]["path"] == "model/model.onnx"
     assert manifest["model"]["sha256"] == manifest["files"]["model/model.onnx"]
-    assert (
-        manifest["target"]["name"] == "laptop-avx2" and manifest["profile"]["name"] == "tiny-int8"
-    )
+    assert manifest["target"]["name"] == "laptop-avx2" and manifest["profile"]["name"] == "tiny-int8"
     assert {"onnxruntime", "onnx", "optimum", "transformers", "torch"} <= set(manifest["versions"])
     assert set(manifest["stages"]) == {"export", "reference", "quantize", "evaluate", "bench"}
-    assert (
-        manifest["accuracy"]["fp32_onnx"]["min"] > 0.9999 and manifest["model"]["kept_float"] == []
-    )
+    assert manifest["accuracy"]["fp32_onnx"]["min"] > 0.9999 and manifest["model"]["kept_float"] == []
     assert [a["result"] for a in manifest["attempts"]] == ["ok"]
     assert manifest["bench"]["measured_on"].startswith("build host")
 
@@ -111,9 +107,7 @@ def test_runtime_requirements_pin_what_was_evaluated(target, evaluated, asked, e
     assert (specs["onnxruntime"], specs["tokenizers"]) == expected and specs["numpy"] == ">=1.24,<3"
 
 
-@pytest.mark.parametrize(
-    ("target", "asked"), [("rpi5", "1.19.0"), ("rpi5", "two"), ("jetson-orin", "1.27.0")]
-)
+@pytest.mark.parametrize(("target", "asked"), [("rpi5", "1.19.0"), ("rpi5", "two"), ("jetson-orin", "1.27.0")])
 def test_runtime_version_outside_the_target_is_refused(target, asked):
     with pytest.raises(ConfigError, match=f"--runtime-version {asked}: target '{target}' runs"):
         bundle.runtime_requirements(catalog.targets().load(target), {}, asked)
@@ -156,6 +150,4 @@ def test_runtime_json_names_its_task_and_old_bundles_without_it_still_load(tiny_
     del runtime["task"]
     (old / RUNTIME_CONFIG).write_text(json.dumps(runtime))
     assert bundle_task(old) == "embedding"
-    assert EmbeddingConfig.load(old / RUNTIME_CONFIG) == EmbeddingConfig.load(
-        tiny_bundle.bundle_dir / RUNTIME_CONFIG
-    )
+    assert EmbeddingConfig.load(old / RUNTIME_CONFIG) == EmbeddingConfig.load(tiny_bundle.bundle_dir / RUNTIME_CONFIG)

@@ -10,10 +10,10 @@ import onnx
 import pytest
 from click.testing import CliRunner
 
+from edgepipe.catalog.config import WeightOnly
 from edgepipe.cli import main
-from edgepipe.config import WeightOnly
 from edgepipe.graph import nbits
-from edgepipe.stages import decoder_sensitivity
+from edgepipe.stages import generation_sensitivity
 from edgepipe.stages.quantize import CalibrationData
 from edgepipe.tasks.texts import builtin_calibration_texts
 from tests.decoders import export_decoder, make_tiny_decoder
@@ -41,17 +41,15 @@ def tiny_llama(tmp_path_factory) -> Path:
 
 def test_ranking_prices_every_matmul_per_byte(tiny_llama, tmp_path):
     fp32 = export_decoder(tiny_llama, tmp_path / "export")
-    calibration = CalibrationData(
-        builtin_calibration_texts("generation")[:4], tiny_llama / "tokenizer.json", 64
-    )
-    config = decoder_sensitivity.DecoderSensitivityConfig(
+    calibration = CalibrationData(builtin_calibration_texts("generation")[:4], tiny_llama / "tokenizer.json", 64)
+    config = generation_sensitivity.DecoderSensitivityConfig(
         weight_only=WeightOnly(block_size=16, symmetric=False, algorithm="gptq"),
         calibration_digest="test",
         probe_texts=2,
     )
     out = tmp_path / "out"
     out.mkdir()
-    record = decoder_sensitivity.run(config, fp32, calibration, out)
+    record = generation_sensitivity.run(config, fp32, calibration, out)
     ranking = json.loads((out / "ranking.json").read_text())
     graph = onnx.load(str(fp32)).graph
     assert {r["node"] for r in ranking} == {n.name for n in nbits.weight_matmuls(graph)}
@@ -73,11 +71,25 @@ def test_missed_bar_bisects_over_8bit_matmuls(tiny_llama, tmp_path):
     profiles.mkdir()
     (profiles / "tiny-int4-mixed.yaml").write_text(MIXED)
     work = tmp_path / "work"
-    result = CliRunner().invoke(main, [
-        "build", "--model", str(tiny_llama), "--target", "rpi5", "--profile", "tiny-int4-mixed",
-        "--profiles-dir", str(profiles), "--out", str(tmp_path / "o"), "--work-dir", str(work),
-        "--no-bench",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--model",
+            str(tiny_llama),
+            "--target",
+            "rpi5",
+            "--profile",
+            "tiny-int4-mixed",
+            "--profiles-dir",
+            str(profiles),
+            "--out",
+            str(tmp_path / "o"),
+            "--work-dir",
+            str(work),
+            "--no-bench",
+        ],
+    )
     assert result.exit_code == 5, result.output
     assert "no recipe met its bar" in result.stderr
     ranking = json.loads((work / "sensitivity" / "tiny-int4-mixed" / "ranking.json").read_text())
@@ -102,17 +114,32 @@ def test_extra_size_keeps_the_best_per_byte_from_the_first_attempt(tiny_llama, t
     )
     (profiles / "tiny-int4-mixed.yaml").write_text(share)
     work = tmp_path / "work"
-    result = CliRunner().invoke(main, [
-        "build", "--model", str(tiny_llama), "--target", "rpi5", "--profile", "tiny-int4-mixed",
-        "--profiles-dir", str(profiles), "--out", str(tmp_path / "o"), "--work-dir", str(work),
-        "--no-bench", "--json",
-    ])  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        [
+            "build",
+            "--model",
+            str(tiny_llama),
+            "--target",
+            "rpi5",
+            "--profile",
+            "tiny-int4-mixed",
+            "--profiles-dir",
+            str(profiles),
+            "--out",
+            str(tmp_path / "o"),
+            "--work-dir",
+            str(work),
+            "--no-bench",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     ranking = json.loads((work / "sensitivity" / "tiny-int4-mixed" / "ranking.json").read_text())
     record = json.loads((tmp_path / "o" / "tiny-llama-rpi5" / "manifest.json").read_text())
     int4_bytes = record["stages"]["sensitivity"]["int4_bytes"]
-    expected = decoder_sensitivity.within(ranking, int4_bytes, 0.3)[:3]
+    expected = generation_sensitivity.within(ranking, int4_bytes, 0.3)[:3]
     assert expected and summary["kept_float"] == expected
     assert [a["kept_float"] for a in summary["attempts"]] == [len(expected)]  # one attempt
     chosen = [r for r in ranking if r["node"] in expected]

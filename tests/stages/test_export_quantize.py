@@ -42,34 +42,26 @@ def test_export_matches_pytorch(exported, tiny_bert_master):
     feeds = {i.name: enc[i.name].astype(np.int64) for i in session.get_inputs()}
     (onnx_out,) = session.run(["last_hidden_state"], feeds)
     with torch.inference_mode():
-        ref = AutoModel.from_pretrained(tiny_bert_master)(
-            **tok("turn on the kitchen lights", return_tensors="pt")
-        )
+        ref = AutoModel.from_pretrained(tiny_bert_master)(**tok("turn on the kitchen lights", return_tensors="pt"))
     np.testing.assert_allclose(onnx_out, ref.last_hidden_state.numpy(), atol=1e-4)
 
 
 def calibration(out):
-    return quantize.CalibrationData(
-        builtin_calibration_texts("embedding"), out / "tokenizer" / "tokenizer.json", 64
-    )
+    return quantize.CalibrationData(builtin_calibration_texts("embedding"), out / "tokenizer" / "tokenizer.json", 64)
 
 
 def test_dynamic_int8_quantizes_every_matmul_weight(exported, tmp_path):
     out, _ = exported
     fp32_counts = quantize.op_counts(out / "model.onnx")
     profile = catalog.profiles().load("x86-avx2-int8")
-    config = quantize.QuantizeConfig.from_profile(
-        profile, calibration_digest="x", task_kind="embedding"
-    )
+    config = quantize.QuantizeConfig.from_profile(profile, calibration_digest="x", task_kind="embedding")
     record = quantize.run(config, out / "model.onnx", tmp_path, calibration(out))
     counts = record["op_counts"]
     # Each MatMul with a constant weight becomes an integer MatMul; 2 layers x 6 weight MatMuls.
     assert counts.get("MatMulInteger", 0) + counts.get("DynamicQuantizeMatMul", 0) == 12
     assert counts.get("MatMul", 0) == fp32_counts["MatMul"] - 12
     # One rescale per distinct MatMul input: QKV share one, then attention-out, FFN-in, FFN-out.
-    smoothing = [
-        n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.name.endswith("_smooth")
-    ]
+    smoothing = [n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.name.endswith("_smooth")]
     assert len(smoothing) == 2 * 4
     assert record["size_bytes"] < (out / "model.onnx").stat().st_size
 
@@ -140,9 +132,7 @@ def test_smoothing_leaves_a_shared_weight_alone(exported, tmp_path):
     after = ort.InferenceSession(str(tmp_path / "s.onnx")).run(None, feeds)
     for a, b in zip(after, before, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    rescaled = [
-        n.name for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "Mul"
-    ]
+    rescaled = [n.name for n in onnx.load(str(tmp_path / "s.onnx")).graph.node if n.op_type == "Mul"]
     assert rescaled == ["y_smooth"]  # the MatMul whose weight is its own still is
 
 
@@ -176,7 +166,5 @@ def test_fp16_keeps_fp32_inputs_and_outputs(exported, tmp_path):
 
 def test_fp32_is_a_byte_copy(exported, tmp_path):
     out, _ = exported
-    record = quantize.run(
-        quantize.QuantizeConfig(method="fp32", task_kind="embedding"), out / "model.onnx", tmp_path
-    )
+    record = quantize.run(quantize.QuantizeConfig(method="fp32", task_kind="embedding"), out / "model.onnx", tmp_path)
     assert record["outputs"]["model.onnx"] == sha256_file(out / "model.onnx")
