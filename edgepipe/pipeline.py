@@ -31,7 +31,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     """Run every stage and publish ``<out>/<model>-<target>/`` and its ``.tar.gz``."""
     report = progress or (lambda stage, summary: None)
     source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task)
-    check_fits(spec.target, spec.profile, source.task)
+    check_fits(spec.target, spec.profile, source.task_kind)
     if spec.with_wheels and bundle.gpu_target(spec.target):
         raise ConfigError(
             f"target '{spec.target.name}' runs NVIDIA's onnxruntime-gpu, which is not on PyPI; "
@@ -41,7 +41,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
         spec.sign_with.check()  # a bad key should fail now, not after the build
     evaluated = versions()
     specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
-    texts = _texts(spec, source.task)
+    texts = _texts(spec, source.task_kind)
     name = f"{source.name}-{spec.target.name}"
     spec.out.mkdir(parents=True, exist_ok=True)
     with disk_errors(), output_lock(spec.out, name):
@@ -51,7 +51,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
         try:
             work = spec.work_dir or staging / "work"
             requirements_txt = bundle.requirements(spec.target, specs, evaluated)
-            profiles = fitting(spec, source.task)
+            profiles = fitting(spec, source.task_kind)
             stage = new_stage_runner(spec, work, report)
             wheel_dir, downloaded = run_wheels(spec, stage, work, requirements_txt)
             ctx = BuildContext(
@@ -69,7 +69,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
                 wheel_dir,
                 downloaded,
             )
-            result = TASKS[source.task].run(ctx)
+            result = TASKS[source.task_kind].run(ctx)
             publish(staging, spec.out, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

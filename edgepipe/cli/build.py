@@ -10,9 +10,8 @@ import click
 
 from .. import catalog
 from ..runtime.tasks import Task
-from . import tables
+from . import common, tables
 from .common import (
-    USER_HUB_OFFLINE,
     dirs_option,
     err,
     handle_errors,
@@ -122,7 +121,7 @@ def build(
 
     target_cfg = catalog.targets(targets_dirs).load(target)
     if download:  # a hub id into the Hugging Face cache, where the build then reads it offline
-        commit = fetch(model, is_true(USER_HUB_OFFLINE), allow_pickle, trust_remote_code)
+        commit = fetch(model, is_true(common.USER_HUB_OFFLINE), allow_pickle, trust_remote_code)
         if commit:
             err.print(f"{model}: snapshot {commit} in the Hugging Face cache")
     profile_cfg, candidates = choose_profiles(

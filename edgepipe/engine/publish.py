@@ -105,7 +105,7 @@ def write_bundle(
         runtime,
         ctx.requirements_txt,
         ctx.wheel_dir,
-        task=ctx.source.task.manifest_name,
+        task=ctx.source.task,
     )
     for file, data in (selftest or {}).items():  # what `python BUNDLE selftest` re-evaluates
         (dest / "selftest").mkdir(exist_ok=True)
@@ -116,7 +116,7 @@ def write_bundle(
     document = {
         "schema": "edgepipe.bundle/1",
         "name": name,
-        "task": ctx.source.task.manifest_name,
+        "task": ctx.source.task,
         "model": {
             "path": "model/model.onnx",
             "sha256": records["quantize"]["outputs"]["model.onnx"],

@@ -63,18 +63,18 @@ def choose_profiles(
 ) -> tuple[Profile, tuple[Profile, ...]]:
     """The profile to build with (``profile``, or the target's default for the model's task) and
     the candidates tried after it: its fallbacks, or every other profile with ``search``."""
-    from ..sources import peek_task, resolve
+    from ..sources import peek_kind, resolve
 
     if task is not None:
         resolve(model, None, allow_pickle, trust_remote_code, task)  # can the model do it?
-    task = peek_task(model, task)
-    if profile is None and task is None:
+    kind = peek_kind(model, task)
+    if profile is None and kind is None:
         resolve(model, None, allow_pickle, trust_remote_code)  # says why the task is unknown
         raise ConfigError(
             f"{model}: cannot tell the model's task from its config.json, so there is no default "
             "profile for it; pass --profile (see `edgepipe profiles`)"
         )
-    chosen = recipes.load(profile or target.profile_for(Task.parse(str(task))))
+    chosen = recipes.load(profile or target.profile_for(kind or Task.EMBEDDING))
     others = (
         [p for p in recipes.all() if p.name != chosen.name]
         if search

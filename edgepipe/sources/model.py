@@ -23,13 +23,18 @@ class ModelSource:
     name: str
     kind: str  # "package", "directory", "hub" or "gguf"
     model_type: str
-    task: Task
+    task_kind: Task
     digest: str
     allow_pickle: bool = False
     trust_remote_code: bool = False
     # The file the directory was converted from (a GGUF), or the hub id pinned to its commit.
     ref: Path | str | None = None
     origin: dict[str, Any] = field(default_factory=lambda: {"format": "huggingface"})
+
+    @property
+    def task(self) -> str:
+        """The model's task as its bundle's manifest names it (``text-generation``)."""
+        return self.task_kind.manifest_name
 
     def describe(self) -> dict[str, Any]:
         return {
