@@ -75,7 +75,15 @@ def test_license_wheels_and_stable_bytes(tiny_bundle, tiny_bert, tmp_path):
     assert text == sbom.document(dest, tiny_bundle.manifest, tiny_bert)  # no random serial or time
     found = json.loads(text)
     (model,) = [c for c in found["components"] if c["type"] == "machine-learning-model"]
-    assert model["licenses"] == [{"license": {"id": "Apache-2.0"}}]
+    assert model["licenses"] == [
+        {
+            "license": {
+                "id": "Apache-2.0",
+                "acknowledgement": "declared",
+                "url": "https://spdx.org/licenses/Apache-2.0.html",
+            }
+        }
+    ]
     (shipped,) = [c for c in found["components"] if c["bom-ref"].startswith("wheel:")]
     assert shipped["name"] == "tokenizers" and shipped["version"] == "0.22.1"
     assert shipped["hashes"] == [{"alg": "SHA-256", "content": sha256_file(wheel)}]
