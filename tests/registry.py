@@ -25,6 +25,8 @@ def missing() -> str | None:
     """Why the registry tests cannot run here, or None."""
     if not os.access(REGISTRY, os.X_OK):
         return "needs Debian's docker-registry (apt-get install docker-registry apache2-utils skopeo; make test-deps)"
+    if not shutil.which("skopeo"):
+        return "needs skopeo (apt-get install skopeo)"
     if not shutil.which("htpasswd"):
         return "needs htpasswd (apt-get install apache2-utils)"
     return None

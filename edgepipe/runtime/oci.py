@@ -39,6 +39,10 @@ class RegistryError(ValueError):
     """The registry cannot be reached, refuses us, or sent something that is not what it names."""
 
 
+class DigestError(RegistryError):
+    """What the registry sent is not what its digest names: corrupt or tampered with."""
+
+
 class AuthError(RegistryError):
     """The registry refused the credentials (or there were none)."""
 
@@ -168,7 +172,7 @@ class Client:
             raise RegistryError(f"{self.ref.registry}: HTTP {exc.code} for manifest {reference}") from None
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
-            raise RegistryError(f"{self.ref.registry}: manifest {reference} arrived with digest {digest}")
+            raise DigestError(f"{self.ref.registry}: manifest {reference} arrived with digest {digest}")
         try:
             data = json.loads(body)
         except ValueError:
@@ -197,7 +201,7 @@ class Client:
             raise RegistryError(f"{self.ref.registry}: blob {digest} cut off ({exc})") from None
         if "sha256:" + hasher.hexdigest() != digest or (size is not None and written != size):
             dest.unlink(missing_ok=True)
-            raise RegistryError(
+            raise DigestError(
                 f"{self.ref}: blob {digest} does not match its digest (got sha256:{hasher.hexdigest()}, "
                 f"{written} bytes): the registry's copy is corrupt or was tampered with"
             )

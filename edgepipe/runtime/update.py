@@ -25,6 +25,10 @@ class UpdateError(ValueError):
     """The new version was not pulled, did not check out, or cannot be swapped in."""
 
 
+class SelftestError(UpdateError):
+    """The new version does not pass its selftest on this device."""
+
+
 def _quiet(message: str) -> None:
     pass
 
@@ -107,7 +111,7 @@ def _selftest(root: Path) -> None:
     )
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or done.stdout.strip().splitlines() or ["no output"])[-1]
-        raise UpdateError(f"the new version fails its selftest on this device (exit {done.returncode}: {last})")
+        raise SelftestError(f"the new version fails its selftest on this device (exit {done.returncode}: {last})")
 
 
 def _clean(root: Path) -> None:
