@@ -108,3 +108,111 @@ auth:
     registry = Registry(None, port, root, config)  # type: ignore[arg-type]
     registry.start()
     return registry
+
+
+class TokenServer:
+    """A Docker token service for a registry in ``auth: token`` mode: checks the htpasswd user over
+    Basic auth and issues an ES256 JWT whose x5c certificate the registry trusts (rootcertbundle)."""
+
+    def __init__(self, root: Path) -> None:
+        import datetime
+        import http.server
+        import threading
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "edgepipe-tests-token")])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        self.cert = (
+            x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(self.key, hashes.SHA256())
+        )  # fmt: skip
+        self.bundle = root / "token-ca.pem"
+        self.bundle.write_bytes(self.cert.public_bytes(serialization.Encoding.PEM))
+        self.issued = 0
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                import urllib.parse
+
+                expected = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if self.headers.get("Authorization") != expected:
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+                body = json.dumps({"token": server.token(query.get("scope", []))}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.realm = f"http://127.0.0.1:{self.httpd.server_address[1]}/token"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def token(self, scopes: list[str]) -> str:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        access = []
+        for scope in " ".join(scopes).split():
+            kind, _, rest = scope.partition(":")
+            repo, _, actions = rest.rpartition(":")
+            access.append({"type": kind, "name": repo, "actions": actions.split(",")})
+        now = int(time.time())
+        claims = {"iss": "edgepipe-tests", "sub": USER, "aud": "edgepipe-registry", "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": str(now) + str(self.issued), "access": access}  # fmt: skip
+        der = self.cert.public_bytes(serialization.Encoding.DER)
+        header = {"typ": "JWT", "alg": "ES256", "x5c": [base64.b64encode(der).decode()]}
+        signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+        r, s = decode_dss_signature(self.key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+        self.issued += 1
+        return f"{signing_input}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+
+
+def start_with_tokens(root: Path) -> tuple[Registry, TokenServer]:
+    """A registry that sends clients to a token service (``Www-Authenticate: Bearer``)."""
+    root.mkdir(parents=True, exist_ok=True)
+    tokens = TokenServer(root)
+    port = free_port()
+    config = root / "config.yml"
+    config.write_text(
+        f"""version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: {root / "data"}
+http:
+  addr: 127.0.0.1:{port}
+auth:
+  token:
+    realm: {tokens.realm}
+    service: edgepipe-registry
+    issuer: edgepipe-tests
+    rootcertbundle: {tokens.bundle}
+"""
+    )
+    registry = Registry(None, port, root, config)  # type: ignore[arg-type]
+    registry.start()
+    return registry, tokens

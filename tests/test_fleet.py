@@ -271,3 +271,24 @@ def test_service_unit(device, tmp_path):
     if shutil.which("systemd-analyze"):
         checked = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
         assert "ExecStart" not in checked.stderr, checked.stderr
+
+
+def test_token_auth_push_and_pull(versions, keys, tmp_path, monkeypatch):
+    """A registry behind a token service (as GHCR, Harbor and Docker Hub are): push with oras-py's
+    token flow, pull with the runtime's."""
+    registry, tokens = oci_registry.start_with_tokens(tmp_path / "registry")
+    try:
+        monkeypatch.setenv("DOCKER_CONFIG", str(registry.docker_config(tmp_path / "docker")))
+        target = f"oci://{registry.host}/fleet/tiny:v1"
+        pushed = push(versions["v1"], target)
+        assert pushed.exit_code == 0, pushed.output
+        out = tmp_path / "pulled"
+        result = pull(target, out, "--public-key", str(keys / "good" / "public.pem"))
+        assert result.exit_code == 0, result.output
+        assert same_tree(versions["v1"], out) and tokens.issued >= 2
+        monkeypatch.setenv("DOCKER_CONFIG", str(registry.docker_config(tmp_path / "wrong", password="nope")))
+        refused = pull(target, tmp_path / "again")
+        assert refused.exit_code == 11 and "credentials" in refused.output, refused.output
+    finally:
+        tokens.stop()
+        registry.kill()

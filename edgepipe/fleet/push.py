@@ -109,7 +109,28 @@ class _Uploader:
             raise RegistryError(str(exc)) from None
         if credentials:
             self.registry.auth.set_basic_auth(*credentials)
+        if header.lower().startswith("bearer"):
+            self._push_token(header)
         self.container = self.registry.get_container(f"{ref.registry}/{ref.repo}:{ref.reference}")
+
+    def _push_token(self, header: str) -> None:
+        """Ask for a pull+push token up front: oras-py 0.2 keeps the token of its first request (a HEAD,
+        scope pull) and sends it again when an upload is refused for want of push."""
+        import requests
+        from oras.auth.utils import parse_auth_header
+
+        challenge = parse_auth_header(header)
+        challenge.scope = f"repository:{self.ref.repo}:pull,push"
+        try:
+            token = self.registry.auth.request_token(challenge)
+        except requests.RequestException as exc:
+            raise RegistryError(f"{challenge.realm}: no token ({type(exc).__name__})") from None
+        if not token:
+            raise RegistryError(
+                f"{self.ref.registry}: credentials refused for {self.ref.repo} by its token service; "
+                "log in with `docker login` or set DOCKER_CONFIG"
+            )
+        self.registry.auth.set_token_auth(token)
 
     def _checked(self, response: Any, what: str) -> Any:
         if response.status_code in (401, 403):
