@@ -46,7 +46,7 @@ def run_update(root: Path, args: argparse.Namespace) -> int:
     except (oci.RegistryError, update.UpdateError, SignatureError, KeyFileError) as exc:
         return _failed(exc)
     print(f"updated {root}: {manifest.get('name')} from {args.target} (the replaced {was} is {root.name}.previous)")
-    print("restart the service to run it: systemctl restart edgepipe-<name> (or --user)", file=sys.stderr)
+    print(f"a service runs the new version after: systemctl [--user] restart {update.unit_name(root)}", file=sys.stderr)
     return 0
 
 

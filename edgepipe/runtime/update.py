@@ -125,6 +125,10 @@ def update(root: Path, target: str, public_key: Path | None = None, progress: Pr
     signed = (root / integrity.SIGNATURE).is_file()
     if signed and public_key is None:
         raise UpdateError(f"{root}: is signed; pass --public-key PEM so that the new version is checked with the key")
+    if signed and public_key is not None:  # the same key: the one that signed what runs now
+        from .signature import verify_signature
+
+        verify_signature(root, public_key)
     _clean(root)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.update-", dir=root.parent))
     try:
@@ -180,9 +184,13 @@ WantedBy={"default.target" if user else "multi-user.target"}
 """
 
 
+def unit_name(root: Path) -> str:
+    return "edgepipe-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in root.name) + ".service"
+
+
 def service(root: Path, port: int, user: bool, out: Path | None = None) -> Path:
     """Write the systemd unit that runs ``serve``; its path."""
-    name = "edgepipe-" + "".join(c if c.isalnum() or c in "-_" else "-" for c in root.name) + ".service"
+    name = unit_name(root)
     if out is None:
         config = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
         out = (config / "systemd" / "user" if user else Path("/etc/systemd/system")) / name
