@@ -173,3 +173,17 @@ def test_policy_in_a_target_file(tiny_bert, tmp_path, profiles_dir):
     result = CliRunner().invoke(main, ["build", "--target", "laptop-avx2", "--model", str(tiny_bert),
                                        "--license-policy", str(bad)])  # fmt: skip
     assert result.exit_code == 3 and "field 'permit': unknown key" in result.output
+
+
+def test_a_gguf_declares_its_licence_in_its_metadata(tmp_path, monkeypatch):
+    from edgepipe import sources
+    from edgepipe.engine.licences import licence_of
+    from tests.decoders import make_tiny_decoder
+    from tests.gguf_files import write_llama_gguf
+
+    monkeypatch.setenv("EDGEPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    model = make_tiny_decoder("llama", tmp_path / "tiny-llama")
+    link = "https://www.llama.com/llama3_2/license/"
+    path = write_llama_gguf(model, tmp_path / "tiny.gguf", licence=("llama3.2", "llama3.2", link))
+    licence = licence_of(sources.resolve(str(path)))
+    assert (licence.expression, licence.where, licence.url) == (canonical("llama3.2"), "GGUF metadata", link)
