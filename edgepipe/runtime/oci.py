@@ -190,6 +190,8 @@ class Client:
                 while chunk := response.read(_CHUNK):
                     hasher.update(chunk)
                     written += len(chunk)
+                    if isinstance(size, int) and written > size:  # no more than the manifest said
+                        raise DigestError(f"{self.ref}: blob {digest} is longer than its {size} bytes")
                     out.write(chunk)
         except urllib.error.HTTPError as exc:
             dest.unlink(missing_ok=True)

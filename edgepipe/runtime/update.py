@@ -51,8 +51,11 @@ def fetch(target: str, dest: Path, public_key: Path | None, progress: Progress =
         if not oci.safe_path(rel) or rel == integrity.SIGNATURE:
             raise UpdateError(f"{ref}: layer {layer.get('digest')} has an unsafe path {rel!r}")
         path = dest / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        client.blob(layer, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            client.blob(layer, path)
+        except OSError as exc:  # two layers claiming one path as a file and a folder, or a full disk
+            raise UpdateError(f"{ref}: cannot write {rel} ({exc.strerror or exc})") from None
         progress(f"pull: {number}/{len(layers)} {rel}")
     signatures = [r for r in client.referrers(digest) if r.get("artifactType") == oci.SIGNATURE_ARTIFACT]
     if signatures:
