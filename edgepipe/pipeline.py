@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import sources
 from .catalog.config import check_fits
+from .engine.licences import check_licence
 from .engine.publish import disk_errors, output_lock, publish
 from .engine.runner import new_stage_runner, run_wheels, versions
 from .engine.spec import BuildContext, BuildResult, BuildSpec, Progress, fitting
@@ -32,6 +33,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     report = progress or (lambda stage, summary: None)
     source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task)
     check_fits(spec.target, spec.profile, source.task_kind)
+    check_licence(spec, source)  # a refused licence stops the build before any export
     if spec.with_wheels and bundle.gpu_target(spec.target):
         raise ConfigError(
             f"target '{spec.target.name}' runs NVIDIA's onnxruntime-gpu, which is not on PyPI; "

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cache import StageCache, texts_digest
 from ..catalog import Catalog
-from ..catalog.config import Profile, Target, check_fits
+from ..catalog.config import LicencePolicy, Profile, Target, check_fits
 from ..errors import ConfigError
 from ..runtime.tasks import Task
 
@@ -49,6 +49,10 @@ class BuildSpec:
     sign_with: SigningKey | None = None
     # --task: what to build the model for instead of what its config.json implies.
     task: Task | None = None
+    # --license-policy FILE (else the target's license_policy), what it was read from, --accept-license.
+    licence_policy: LicencePolicy | None = None
+    licence_policy_source: str | None = None
+    accept_licences: tuple[str, ...] = ()
 
 
 def choose_profiles(

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import integrity, scoring_commands, serve
+from . import fleet_commands, integrity, scoring_commands, serve
 from .cli_input import InputError, UsageError, _decode_lines, _require_task, _texts
 from .tasks import Task
 
@@ -326,12 +326,14 @@ def parser() -> argparse.ArgumentParser:
         help="or check a certificate-signed bundle against these certificates (repeatable)",
     )
     serve.add_parser(sub)
+    fleet_commands.add_parsers(sub)
     return p
 
 
 def main(root: Path, argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {
+        **fleet_commands.HANDLERS,
         "embed": _embed,
         "generate": _generate,
         "classify": scoring_commands.classify,

@@ -344,4 +344,5 @@ def source(path: Path, name: str | None, task: Task | None) -> ModelSource:
         digest=digest,
         ref=path,
         origin=info.describe(),
+        licence_fields={k: str(v) for k, v in info.fields.items() if k.startswith("general.license")},
     )
