@@ -202,7 +202,7 @@ def check_fits(adapter: Adapter, model: Any, base: str) -> None:
         sizes = None if module is None else _features(module)
         if sizes is None:
             raise ModelError(
-                f"{wrong}: it adapts {owner}, which the base has no such layer; it was trained on another model"
+                f"{wrong}: it adapts {owner}, a layer the base does not have; it was trained on another model"
             )
         inputs, outputs = sizes
         if part.startswith(("A.", "embedding_A")):
