@@ -253,3 +253,22 @@ def test_adapter_hub_id_resolves_through_the_hub_cache(llama, rslora, tmp_path, 
     missing = cli("build", "--model", str(llama), "--adapter", "someone/absent-lora", "--target", "laptop-avx2",
                   "--profile", "fp32", "--out", str(tmp_path / "dist"))  # fmt: skip
     assert missing.exit_code == 4 and "not in the Hugging Face cache" in missing.output
+
+
+def test_gpt2_conv1d_lora_merged_bundle_is_token_exact(tmp_path):
+    """GPT-2's transposed Conv1D layers (PEFT's fan_in_fan_out): merged and built in fp32, the
+    bundle generates PEFT's unmerged greedy tokens."""
+    from edgepipe.runtime.generator import Generator
+
+    base = make_tiny_decoder("gpt2", tmp_path / "tiny-gpt2")
+    adapter = make_lora(base, tmp_path / "gpt2-lora", target_modules=["c_attn", "c_proj", "c_fc"], fan_in_fan_out=True)
+    result = cli("build", "--model", str(base), "--adapter", str(adapter), "--target", "laptop-avx2",
+                 "--profile", "fp32", "--no-bench", "--out", str(tmp_path / "dist"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    generator = Generator.from_bundle(Path(json.loads(result.stdout.strip().splitlines()[-1])["bundle_dir"]))
+    generator.config = dataclasses.replace(generator.config, eos_token_ids=())
+    generator.eos = frozenset()
+    adapted = unmerged(base, adapter)
+    for prompt in PROMPTS:
+        ids = generator.encode(prompt)
+        assert generator.generate(ids, max_new_tokens=16).token_ids == greedy(adapted, ids), prompt
