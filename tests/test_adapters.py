@@ -272,3 +272,25 @@ def test_gpt2_conv1d_lora_merged_bundle_is_token_exact(tmp_path):
     for prompt in PROMPTS:
         ids = generator.encode(prompt)
         assert generator.generate(ids, max_new_tokens=16).token_ids == greedy(adapted, ids), prompt
+
+
+def test_adapter_on_a_gguf_base(llama, rslora, tmp_path, monkeypatch):
+    """The base as a user holds it (a GGUF of the same model): the adapter merges into its converted
+    weights, and the fp32 bundle generates PEFT's unmerged tokens on the Hugging Face base."""
+    from edgepipe.runtime.generator import Generator
+    from tests.gguf_files import write_llama_gguf
+
+    monkeypatch.setenv("EDGEPIPE_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = write_llama_gguf(llama, tmp_path / "tiny-llama.gguf")
+    result = cli("build", "--model", str(gguf), "--adapter", str(rslora), "--target", "laptop-avx2",
+                 "--profile", "fp32", "--no-bench", "--out", str(tmp_path / "dist"), "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    bundle = Path(json.loads(result.stdout.strip().splitlines()[-1])["bundle_dir"])
+    source = json.loads((bundle / "manifest.json").read_text())["model"]["source"]
+    assert source["kind"] == "gguf" and source["format"] == "gguf" and source["ref"] == str(gguf)
+    assert source["adapter"]["rank"] == 4
+    generator = Generator.from_bundle(bundle)
+    generator.config = dataclasses.replace(generator.config, eos_token_ids=())
+    generator.eos = frozenset()
+    ids = generator.encode(PROMPTS[0])
+    assert generator.generate(ids, max_new_tokens=16).token_ids == greedy(unmerged(llama, rslora), ids)
