@@ -34,6 +34,7 @@ FAMILIES = {
     "qwen2": ("qwen2", "qwen2", "qwen2"),
     "qwen3": ("qwen3", "qwen2", "qwen3"),
     "gpt2": ("gpt2", "gpt-2", "gpt2"),
+    "bloom": ("bloom", "gpt-2", "bloom"),
 }
 TEXTS = [
     "Hello world! The year 2024 had 366 days.",
@@ -49,9 +50,11 @@ def make_hf(kind: str, dest: Path) -> Path:
         TINY[kind](dest)
     else:
         make_tiny_decoder(kind, dest)
+    config = json.loads((dest / "config.json").read_text())
     if kind == "gpt2":  # llama.cpp's GPT-2 converter reads n_ctx, which real GPT-2 configs carry
-        config = json.loads((dest / "config.json").read_text())
         (dest / "config.json").write_text(json.dumps({**config, "n_ctx": config["n_positions"]}))
+    if kind == "bloom":  # without seq_length (real BLOOMs state 2048) llama.cpp writes n_embed as the context
+        (dest / "config.json").write_text(json.dumps({**config, "seq_length": 256}))
     return dest
 
 

@@ -29,7 +29,7 @@ VERSIONS = (2, 3)
 # llama.cpp's architecture names that transformers' GGUF loader dequantizes and edgepipe exports
 # (llama.cpp writes Mistral and SmolLM2 as "llama"). Checked token-exact against the model built
 # from its Hugging Face directory in tests/test_gguf_families.py.
-ARCHITECTURES = ("llama", "qwen2", "qwen3", "gpt2")
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gpt2", "bloom")
 VOCABULARIES = ("gpt2",)
 # llama.cpp pre-tokenizers (tokenizer.ggml.pre) -> the Hugging Face pre-tokenizer that reproduces
 # them: True/False = GPT-2's byte-level regex, with digits split one by one first or not (in
