@@ -18,7 +18,7 @@ SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
 .PHONY: install build bundles bundle test test-deps test-slow device lint format bench bench-llm \
-	real-llm bench-llm-real real-heads fuzz clean e2e-arm64
+	real-llm bench-llm-real bench-lora-real real-heads fuzz clean e2e-arm64
 
 install: $(STAMP)
 
@@ -72,6 +72,14 @@ bench-llm: $(STAMP) $(LLAMA_VENV)/.installed-stamp
 REAL_LLM_DIR ?= $(HOME)/.cache/edgepipe/real-llm
 real-llm: $(STAMP)
 	$(BIN)/python benchmarks/real_llm.py --dir $(REAL_LLM_DIR)
+	$(BIN)/python benchmarks/real_lora.py --dir $(REAL_LLM_DIR)
+
+# The real fine-tune (a LoRA trained by `make real-llm` for a task the base cannot do) built with
+# `edgepipe build --adapter` at the target's default int4 profile: task accuracy on held-out
+# commands against the merged fp32 model (docs/fine-tuned.md).
+LORA_TARGET ?= laptop-vnni
+bench-lora-real: real-llm
+	$(BIN)/python benchmarks/real_lora.py --dir $(REAL_LLM_DIR) --measure --target $(LORA_TARGET)
 
 # Real-weight heads on all-MiniLM-L6-v2 (the packaged default), trained in code in a few CPU
 # minutes: a 5-intent classifier and a distilled cross-encoder reranker, into REAL_HEADS_DIR; then

@@ -31,7 +31,7 @@ def _texts(spec: BuildSpec, kind: Task) -> list[str]:
 def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     """Run every stage and publish ``<out>/<model>-<target>/`` and its ``.tar.gz``."""
     report = progress or (lambda stage, summary: None)
-    source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task)
+    source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task, spec.adapter)
     check_fits(spec.target, spec.profile, source.task_kind)
     check_licence(spec, source)  # a refused licence stops the build before any export
     if spec.with_wheels and bundle.gpu_target(spec.target):

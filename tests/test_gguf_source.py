@@ -176,9 +176,9 @@ def test_bad_ggufs_are_one_line_exit_4_nothing_left(ggufs, tmp_path, own_cache):
     assert "GGUF version 1 is not supported" in build_fails(old, tmp_path / "out", own_cache)
 
     cases = {
-        "qwen2": ({"general.architecture": "qwen2"}, "GGUF architecture 'qwen2' is not supported"),
+        "falcon": ({"general.architecture": "falcon"}, "GGUF architecture 'falcon' is not supported"),
         "spm": ({"tokenizer.ggml.model": "llama"}, "GGUF vocabulary 'llama' is not supported"),
-        "pre": ({"tokenizer.ggml.pre": "qwen2"}, "GGUF pre-tokenizer 'qwen2' is not supported"),
+        "pre": ({"tokenizer.ggml.pre": "deepseek-llm"}, "GGUF pre-tokenizer 'deepseek-llm' is not supported"),
     }
     for name, (changes, message) in cases.items():
         path = _rewrite(ggufs["f32"], tmp_path / f"{name}.gguf", **changes)

@@ -30,6 +30,11 @@ from .common import (
     "the Hugging Face cache); default: all-MiniLM-L6-v2.",
 )
 @click.option(
+    "--adapter",
+    metavar="ADAPTER",
+    help="PEFT LoRA adapter directory or hub id, merged into --model in float32 before the build (docs/fine-tuned.md).",
+)
+@click.option(
     "--task",
     type=click.Choice([t.manifest_name for t in Task]),
     callback=lambda ctx, param, value: None if value is None else Task.parse(value),
@@ -99,6 +104,7 @@ def build(
     target: str,
     profile: str | None,
     model: str | None,
+    adapter: str | None,
     task: Task | None,
     name: str | None,
     out: Path,
@@ -140,6 +146,9 @@ def build(
         commit = fetch(model, is_true(common.USER_HUB_OFFLINE), allow_pickle, trust_remote_code)
         if commit:
             err.print(f"{model}: snapshot {commit} in the Hugging Face cache")
+        adapter_commit = fetch(adapter, is_true(common.USER_HUB_OFFLINE)) if adapter else None
+        if adapter_commit:
+            err.print(f"{adapter}: snapshot {adapter_commit} in the Hugging Face cache")
     profile_cfg, candidates = choose_profiles(
         target_cfg,
         catalog.profiles(profiles_dirs),
@@ -149,6 +158,7 @@ def build(
         allow_pickle,
         trust_remote_code,
         task,
+        adapter,
     )
     spec = BuildSpec(
         target=target_cfg,
@@ -173,6 +183,7 @@ def build(
         licence_policy=load_policy(license_policy) if license_policy else None,
         licence_policy_source=str(license_policy) if license_policy else None,
         accept_licences=accept_licenses,
+        adapter=adapter,
     )
     started: dict[str, float] = {}
 

@@ -53,6 +53,8 @@ class BuildSpec:
     licence_policy: LicencePolicy | None = None
     licence_policy_source: str | None = None
     accept_licences: tuple[str, ...] = ()
+    # --adapter: a PEFT LoRA directory or hub id merged into ``model`` before anything is built.
+    adapter: str | None = None
 
 
 def choose_profiles(
@@ -64,16 +66,17 @@ def choose_profiles(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     task: Task | None = None,
+    adapter: str | None = None,
 ) -> tuple[Profile, tuple[Profile, ...]]:
     """The profile to build with (``profile``, or the target's default for the model's task) and
     the candidates tried after it: its fallbacks, or every other profile with ``search``."""
     from ..sources import peek_kind, resolve
 
     if task is not None:
-        resolve(model, None, allow_pickle, trust_remote_code, task)  # can the model do it?
-    kind = peek_kind(model, task)
+        resolve(model, None, allow_pickle, trust_remote_code, task, adapter)  # can the model do it?
+    kind = peek_kind(model, task, adapter)
     if profile is None and kind is None:
-        resolve(model, None, allow_pickle, trust_remote_code)  # says why the task is unknown
+        resolve(model, None, allow_pickle, trust_remote_code, None, adapter)  # says why the task is unknown
         raise ConfigError(
             f"{model}: cannot tell the model's task from its config.json, so there is no default "
             "profile for it; pass --profile (see `edgepipe profiles`)"

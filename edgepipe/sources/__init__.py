@@ -1,6 +1,6 @@
 """What ``--model`` names, resolved in one trip down: a local directory or the packaged default
 (directory.py), a GGUF file (gguf.py), a hub id through the Hugging Face cache (hub.py); each
-returns the finished ModelSource (model.py)."""
+returns the finished ModelSource (model.py). ``--adapter`` (adapter.py) merges a PEFT LoRA into it."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from ..catalog import families
 from ..errors import ModelError
 from ..runtime.tasks import Task
+from . import adapter as adapters
 from . import directory, gguf, hub
 from .model import DEFAULT_MODEL_NAME, ModelSource, directory_digest, packaged_default, slug
 
@@ -26,17 +27,21 @@ __all__ = [
 ]
 
 
-def peek_task(model: str | None, requested: Task | str | None = None) -> str | None:
+def peek_task(model: str | None, requested: Task | str | None = None, adapter: str | None = None) -> str | None:
     """peek_kind()'s task as a bundle's manifest names it (``text-generation``)."""
-    kind = peek_kind(model, requested)
+    kind = peek_kind(model, requested, adapter)
     return None if kind is None else kind.manifest_name
 
 
-def peek_kind(model: str | None, requested: Task | str | None = None) -> Task | None:
+def peek_kind(model: str | None, requested: Task | str | None = None, adapter: str | None = None) -> Task | None:
     """The task of ``model`` from its config.json alone (no checks, no download; resolve() does
-    them), or None when that cannot be told: the CLI picks the target's default profile with it."""
+    them), or None when that cannot be told: the CLI picks the target's default profile with it.
+    An ``adapter`` with a classification head (PEFT SEQ_CLS) decides it."""
     if requested is not None:
         return Task.parse(requested)
+    headed = None if adapter is None else adapters.peek_task(adapter)
+    if headed is not None:
+        return headed
     if model is None:
         return Task.EMBEDDING
     if gguf.is_gguf(model):
@@ -72,12 +77,18 @@ def resolve(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     task: Task | str | None = None,
+    adapter: str | None = None,
 ) -> ModelSource:
     """Check ``model`` (a directory, a GGUF file, a hub id org/name[@revision], or None for the
     packaged default) and describe it; a GGUF is converted into the cache first (once per file
     content); a hub id is its snapshot in the Hugging Face cache (download() fetches one).
-    ``task`` (--task) overrides the task config.json implies, where the model can do it."""
+    ``task`` (--task) overrides the task config.json implies, where the model can do it.
+    ``adapter`` (--adapter: a PEFT LoRA directory or hub id) is merged into the model in float32,
+    and the merged model is the source: the guard's reference is the adapted model."""
     task = None if task is None else Task.parse(task)
+    if adapter is not None:
+        base = resolve(model, None, allow_pickle, trust_remote_code)
+        return adapters.source(base, adapter, name, task)
     if model is not None and gguf.is_gguf(model):
         return gguf.source(Path(model).expanduser().resolve(), name, task)
     hub_id = None if model is None else hub.parse(model)
@@ -88,7 +99,7 @@ def resolve(
 
 def download(
     model: str | None, offline: bool, allow_pickle: bool = False, trust_remote_code: bool = False
-) -> str | None:
+) -> str | None:  # an --adapter hub id is fetched the same way
     """Fetch ``model`` into the Hugging Face cache when it is a hub id (hub.fetch: never with
     ``offline``, never pickle or code unless allowed); its commit, or None for a local model."""
     hub_id = None if model is None or gguf.is_gguf(model) else hub.parse(model)

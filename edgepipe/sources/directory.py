@@ -20,7 +20,7 @@ _PICKLE_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 CROSS_ENCODER_MARK = "sbert_ce_default_activation_function"
 
 
-def _check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> None:
     """Refuse an LFS pointer, or a file whose header or data is cut short or malformed."""
     size = path.stat().st_size
     with open(path, "rb") as f:
@@ -55,7 +55,7 @@ def _check_safetensors(path: Path) -> None:
 def check_weights(root: Path, allow_pickle: bool) -> None:
     safetensors = sorted(root.glob("*.safetensors"))
     for path in safetensors:
-        _check_safetensors(path)
+        check_safetensors(path)
     if safetensors:
         return
     pickles = [root / name for name in _PICKLE_WEIGHTS if (root / name).exists()]

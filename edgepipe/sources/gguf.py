@@ -26,24 +26,36 @@ from .model import ModelSource, slug
 
 MAGIC = b"GGUF"
 VERSIONS = (2, 3)
-ARCHITECTURES = ("llama",)
+# llama.cpp's architecture names that transformers' GGUF loader dequantizes and edgepipe exports
+# (llama.cpp writes Mistral and SmolLM2 as "llama"). Checked token-exact against the model built
+# from its Hugging Face directory in tests/test_gguf_families.py.
+ARCHITECTURES = ("llama", "qwen2", "qwen3", "gpt2", "bloom")
 VOCABULARIES = ("gpt2",)
-# llama.cpp pre-tokenizers (tokenizer.ggml.pre) that Hugging Face's byte-level pre-tokenizer
-# reproduces exactly -> whether digits are split one by one before GPT-2's regex. In llama.cpp's
-# llama-vocab.cpp, "gpt-2" is GPT-2's regex alone; "smollm", "starcoder" and "refact" put "\p{N}"
-# before that same regex.
-PRE_TOKENIZERS: dict[str, bool] = {
+# llama.cpp pre-tokenizers (tokenizer.ggml.pre) -> the Hugging Face pre-tokenizer that reproduces
+# them: True/False = GPT-2's byte-level regex, with digits split one by one first or not (in
+# llama.cpp's llama-vocab.cpp "smollm", "starcoder" and "refact" put "\p{N}" before GPT-2's regex);
+# a string = that regex (Qwen2's; Llama 3's groups digits by three), then byte-level without regex.
+_QWEN2 = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"
+    r"\s+(?!\S)|\s+"
+)
+PRE_TOKENIZERS: dict[str, bool | str] = {
     "gpt-2": False,
     "smollm": True,
     "starcoder": True,
     "refact": True,
+    "qwen2": _QWEN2,
+    "llama-bpe": _QWEN2.replace(r"\p{N}|", r"\p{N}{1,3}|"),
 }
+# Config fields transformers' GGUF reader leaves at their defaults, read from the file instead
+# (Qwen3's head_dim would be 128, GPT-2's n_positions 1024): config name -> GGUF key after the arch.
+_CONFIG_FIELDS = {"head_dim": "attention.key_length", "n_positions": "context_length"}
 # gguf's token types (llama.cpp's llama_token_type).
 CONTROL, USER_DEFINED = 3, 4
 UNQUANTIZED = ("F32", "F16", "BF16")
 CACHE_STAGE = "gguf"
 # Bump when the conversion's output changes: it is part of the cache key.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 _SAMPLE = "Hello world! The year 2024 had 366 days; naïve café, 東京.\ndef f(x):\n    return x**2"
 
 
@@ -189,7 +201,7 @@ def requantize_warning(model: str) -> str | None:
 
 def build_tokenizer(info: GGUFInfo) -> Any:
     """A byte-level BPE fast tokenizer with the GGUF's ids, specials, BOS/EOS and chat template."""
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     values = info.fields
@@ -212,11 +224,19 @@ def build_tokenizer(info: GGUFInfo) -> Any:
     except Exception as exc:
         raise ModelError(f"{info.path}: the GGUF's merges do not fit its tokens ({exc}); the file is corrupt") from None
     tok = Tokenizer(bpe)
-    digits = PRE_TOKENIZERS[values.get("tokenizer.ggml.pre", "gpt-2")]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        ([pre_tokenizers.Digits(individual_digits=True)] if digits else [])
-        + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
-    )
+    pre = PRE_TOKENIZERS[values.get("tokenizer.ggml.pre", "gpt-2")]
+    if isinstance(pre, str):
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(pre), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            ([pre_tokenizers.Digits(individual_digits=True)] if pre else [])
+            + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(
         [AddedToken(t, special=True, normalized=False) for t, k in zip(tokens, types, strict=True) if k == CONTROL]
@@ -266,17 +286,21 @@ def build_tokenizer(info: GGUFInfo) -> Any:
 
 def convert(info: GGUFInfo, dest: Path) -> None:
     """Write the Hugging Face directory of ``info`` (float32 safetensors, tokenizer) to ``dest``."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     tokenizer = build_tokenizer(info)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # its per-tensor progress and GGUF notices
+    where = {"gguf_file": info.path.name, "local_files_only": True}
     try:
         with contextlib.redirect_stderr(io.StringIO()):
-            model = AutoModelForCausalLM.from_pretrained(
-                str(info.path.parent), gguf_file=info.path.name, local_files_only=True
-            )
+            config = AutoConfig.from_pretrained(str(info.path.parent), **where)
+            for name, key in _CONFIG_FIELDS.items():
+                found = info.fields.get(f"{info.architecture}.{key}")
+                if found is not None and hasattr(config, name):
+                    setattr(config, name, int(found))
+            model = AutoModelForCausalLM.from_pretrained(str(info.path.parent), config=config, **where)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelError(

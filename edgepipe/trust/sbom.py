@@ -57,6 +57,29 @@ def _library(
     )
 
 
+def _adapter(described: dict[str, Any]) -> list[Any]:
+    """The merged PEFT adapter as a component of its own (the base's digest on it), or none."""
+    from cyclonedx.model import HashAlgorithm, HashType, Property
+    from cyclonedx.model.component import Component, ComponentType
+
+    found = described.get("adapter")
+    if not isinstance(found, dict):
+        return []
+    fields = ("ref", "digest", "rank", "alpha", "scaling", "rslora", "dora", "target_modules", "task_type")
+    properties = [Property(name=f"edgepipe:adapter.{k}", value=json.dumps(found.get(k))) for k in fields]
+    properties.append(Property(name="edgepipe:source.base_digest", value=str(described.get("base_digest"))))
+    return [
+        Component(
+            type=ComponentType.MACHINE_LEARNING_MODEL,
+            bom_ref="adapter",
+            name=f"{described['name']} LoRA adapter",
+            description=f"PEFT LoRA adapter {found['ref']}, merged into {described['ref']} in float32",
+            hashes=[HashType(alg=HashAlgorithm.SHA_256, content=found["weights_sha256"])],
+            properties=properties,
+        )
+    ]
+
+
 def _licences(dest: Path, licence: Licence) -> list[Any] | None:
     """The model's licence as CycloneDX declares it: the id (SPDX) or name (LicenseRef), the text of
     its licence file and its URL; a compound expression as an expression."""
@@ -119,6 +142,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path, licence: Licenc
     elif described["kind"] == "hub":  # purl's huggingface type: the repo pinned to its commit
         org, repo = described["repo_id"].split("/")
         model.purl = PackageURL("huggingface", org, repo, described["commit"])
+    adapted = _adapter(described)
     requirements = [
         _library(
             f"requirement:{name}",
@@ -165,9 +189,12 @@ def document(dest: Path, manifest: dict[str, Any], source: Path, licence: Licenc
             bom.metadata.tools.components.add(
                 Component(type=ComponentType.LIBRARY, bom_ref=f"tool:{name}", name=name, version=version)
             )
-    for component in (model, *requirements, *wheels):
+    for component in (model, *adapted, *requirements, *wheels):
         bom.components.add(component)
     bom.register_dependency(bundle, [model, *requirements])
+    if adapted:  # the bundle's model is the base with this adapter merged in
+        model.properties.update(adapted[0].properties)
+        bom.register_dependency(model, adapted)
     bom.serial_number = uuid.UUID(int=0)  # Bom() draws a random one
     card = model_card(manifest, source)
     bom.serial_number = uuid.uuid5(_NAMESPACE, _with_card(JsonV1Dot6(bom).output_as_string(), card))
