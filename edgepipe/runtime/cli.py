@@ -237,7 +237,7 @@ def _info(root: Path, args: argparse.Namespace) -> int:
         info["generation"] = {
             "max_length": runtime.get("max_length"),
             "eos_token_ids": runtime.get("eos_token_ids"),
-            "chat_template": runtime.get("chat_prefix") is not None,
+            "chat_template": runtime.get("chat_template") is not None,
         }
     print(json.dumps(info, indent=2))
     return 0

@@ -31,7 +31,6 @@ ERROR_CODES = {
     HTTPStatus.SERVICE_UNAVAILABLE: "overloaded",
 }
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Fields that ask for something a bundle does not do, and the one value each may take here.
 NEUTRAL = {
     "n": 1,
@@ -243,23 +242,25 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
-def messages_from(payload: dict[str, Any]) -> list[tuple[str, str]]:
-    """(role, text) of each message; text parts of a list content are joined."""
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages", '"messages" must be a non-empty list')
-    result = []
-    for number, message in enumerate(messages):
-        param = f"messages[{number}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLE_NAMES:
-            raise _bad(param, f"{param} must be an object with a role of {', '.join(ROLE_NAMES)}")
-        content = message.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise _bad(param, f"{param}: only text content parts are supported")
-            content = "".join(_text(p.get("text"), f"{param}.content") for p in content)
-        result.append((ROLE_NAMES[message["role"]], _text(content, f"{param}.content")))
-    return result
+def messages_from(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's messages, checked as a conversation file's are."""
+    from .assistant.conversation import ConversationError
+    from .assistant.conversation import messages_from as checked
+
+    try:
+        return checked(payload.get("messages"))
+    except ConversationError as exc:
+        raise _bad(exc.param, str(exc)) from None
+
+
+def _conversation(body: dict[str, Any]) -> Any:
+    from .assistant.conversation import Conversation, ConversationError, template_kwargs_from
+
+    try:
+        kwargs = template_kwargs_from(body.get("chat_template_kwargs"))
+    except ConversationError as exc:
+        raise _bad(exc.param, str(exc)) from None
+    return Conversation(messages_from(body), None, kwargs)
 
 
 def completion_request(payload: object, chat: bool, model: str, generator: Any) -> Completion:
@@ -269,8 +270,11 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
     if chat:
         from .generator import OptionError
 
+        conversation = _conversation(body)
         try:
-            prompt: str | list[int] = generator.encode_messages(messages_from(body))
+            prompt: str | list[int] = generator.encode_messages(
+                conversation.messages, conversation.tools, conversation.template_kwargs
+            )
         except OptionError as exc:
             raise _bad("messages", str(exc)) from None
         default_tokens = generator.config.max_length  # OpenAI's: until the context is full
