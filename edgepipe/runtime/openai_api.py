@@ -148,8 +148,12 @@ class Completion:
     stream: bool = False
     include_usage: bool = False
     model: str = ""
+    # The rendered chat prompt, when the model thinks between <think> tags: the reply's thinking
+    # goes to reasoning_content, the answer to content (assistant/reasoning.py).
+    thinking_prompt: str | None = None
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
+    splitter: Any = None  # the streamed reply's ReasoningSplitter
 
     @property
     def object(self) -> str:
@@ -170,17 +174,38 @@ class Completion:
         choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
         if self.chat:
             choice["message"] = {"role": "assistant", "content": result.text}
+            if self.thinking_prompt is not None:
+                from .assistant.reasoning import split
+
+                reasoning, content = split(self.thinking_prompt, result.text)
+                choice["message"]["content"] = content
+                if reasoning is not None:
+                    choice["message"]["reasoning_content"] = reasoning
         else:
             choice["text"] = result.text
         return {**self._head(), "choices": [choice], "usage": usage(result)}
 
-    def chunk(self, text: str | None, finish: str | None = None, first: bool = False) -> dict:
+    def deltas(self, text: str | None) -> list[tuple[str, str]]:
+        """A streamed piece of the reply as (field, text): "content" or "reasoning_content";
+        ``None`` ends the reply (what a tag's start held back comes out)."""
+        if self.thinking_prompt is None:
+            return [("content", text)] if text else []
+        from .assistant.reasoning import REASONING, ReasoningSplitter
+
+        if self.splitter is None:
+            self.splitter = ReasoningSplitter(self.thinking_prompt)
+        pieces = self.splitter.finish() if text is None else self.splitter.feed(text)
+        return [("reasoning_content" if kind == REASONING else "content", piece) for kind, piece in pieces]
+
+    def chunk(
+        self, text: str | None, finish: str | None = None, first: bool = False, kind: str = "content"
+    ) -> dict[str, Any]:
         """One server-sent event of a streamed answer."""
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
-                delta["content"] = text
+                delta[kind] = text
             choice["delta"] = delta
         else:
             choice["text"] = text or ""
@@ -267,16 +292,20 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
     """A checked request; chat messages already in the model's template, as ids."""
     body = _body(payload)
     stream, include_usage = _stream(body)
+    thinking: str | None = None
     if chat:
         from .generator import OptionError
 
         conversation = _conversation(body)
         try:
-            prompt: str | list[int] = generator.encode_messages(
-                conversation.messages, conversation.tools, conversation.template_kwargs
-            )
+            text = generator.render_messages(conversation.messages, conversation.tools, conversation.template_kwargs)
         except OptionError as exc:
             raise _bad("messages", str(exc)) from None
+        from .assistant.reasoning import thinks
+
+        thinking = text if thinks(generator.template.source) else None
+        # The rendered text carries its own special tokens, as apply_chat_template(tokenize=True) encodes it.
+        prompt: str | list[int] = list(generator.tokenizer.encode(text, add_special_tokens=False).ids)
         default_tokens = generator.config.max_length  # OpenAI's: until the context is full
     else:
         raw = body.get("prompt")
@@ -291,4 +320,5 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
         stream=stream,
         include_usage=include_usage,
         model=model,
+        thinking_prompt=thinking,
     )

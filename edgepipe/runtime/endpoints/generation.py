@@ -97,11 +97,13 @@ class GenerationEndpoints:
                     send(completion.chunk("" if completion.chat else None, first=True))
                     started = True
 
-            def piece(text: str) -> None:
-                start()
-                send(completion.chunk(text))
+            def piece(text: str | None) -> None:
+                for kind, part in completion.deltas(text):
+                    start()
+                    send(completion.chunk(part, kind=kind))
 
             result = self._run(completion, on_text=piece)
+            piece(None)
             start()
             send(completion.chunk(None, openai_api.FINISH_REASONS[result.stop_reason]))
             if completion.include_usage:
