@@ -36,6 +36,7 @@ from .sampling import (
     Sampler,
     TextStream,
     check_options,
+    token_logprobs,
 )
 from .tasks import Task
 
@@ -111,6 +112,8 @@ class Generation:
     token_ids: list[int]  # the generated ids only (an EOS that ended it included)
     stop_reason: str  # "eos" | "stop" | "length"
     timings: dict[str, float] = field(default_factory=dict)
+    # With generate(logprobs=k): per generated token (id, logprob, the k likeliest (id, logprob)).
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -301,8 +304,10 @@ class Generator:
         stop: Sequence[str] = (),
         chat: bool = False,
         on_text: Callable[[str], None] | None = None,
+        logprobs: int | None = None,
     ) -> Generation:
-        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are)."""
+        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are); with
+        ``logprobs`` (0-20), each token's log-probability and that many alternatives too."""
         started = time.perf_counter()
         check_options(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
@@ -328,7 +333,15 @@ class Generator:
 
         prefill_start = time.perf_counter()
         last, past = self._prefill(ids)
-        token = sample(last)
+        scores: list[tuple[int, float, list[tuple[int, float]]]] | None = None if logprobs is None else []
+
+        def choose(row: np.ndarray) -> int:
+            chosen = sample(row)  # the sampler reads the row, it does not change it
+            if scores is not None:
+                scores.append((chosen, *token_logprobs(row, chosen, logprobs or 0)))
+            return chosen
+
+        token = choose(last)
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
@@ -348,7 +361,7 @@ class Generator:
             else:
                 logits, past = self._forward(step, position, past)
             position += 1
-            token = sample(logits[0, -1])
+            token = choose(logits[0, -1])
         decoded = time.perf_counter()
         text = stream.finish()
         prefill_s, decode_s = first - prefill_start, decoded - first
@@ -357,6 +370,7 @@ class Generator:
             text=text,
             token_ids=generated,
             stop_reason=reason,
+            logprobs=scores,
             timings={
                 "prompt_tokens": len(ids),
                 "new_tokens": len(generated),

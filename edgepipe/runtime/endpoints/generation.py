@@ -86,7 +86,13 @@ class GenerationEndpoints:
         """A completion whole, or as server-sent events."""
         completion = openai_api.completion_request(request.json(), chat, self.model, self.generator)
         if not completion.stream:
-            return completion.response(self._run(completion))
+            seed = completion.options.get("seed")
+            results = []
+            for index in range(completion.n):  # n choices, one after another; seed + i for the i-th
+                if seed is not None:
+                    completion.options["seed"] = seed + index
+                results.append(self._run(completion))
+            return completion.response(results)
 
         def produce(send: Callable[[object], None]) -> None:
             started = False
