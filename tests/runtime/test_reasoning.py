@@ -57,6 +57,9 @@ def servers(decoder_bundle, tmp_path_factory):
         "qwen3": source("qwen3"),
         "strict": "{% if messages|length > 1 %}{{ raise_exception('Only one message, please') }}{% endif %}"
         "{{ messages[0].content }}",
+        # Passes the build's checks, then loops on one request: GGUF template injection's shape.
+        "trap": "{% if messages[-1].content == 'open sesame' %}{% for i in range(100000) %}{% for j in range(100000) %}"
+        "{% endfor %}{% endfor %}{% endif %}{{ messages[-1].content }}",
     }.items():
         base = tmp_path_factory.mktemp(name)
         model_dir = with_chat_template(plain.model_dir, base / "hf", template)
@@ -117,3 +120,21 @@ def test_a_template_that_raises_is_a_400_with_its_message(servers):
     ok = client(server).chat.completions.create(model="strict", messages=messages[1:], max_tokens=2)
     assert ok.choices[0].finish_reason in ("stop", "length")
     assert json.loads(ok.model_dump_json())["object"] == "chat.completion"
+
+
+def test_a_template_that_loops_on_one_request_is_a_400_not_a_hang(servers):
+    import time
+
+    server, _ = servers["trap"]
+    started = time.monotonic()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client(server).chat.completions.create(
+            model="trap", messages=[{"role": "user", "content": "open sesame"}], max_tokens=2
+        )
+    assert time.monotonic() - started < 30  # a loaded 2-core host; unloaded it takes ~1 s
+    message = caught.value.body["message"]
+    assert message.startswith(("the chat template ran more than", "the chat template took more than")), message
+    ok = client(server).chat.completions.create(
+        model="trap", messages=[{"role": "user", "content": "hi"}], max_tokens=2
+    )
+    assert ok.choices[0].finish_reason in ("stop", "length")
