@@ -119,6 +119,15 @@ test-deps:
 	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 	        --no-install-recommends openssh-server openssh-client >/dev/null; }; \
 	    else echo "note: no sshd; the bench --remote tests will skip (apt-get install openssh-server)"; fi; }
+	@# The fleet tests (push/pull/update) start Debian's docker-registry with htpasswd auth and read
+	@# what push wrote with skopeo.
+	@test -x /usr/bin/docker-registry && command -v skopeo >/dev/null && command -v htpasswd >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+	        docker-registry skopeo apache2-utils >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	        --no-install-recommends docker-registry skopeo apache2-utils >/dev/null; }; \
+	    else echo "note: no docker-registry; the fleet tests will skip (apt-get install docker-registry skopeo apache2-utils)"; fi; }
 
 # The device loop for CI: build, measure on the device over SSH, gate on the target's budgets.
 DEVICE ?= pi@raspberrypi.local

@@ -58,3 +58,15 @@ class BudgetError(EdgepipeError):
     """A measured bundle breaks one of its target's budgets, or a comparison's limits."""
 
     exit_code = 9
+
+
+class LicenceError(EdgepipeError):
+    """The model's licence is outside the licence policy (denied, not allowed, or not accepted)."""
+
+    exit_code = 10
+
+
+class RegistryError(EdgepipeError):
+    """An OCI registry cannot be reached, refuses the credentials, or sent what its digest does not name."""
+
+    exit_code = 11

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from . import sources
 from .catalog.config import check_fits
+from .engine.licences import check_licence
 from .engine.publish import disk_errors, output_lock, publish
 from .engine.runner import new_stage_runner, run_wheels, versions
 from .engine.spec import BuildContext, BuildResult, BuildSpec, Progress, fitting
@@ -31,7 +32,8 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     """Run every stage and publish ``<out>/<model>-<target>/`` and its ``.tar.gz``."""
     report = progress or (lambda stage, summary: None)
     source = sources.resolve(spec.model, spec.name, spec.allow_pickle, spec.trust_remote_code, spec.task)
-    check_fits(spec.target, spec.profile, source.task)
+    check_fits(spec.target, spec.profile, source.task_kind)
+    check_licence(spec, source)  # a refused licence stops the build before any export
     if spec.with_wheels and bundle.gpu_target(spec.target):
         raise ConfigError(
             f"target '{spec.target.name}' runs NVIDIA's onnxruntime-gpu, which is not on PyPI; "
@@ -40,8 +42,8 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     if spec.sign_with is not None:
         spec.sign_with.check()  # a bad key should fail now, not after the build
     evaluated = versions()
-    specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version, source.task)
-    texts = _texts(spec, source.task)
+    specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version, source.task_kind)
+    texts = _texts(spec, source.task_kind)
     name = f"{source.name}-{spec.target.name}"
     spec.out.mkdir(parents=True, exist_ok=True)
     with disk_errors(), output_lock(spec.out, name):
@@ -51,7 +53,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
         try:
             work = spec.work_dir or staging / "work"
             requirements_txt = bundle.requirements(spec.target, specs, evaluated)
-            profiles = fitting(spec, source.task)
+            profiles = fitting(spec, source.task_kind)
             stage = new_stage_runner(spec, work, report)
             wheel_dir, downloaded = run_wheels(spec, stage, work, requirements_txt)
             ctx = BuildContext(
@@ -69,7 +71,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
                 wheel_dir,
                 downloaded,
             )
-            result = TASKS[source.task].run(ctx)
+            result = TASKS[source.task_kind].run(ctx)
             publish(staging, spec.out, name)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

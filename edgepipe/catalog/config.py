@@ -84,6 +84,19 @@ class Budgets(Strict):
     )
 
 
+class LicencePolicy(Strict):
+    """Which model licences a product may ship; ids are SPDX ids or expressions' ids, LicenseRef ids, or
+    Hugging Face licence ids (``llama3.2``), all compared after trust/licence.py names them."""
+
+    allow: list[str] | None = Field(
+        default=None, description="Only these (and accepted ones) may ship; absent: every licence not denied."
+    )
+    deny: list[str] = Field(default_factory=list, description="Never shipped, even when accepted.")
+    require_acceptance: list[str] = Field(
+        default_factory=list, description="Shipped only with --accept-license ID (licences with use policies)."
+    )
+
+
 class Target(Strict):
     """One device: where the bundle runs and what it may cost there."""
 
@@ -102,6 +115,9 @@ class Target(Strict):
         description="Profile used for text-generation models when --profile is not given.",
     )
     budgets: Budgets
+    license_policy: LicencePolicy | None = Field(
+        default=None, description="The licences a model built for this device may carry (--license-policy overrides)."
+    )
 
     def profile_for(self, task_kind: Task) -> str:
         """The default profile's name for ``task_kind``; ConfigError when the target names none."""

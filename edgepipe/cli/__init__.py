@@ -1,4 +1,4 @@
-"""The command line: one module per command group (build, bench, trust, catalog, cache), each of
+"""The command line: one module per command group (build, bench, trust, catalog, cache, fleet), each of
 which parses, calls one library function and renders; the only place that prints or exits."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from .bench import bench, check, compare
 from .build import build
 from .cache import cache
 from .catalog import matrix, models, profiles, targets
+from .fleet import pull, push
 from .trust import keygen, sbom_command, sign, verify
 
 
@@ -33,5 +34,7 @@ for command in (
     models,
     matrix,
     cache,
+    push,
+    pull,
 ):
     main.add_command(command)

@@ -262,10 +262,18 @@ def _on_device(
 def check(bundle_dir: Path, as_json: bool) -> None:
     """Check BUNDLE's newest measurement against its target's budgets (exit 9 if broken)."""
     from ..bench.budgets import check as run_check
+    from ..runtime.integrity import read_manifest
 
+    try:
+        licence = read_manifest(bundle_dir).get("licence")
+    except ValueError:
+        licence = None  # run_check says what is wrong with the bundle
+    shown = licence_line(licence)
+    if not as_json and shown:
+        out.print(shown, highlight=False)
     result = run_check(bundle_dir)
     if as_json:
-        click.echo(json.dumps(result))
+        click.echo(json.dumps({**result, "licence": licence}))
     else:
         title = f"{bundle_dir.name}: target {result['target']}'s budgets"
         out.print(tables.rows_table(result["budgets"], title))
@@ -274,6 +282,16 @@ def check(bundle_dir: Path, as_json: bool) -> None:
             f"{bundle_dir.name} breaks its target's budget for {', '.join(result['broken'])} "
             f"(measured on the {result['measured_on']})"
         )
+
+
+def licence_line(licence: dict[str, Any] | None) -> str | None:
+    """`check`'s line for the bundle's licence (bundles before issue 25 have none recorded)."""
+    if not licence:
+        return None
+    if licence.get("expression") is None:
+        return "licence: none declared (NOASSERTION)"
+    files = ", ".join(licence.get("files") or []) or "no licence files"
+    return f"licence: {licence['expression']} ({files})"
 
 
 @click.command()

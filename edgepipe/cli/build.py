@@ -10,9 +10,8 @@ import click
 
 from .. import catalog
 from ..runtime.tasks import Task
-from . import tables
+from . import common, tables
 from .common import (
-    USER_HUB_OFFLINE,
     dirs_option,
     err,
     handle_errors,
@@ -78,6 +77,19 @@ from .common import (
     metavar="VERSION",
     help="Pin this onnxruntime (within the target's range) instead of the build's own.",
 )
+@click.option(
+    "--license-policy",
+    "license_policy",
+    type=click.Path(path_type=Path),
+    help="YAML with allow/deny/require_acceptance licence ids; refuses a model outside it (exit 10).",
+)
+@click.option(
+    "--accept-license",
+    "accept_licenses",
+    multiple=True,
+    metavar="ID",
+    help="Accept this licence (SPDX, LicenseRef or Hugging Face id) for the policy (repeatable).",
+)
 @signing_options("--sign-")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @dirs_option("targets")
@@ -102,6 +114,8 @@ def build(
     cache: bool,
     with_wheels: bool,
     runtime_version: str | None,
+    license_policy: Path | None,
+    accept_licenses: tuple[str, ...],
     sign_key: Path | None,
     sign_certificate: Path | None,
     sign_certificate_chain: tuple[Path, ...],
@@ -113,6 +127,7 @@ def build(
     from rich.markup import escape
 
     from ..cache import StageCache, default_dir
+    from ..engine.licences import load_policy
     from ..engine.spec import choose_profiles
     from ..pipeline import BuildSpec
     from ..pipeline import build as run_build
@@ -122,7 +137,7 @@ def build(
 
     target_cfg = catalog.targets(targets_dirs).load(target)
     if download:  # a hub id into the Hugging Face cache, where the build then reads it offline
-        commit = fetch(model, is_true(USER_HUB_OFFLINE), allow_pickle, trust_remote_code)
+        commit = fetch(model, is_true(common.USER_HUB_OFFLINE), allow_pickle, trust_remote_code)
         if commit:
             err.print(f"{model}: snapshot {commit} in the Hugging Face cache")
     profile_cfg, candidates = choose_profiles(
@@ -155,6 +170,9 @@ def build(
         runtime_version=runtime_version,
         sign_with=signing_key(sign_key, sign_certificate, sign_certificate_chain, "--sign-"),
         task=task,
+        licence_policy=load_policy(license_policy) if license_policy else None,
+        licence_policy_source=str(license_policy) if license_policy else None,
+        accept_licences=accept_licenses,
     )
     started: dict[str, float] = {}
 

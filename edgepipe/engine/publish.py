@@ -23,6 +23,7 @@ from ..runtime.integrity import SIGNATURE, read_manifest, verify_dir
 from ..runtime.scorer import ScoringConfig
 from ..stages import bundle, wheels
 from ..trust import sbom, signing
+from .licences import licence_of
 from .runner import StageRunner, versions
 from .search import Attempt, attempts_table
 from .spec import BuildContext, BuildResult
@@ -105,18 +106,22 @@ def write_bundle(
         runtime,
         ctx.requirements_txt,
         ctx.wheel_dir,
-        task=ctx.source.task.manifest_name,
+        task=ctx.source.task,
     )
     for file, data in (selftest or {}).items():  # what `python BUNDLE selftest` re-evaluates
         (dest / "selftest").mkdir(exist_ok=True)
         (dest / "selftest" / file).write_bytes(data)
+    licence = licence_of(ctx.source)
+    for path in licence.files:  # the licence, notice and use policy travel with the model
+        (dest / "licenses").mkdir(exist_ok=True)
+        shutil.copyfile(path, dest / "licenses" / path.name)
     records = _chosen_records(stage, chosen)
     chosen_profile = next(p for p in ctx.profiles if p.name == chosen.profile)
     table = attempts_table(attempts)
     document = {
         "schema": "edgepipe.bundle/1",
         "name": name,
-        "task": ctx.source.task.manifest_name,
+        "task": ctx.source.task,
         "model": {
             "path": "model/model.onnx",
             "sha256": records["quantize"]["outputs"]["model.onnx"],
@@ -133,8 +138,9 @@ def write_bundle(
         "bench": chosen.bench,
         "attempts": table,
         "stages": records,
+        "licence": {**licence.to_json(), "obligations": licence.obligations()},
     }
-    sbom.write(dest, document, ctx.source.path)  # before finish(): the manifest covers the SBOM
+    sbom.write(dest, document, ctx.source.path, licence)  # before finish(): the manifest covers the SBOM
     manifest = bundle.finish(dest, document)
     sign_with = ctx.spec.sign_with
     if sign_with is not None:  # after finish(): the signature covers the manifest

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..cache import StageCache, texts_digest
 from ..catalog import Catalog
-from ..catalog.config import Profile, Target, check_fits
+from ..catalog.config import LicencePolicy, Profile, Target, check_fits
 from ..errors import ConfigError
 from ..runtime.tasks import Task
 
@@ -49,6 +49,10 @@ class BuildSpec:
     sign_with: SigningKey | None = None
     # --task: what to build the model for instead of what its config.json implies.
     task: Task | None = None
+    # --license-policy FILE (else the target's license_policy), what it was read from, --accept-license.
+    licence_policy: LicencePolicy | None = None
+    licence_policy_source: str | None = None
+    accept_licences: tuple[str, ...] = ()
 
 
 def choose_profiles(
@@ -63,18 +67,18 @@ def choose_profiles(
 ) -> tuple[Profile, tuple[Profile, ...]]:
     """The profile to build with (``profile``, or the target's default for the model's task) and
     the candidates tried after it: its fallbacks, or every other profile with ``search``."""
-    from ..sources import peek_task, resolve
+    from ..sources import peek_kind, resolve
 
     if task is not None:
         resolve(model, None, allow_pickle, trust_remote_code, task)  # can the model do it?
-    task = peek_task(model, task)
-    if profile is None and task is None:
+    kind = peek_kind(model, task)
+    if profile is None and kind is None:
         resolve(model, None, allow_pickle, trust_remote_code)  # says why the task is unknown
         raise ConfigError(
             f"{model}: cannot tell the model's task from its config.json, so there is no default "
             "profile for it; pass --profile (see `edgepipe profiles`)"
         )
-    chosen = recipes.load(profile or target.profile_for(Task.parse(str(task))))
+    chosen = recipes.load(profile or target.profile_for(kind or Task.EMBEDDING))
     others = (
         [p for p in recipes.all() if p.name != chosen.name]
         if search

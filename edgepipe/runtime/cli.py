@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import chat_commands, integrity, scoring_commands, serve
+from . import chat_commands, fleet_commands, integrity, scoring_commands, serve
 from .cli_input import InputError, UsageError, _decode_lines, _require_task, _texts
 from .tasks import Task
 
@@ -349,12 +349,14 @@ def parser() -> argparse.ArgumentParser:
     )
     chat_commands.add_parser(sub)
     serve.add_parser(sub)
+    fleet_commands.add_parsers(sub)
     return p
 
 
 def main(root: Path, argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     handlers = {
+        **fleet_commands.HANDLERS,
         "embed": _embed,
         "generate": _generate,
         "classify": scoring_commands.classify,

@@ -19,13 +19,20 @@ __all__ = [
     "directory_digest",
     "download",
     "packaged_default",
+    "peek_kind",
     "peek_task",
     "resolve",
     "slug",
 ]
 
 
-def peek_task(model: str | None, requested: Task | str | None = None) -> Task | None:
+def peek_task(model: str | None, requested: Task | str | None = None) -> str | None:
+    """peek_kind()'s task as a bundle's manifest names it (``text-generation``)."""
+    kind = peek_kind(model, requested)
+    return None if kind is None else kind.manifest_name
+
+
+def peek_kind(model: str | None, requested: Task | str | None = None) -> Task | None:
     """The task of ``model`` from its config.json alone (no checks, no download; resolve() does
     them), or None when that cannot be told: the CLI picks the target's default profile with it."""
     if requested is not None:

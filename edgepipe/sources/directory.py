@@ -179,7 +179,7 @@ def source(
         name=slug(name),
         kind=kind,
         model_type=model_type,
-        task=chosen,
+        task_kind=chosen,
         digest=directory_digest(root),
         allow_pickle=allow_pickle,
         trust_remote_code=trust_remote_code,

@@ -340,8 +340,9 @@ def source(path: Path, name: str | None, task: Task | None) -> ModelSource:
         name=slug(name or path.stem),
         kind="gguf",
         model_type=model_type,
-        task=directory.model_task(config, family(model_type), task, str(path)),
+        task_kind=directory.model_task(config, family(model_type), task, str(path)),
         digest=digest,
         ref=path,
         origin=info.describe(),
+        licence_fields={k: str(v) for k, v in info.fields.items() if k.startswith("general.license")},
     )

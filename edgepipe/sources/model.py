@@ -23,23 +23,39 @@ class ModelSource:
     name: str
     kind: str  # "package", "directory", "hub" or "gguf"
     model_type: str
-    task: Task
+    task_kind: Task
     digest: str
     allow_pickle: bool = False
     trust_remote_code: bool = False
     # The file the directory was converted from (a GGUF), or the hub id pinned to its commit.
     ref: Path | str | None = None
     origin: dict[str, Any] = field(default_factory=lambda: {"format": "huggingface"})
+    # A GGUF's general.license* fields (its converted directory has no model card).
+    licence_fields: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def task(self) -> str:
+        """The model's task as its bundle's manifest names it (``text-generation``)."""
+        return self.task_kind.manifest_name
 
     def describe(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
-            "ref": DEFAULT_MODEL_NAME if self.kind == "package" else str(self.ref or self.path),
+            "ref": self.shipped_ref(),
             "name": self.name,
             "model_type": self.model_type,
             "digest": f"sha256:{self.digest}",
             **self.origin,
         }
+
+    def shipped_ref(self) -> str:
+        """What the manifest names the source by: a hub id, the package, or a file or folder's name alone
+        (the builder's absolute path says something about its machine and changes the bundle's bytes)."""
+        if self.kind == "package":
+            return DEFAULT_MODEL_NAME
+        if self.kind == "hub":
+            return str(self.ref)
+        return Path(self.ref or self.path).name
 
 
 def packaged_default() -> Path:

@@ -257,7 +257,28 @@ Only onnxruntime, numpy and tokenizers are needed on the device.
 """
 
 
+def licence_section(manifest: dict[str, Any]) -> str:
+    """The README's licence: the id, where it was read, the files in licenses/, what it obliges."""
+    licence = manifest.get("licence")
+    if not licence:
+        return ""
+    if licence["expression"] is None:
+        return "\n## Licence\nThe model declares no licence (NOASSERTION): find out its terms before you ship it.\n"
+    said = f" (declared `{licence['declared']}` in its {licence['where']})" if licence.get("declared") else ""
+    lines = [f"\n## Licence\nThe model is licensed under **{licence['expression']}**{said}."]
+    if licence.get("url"):
+        lines.append(f"Terms: {licence['url']}")
+    if licence["files"]:
+        lines.append("Its licence files travel with it: " + ", ".join(f"`{f}`" for f in licence["files"]) + ".")
+    lines += [f"- {text}" for text in licence.get("obligations", [])]
+    return "\n".join(lines) + "\n"
+
+
 def readme(manifest: dict[str, Any]) -> str:
+    return _readme(manifest) + licence_section(manifest)
+
+
+def _readme(manifest: dict[str, Any]) -> str:
     acc, bench = manifest["accuracy"], manifest["bench"]
     target = manifest["target"]
     install = "pip install -r requirements.txt"

@@ -148,7 +148,7 @@ def run(ctx: BuildContext) -> BuildResult:
     """Export, reference, the recipe search and the bundle of an embedding model."""
     spec, source, stage, work = ctx.spec, ctx.source, ctx.stage, ctx.work
     target = spec.target
-    export_cfg = export.ExportConfig(task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code)
+    export_cfg = export.ExportConfig(task=EXPORT_TASKS[source.task_kind], trust_remote_code=source.trust_remote_code)
     exported = stage(
         "export",
         export_cfg,

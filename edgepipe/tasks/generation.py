@@ -200,7 +200,7 @@ def run(ctx: BuildContext) -> BuildResult:
     spec, source, stage, work = ctx.spec, ctx.source, ctx.stage, ctx.work
     target = spec.target
     export_cfg = export.ExportConfig(
-        task=EXPORT_TASKS[source.task],
+        task=EXPORT_TASKS[source.task_kind],
         trust_remote_code=source.trust_remote_code,
         dedupe_tied=True,
         fuse_attention=True,

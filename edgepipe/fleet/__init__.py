@@ -1,0 +1,1 @@
+"""Shipping bundles to a fleet: OCI push (ModelPack layout, referrers) and pull."""
