@@ -221,6 +221,8 @@ def test_fp32_build_agrees_with_itself(fp32_builds, kind):
     assert m["profile"]["name"] == "fp32" and m["task"] == "text-generation"
     assert m["accuracy"]["model"]["agreement"] == pytest.approx(1.0, abs=1e-6)
     assert m["accuracy"]["model"]["mean_kl"] == pytest.approx(0.0, abs=1e-6)
+    requirements = (Path(summary["bundle_dir"]) / "requirements.txt").read_text().splitlines()
+    assert f"jinja2=={m['versions']['jinja2']}" in requirements  # the chat template renders on the device
 
 
 def test_fp32_bench_keys(fp32_builds):

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from .chat import ChatError, ChatTemplate
 from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG
 from .kvcache import (
@@ -37,6 +36,7 @@ from .sampling import (
     Sampler,
     TextStream,
     check_options,
+    token_logprobs,
 )
 from .tasks import Task
 
@@ -59,10 +59,11 @@ class GenerationConfig:
     head_dim: int
     eos_token_ids: tuple[int, ...]
     max_length: int  # max_position_embeddings: prompt and generated tokens together
-    chat_prefix: str | None = None  # the chat template rendered around one user message
-    chat_suffix: str | None = None
-    chat_template: ChatTemplate | None = None  # multi-turn conversations (None: see chat_off)
-    chat_off: str | None = None  # why chat_template is None, in one line
+    # The model's own chat template (Jinja source; or named ones, "default" among them), rendered
+    # at request time with the special tokens it sees; chat_off says in one line why there is none.
+    chat_template: str | dict[str, str] | None = None
+    special_tokens: dict[str, Any] = field(default_factory=dict)
+    chat_off: str | None = None
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -81,10 +82,8 @@ class GenerationConfig:
             if key in values:
                 values[key] = tuple(values[key])
         try:
-            if isinstance(values.get("chat_template"), dict):
-                values["chat_template"] = ChatTemplate.from_json(values["chat_template"])
             return cls(**values)
-        except (TypeError, ChatError) as exc:
+        except TypeError as exc:
             raise GenerationError(f"runtime.json is not a text-generation config: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
@@ -95,9 +94,8 @@ class GenerationConfig:
             "head_dim": self.head_dim,
             "eos_token_ids": list(self.eos_token_ids),
             "max_length": self.max_length,
-            "chat_prefix": self.chat_prefix,
-            "chat_suffix": self.chat_suffix,
-            "chat_template": self.chat_template.to_json() if self.chat_template else None,
+            "chat_template": self.chat_template,
+            "special_tokens": self.special_tokens,
             "chat_off": self.chat_off,
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
@@ -114,6 +112,8 @@ class Generation:
     token_ids: list[int]  # the generated ids only (an EOS that ended it included)
     stop_reason: str  # "eos" | "stop" | "length"
     timings: dict[str, float] = field(default_factory=dict)
+    # With generate(logprobs=k): per generated token (id, logprob, the k likeliest (id, logprob)).
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -181,6 +181,7 @@ class Generator:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.eos = frozenset(config.eos_token_ids)
+        self._template: Any = None
 
     @classmethod
     def from_bundle(cls, root: Path, threads: int | None = None, max_context: int | None = None) -> Generator:
@@ -194,39 +195,64 @@ class Generator:
         )
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
-        """The prompt's ids; with ``chat``, wrapped in the model's chat template as its build rendered it."""
+        """The prompt's ids; with ``chat``, as one user message in the model's chat template."""
         if not chat:
             return list(self.tokenizer.encode(prompt).ids)
-        if self.config.chat_prefix is None or self.config.chat_suffix is None:
-            raise OptionError("this model has no chat template; generate without --chat")
-        # The rendered template carries its own special tokens (BOS included where the model has
-        # one), as transformers' apply_chat_template(tokenize=True) encodes it.
-        text = self.config.chat_prefix + prompt + self.config.chat_suffix
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return self.encode_messages([{"role": "user", "content": prompt}])
+
+    @property
+    def template(self) -> Any:
+        """The model's ChatTemplate (jinja2 imported on first use), or None without one."""
+        if self._template is None and self.config.chat_template is not None:
+            from .assistant.template import ChatTemplate, TemplateError
+
+            try:
+                self._template = ChatTemplate(self.config.chat_template, self.config.special_tokens)
+            except TemplateError as exc:
+                raise OptionError(f"runtime.json's chat template: {exc}") from None
+        return self._template
 
     def chat_off(self) -> str | None:
-        """Why this bundle cannot render multi-turn conversations; None when it can."""
+        """Why this bundle cannot render conversations; None when it can."""
         if self.config.chat_template is not None:
             return None
-        if self.config.chat_prefix is None:
-            return self.config.chat_off or "this model has no chat template"
-        return self.config.chat_off  # None: a bundle built before multi-turn chat, one user turn
+        return self.config.chat_off or "this model has no chat template"
 
-    def encode_messages(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        """The ids of ``(role, content)`` messages in the model's chat template, a reply to follow."""
+    def render_messages(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt text of OpenAI-style messages in the model's own chat template."""
+        from .assistant.template import TemplateError
+
         off = self.chat_off()
         if off is not None:
             raise OptionError(f"chat is off for this bundle: {off}")
-        template = self.config.chat_template
-        if template is not None:
-            try:
-                text = template.render(messages)
-            except ChatError as exc:
-                raise OptionError(str(exc)) from None
-            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-        if len(messages) != 1 or messages[0][0] != "user":
-            raise OptionError("this bundle renders one user message only (built before multi-turn chat)")
-        return self.encode(messages[0][1], chat=True)
+        try:
+            text: str = self.template.render(
+                list(messages),
+                tools=list(tools) if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                **(template_kwargs or {}),
+            )
+        except TemplateError as exc:
+            raise OptionError(str(exc)) from None
+        return text
+
+    def encode_messages(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """The ids of the rendered conversation, a reply to follow. The text carries its own special
+        tokens (a BOS included where the template writes one), as apply_chat_template(tokenize=True)
+        encodes it: none are added."""
+        text = self.render_messages(messages, tools, template_kwargs)
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def _forward(
         self, ids: np.ndarray, start: int, past: dict[str, np.ndarray], last: bool = False
@@ -278,8 +304,10 @@ class Generator:
         stop: Sequence[str] = (),
         chat: bool = False,
         on_text: Callable[[str], None] | None = None,
+        logprobs: int | None = None,
     ) -> Generation:
-        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are)."""
+        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are); with
+        ``logprobs`` (0-20), each token's log-probability and that many alternatives too."""
         started = time.perf_counter()
         check_options(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
@@ -305,7 +333,15 @@ class Generator:
 
         prefill_start = time.perf_counter()
         last, past = self._prefill(ids)
-        token = sample(last)
+        scores: list[tuple[int, float, list[tuple[int, float]]]] | None = None if logprobs is None else []
+
+        def choose(row: np.ndarray) -> int:
+            chosen = sample(row)  # the sampler reads the row, it does not change it
+            if scores is not None:
+                scores.append((chosen, *token_logprobs(row, chosen, logprobs or 0)))
+            return chosen
+
+        token = choose(last)
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
@@ -325,7 +361,7 @@ class Generator:
             else:
                 logits, past = self._forward(step, position, past)
             position += 1
-            token = sample(logits[0, -1])
+            token = choose(logits[0, -1])
         decoded = time.perf_counter()
         text = stream.finish()
         prefill_s, decode_s = first - prefill_start, decoded - first
@@ -334,6 +370,7 @@ class Generator:
             text=text,
             token_ids=generated,
             stop_reason=reason,
+            logprobs=scores,
             timings={
                 "prompt_tokens": len(ids),
                 "new_tokens": len(generated),

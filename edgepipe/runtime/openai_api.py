@@ -1,9 +1,8 @@
 """The OpenAI-compatible endpoints of ``serve``: request checks and response documents.
 
-Only what a bundle can honour is accepted: one choice (``n`` = 1), no tools, no logprobs, no
-penalties; a field that asks for more is a 400 naming it, and fields this API does not know are
-ignored, as other OpenAI-compatible servers do. The HTTP side (``serve.py``) sends what these
-functions return.
+Only what a bundle can honour is accepted (``openai_fields`` says which fields and values); a
+field that asks for more, or one this API does not know, is a 400 naming it. The endpoints
+(``endpoints/``) send what these functions return.
 """
 
 from __future__ import annotations
@@ -15,7 +14,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .http_json import RequestError
+from . import openai_fields
+from .http.json_body import RequestError
 
 if TYPE_CHECKING:  # numpy is imported where embeddings are: `verify` runs without it
     import numpy as np
@@ -31,19 +31,6 @@ ERROR_CODES = {
     HTTPStatus.SERVICE_UNAVAILABLE: "overloaded",
 }
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
-ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-# Fields that ask for something a bundle does not do, and the one value each may take here.
-NEUTRAL = {
-    "n": 1,
-    "best_of": 1,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
-    "logprobs": False,
-    "echo": False,
-    "tools": [],
-    "functions": [],
-    "suffix": None,
-}
 
 
 def error_document(status: HTTPStatus, message: str, param: str | None = None) -> dict[str, Any]:
@@ -65,10 +52,6 @@ def _body(payload: object) -> dict[str, Any]:
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("model", '"model" must be a string')
-    for name, neutral in NEUTRAL.items():
-        value = payload.get(name)
-        if value is not None and value != neutral:
-            raise _bad(name, f'"{name}" other than {neutral!r} is not supported by this server')
     return payload
 
 
@@ -106,6 +89,7 @@ def model_document(manifest: dict[str, Any], created: int) -> dict[str, Any]:
 def embedding_inputs(payload: object, max_texts: int) -> tuple[list[str], str]:
     """The texts and encoding format of a /v1/embeddings body."""
     body = _body(payload)
+    openai_fields.check_known(body, openai_fields.EMBEDDING_FIELDS, "/v1/embeddings")
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts:
@@ -149,8 +133,14 @@ class Completion:
     stream: bool = False
     include_usage: bool = False
     model: str = ""
+    # The rendered chat prompt, when the model thinks between <think> tags: the reply's thinking
+    # goes to reasoning_content, the answer to content (assistant/reasoning.py).
+    thinking_prompt: str | None = None
+    n: int = 1
+    decode: Any = None  # token id -> its text, for logprobs
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
+    splitter: Any = None  # the streamed reply's ReasoningSplitter
 
     @property
     def object(self) -> str:
@@ -165,23 +155,54 @@ class Completion:
             "model": self.model,
         }
 
-    def response(self, result: Any) -> dict[str, Any]:
-        """The whole answer to a request without ``stream``."""
+    def response(self, results: Any) -> dict[str, Any]:
+        """The whole answer to a request without ``stream``: one choice per generation."""
+        results = results if isinstance(results, list) else [results]
+        choices = [self._choice(index, result) for index, result in enumerate(results)]
+        total = {k: sum(usage(r)[k] for r in results) for k in ("completion_tokens",)}
+        counted = {**usage(results[0]), **total}
+        counted["total_tokens"] = counted["prompt_tokens"] + counted["completion_tokens"]
+        return {**self._head(), "choices": choices, "usage": counted}
+
+    def _choice(self, index: int, result: Any) -> dict[str, Any]:
         reason = FINISH_REASONS[result.stop_reason]
-        choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
+        choice: dict[str, Any] = {"index": index, "finish_reason": reason, "logprobs": None}
+        if result.logprobs is not None and self.decode is not None:
+            choice["logprobs"] = openai_fields.logprobs_document(self.chat, result.logprobs, self.decode)
         if self.chat:
             choice["message"] = {"role": "assistant", "content": result.text}
+            if self.thinking_prompt is not None:
+                from .assistant.reasoning import split
+
+                reasoning, content = split(self.thinking_prompt, result.text)
+                choice["message"]["content"] = content
+                if reasoning is not None:
+                    choice["message"]["reasoning_content"] = reasoning
         else:
             choice["text"] = result.text
-        return {**self._head(), "choices": [choice], "usage": usage(result)}
+        return choice
 
-    def chunk(self, text: str | None, finish: str | None = None, first: bool = False) -> dict:
+    def deltas(self, text: str | None) -> list[tuple[str, str]]:
+        """A streamed piece of the reply as (field, text): "content" or "reasoning_content";
+        ``None`` ends the reply (what a tag's start held back comes out)."""
+        if self.thinking_prompt is None:
+            return [("content", text)] if text else []
+        from .assistant.reasoning import REASONING, ReasoningSplitter
+
+        if self.splitter is None:
+            self.splitter = ReasoningSplitter(self.thinking_prompt)
+        pieces = self.splitter.finish() if text is None else self.splitter.feed(text)
+        return [("reasoning_content" if kind == REASONING else "content", piece) for kind, piece in pieces]
+
+    def chunk(
+        self, text: str | None, finish: str | None = None, first: bool = False, kind: str = "content"
+    ) -> dict[str, Any]:
         """One server-sent event of a streamed answer."""
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
-                delta["content"] = text
+                delta[kind] = text
             choice["delta"] = delta
         else:
             choice["text"] = text or ""
@@ -243,36 +264,52 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
-def messages_from(payload: dict[str, Any]) -> list[tuple[str, str]]:
-    """(role, text) of each message; text parts of a list content are joined."""
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages", '"messages" must be a non-empty list')
-    result = []
-    for number, message in enumerate(messages):
-        param = f"messages[{number}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLE_NAMES:
-            raise _bad(param, f"{param} must be an object with a role of {', '.join(ROLE_NAMES)}")
-        content = message.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise _bad(param, f"{param}: only text content parts are supported")
-            content = "".join(_text(p.get("text"), f"{param}.content") for p in content)
-        result.append((ROLE_NAMES[message["role"]], _text(content, f"{param}.content")))
-    return result
+def messages_from(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's messages, checked as a conversation file's are."""
+    from .assistant.conversation import ConversationError
+    from .assistant.conversation import messages_from as checked
+
+    try:
+        return checked(payload.get("messages"))
+    except ConversationError as exc:
+        raise _bad(exc.param, str(exc)) from None
+
+
+def _conversation(body: dict[str, Any]) -> Any:
+    from .assistant.conversation import Conversation, ConversationError, template_kwargs_from
+
+    try:
+        kwargs = template_kwargs_from(body.get("chat_template_kwargs"))
+    except ConversationError as exc:
+        raise _bad(exc.param, str(exc)) from None
+    return Conversation(messages_from(body), None, kwargs)
 
 
 def completion_request(payload: object, chat: bool, model: str, generator: Any) -> Completion:
     """A checked request; chat messages already in the model's template, as ids."""
     body = _body(payload)
+    openai_fields.check_known(
+        body,
+        openai_fields.CHAT_FIELDS if chat else openai_fields.COMPLETION_FIELDS,
+        "/v1/chat/completions" if chat else "/v1/completions",
+    )
+    openai_fields.check_asks_nothing(body)
     stream, include_usage = _stream(body)
+    n, alternatives = openai_fields.choices_and_logprobs(body, chat, stream)
+    thinking: str | None = None
     if chat:
         from .generator import OptionError
 
+        conversation = _conversation(body)
         try:
-            prompt: str | list[int] = generator.encode_messages(messages_from(body))
+            text = generator.render_messages(conversation.messages, conversation.tools, conversation.template_kwargs)
         except OptionError as exc:
             raise _bad("messages", str(exc)) from None
+        from .assistant.reasoning import thinks
+
+        thinking = text if thinks(generator.template.source) else None
+        # The rendered text carries its own special tokens, as apply_chat_template(tokenize=True) encodes it.
+        prompt: str | list[int] = list(generator.tokenizer.encode(text, add_special_tokens=False).ids)
         default_tokens = generator.config.max_length  # OpenAI's: until the context is full
     else:
         raw = body.get("prompt")
@@ -280,11 +317,17 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
             raw = raw[0]
         prompt = _text(raw, "prompt")
         default_tokens = 16  # OpenAI's default for /v1/completions
+    options = _options(body, default_tokens)
+    if alternatives is not None:
+        options["logprobs"] = alternatives
     return Completion(
         chat=chat,
         prompt=prompt,
-        options=_options(body, default_tokens),
+        options=options,
+        n=n,
+        decode=lambda token: generator.tokenizer.decode([token], skip_special_tokens=False),
         stream=stream,
         include_usage=include_usage,
         model=model,
+        thinking_prompt=thinking,
     )

@@ -53,6 +53,9 @@ RUNTIME_MODULES = _runtime_modules()
 # device's Python (numpy 2.3+ has none for 3.10), so it keeps a range.
 RANGES = {"numpy": ">=1.24,<3", "tokenizers": ">=0.15,<1"}
 PINNED = ("onnxruntime", "tokenizers")
+# A decoder's chat template is rendered with jinja2 on the device (pure Python, one small C
+# extension in MarkupSafe with wheels for every target); the build checked renders with this one.
+CHAT_RANGE = {"jinja2": ">=3.1,<4"}
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 
 
@@ -71,12 +74,13 @@ def _in_range(version: str, spec: str) -> bool:
 
 
 def runtime_requirements(
-    target: Target, evaluated: Mapping[str, str], onnxruntime: str | None = None
+    target: Target, evaluated: Mapping[str, str], onnxruntime: str | None = None, task: Task | None = None
 ) -> dict[str, str]:
     """Specifier per runtime package: the evaluated versions where the target's ranges allow them.
 
     ``onnxruntime`` overrides the evaluated onnxruntime (e.g. one an emulator can run); it must lie
     in the target's range. A GPU target keeps a range: its onnxruntime build comes from the vendor.
+    A text-generation bundle also needs jinja2, pinned to the build's where in range.
     """
     ranges = {"onnxruntime": target.runtime.onnxruntime, **RANGES}
     if onnxruntime is not None and (gpu_target(target) or not _in_range(onnxruntime, ranges["onnxruntime"])):
@@ -91,6 +95,9 @@ def runtime_requirements(
         version = onnxruntime if name == "onnxruntime" and onnxruntime else evaluated.get(name, "")
         if _in_range(version, ranges[name]):
             specs[name] = f"=={version}"
+    if task == Task.GENERATION:
+        version = evaluated.get("jinja2", "")
+        specs["jinja2"] = f"=={version}" if _in_range(version, CHAT_RANGE["jinja2"]) else CHAT_RANGE["jinja2"]
     return specs
 
 

@@ -1,0 +1,1 @@
+"""What an assistant needs of a decoder: its own chat template, checked conversations, reasoning."""
