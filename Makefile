@@ -120,6 +120,13 @@ test-slow: $(STAMP)
 # The `bench --remote` tests start a real sshd on loopback: Debian's openssh-server, installed here
 # when missing and apt-get can (root); elsewhere those tests skip and say why.
 test-deps:
+	@# The prompt tests run a bundle on other dates (templates that call strftime_now) with Debian's faketime.
+	@command -v faketime >/dev/null || \
+	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends faketime >/dev/null || \
+	      { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+	        --no-install-recommends faketime >/dev/null; }; \
+	    else echo "note: no faketime; the prompt-on-another-date test will skip (apt-get install faketime)"; fi; }
 	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || \
 	  { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
