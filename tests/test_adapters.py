@@ -118,9 +118,9 @@ def test_manifest_and_sbom_record_base_and_adapter(merged_build, llama, rslora):
     assert bundle.name == "tiny-llama-rs-lora-laptop-avx2"
     assert cli("verify", str(bundle)).exit_code == 0
     source = json.loads((bundle / "manifest.json").read_text())["model"]["source"]
-    assert source["ref"] == str(llama) and source["base_digest"] == f"sha256:{directory_digest(llama)}"
+    assert source["ref"] == llama.name and source["base_digest"] == f"sha256:{directory_digest(llama)}"
     adapter = source["adapter"]
-    assert adapter["ref"] == str(rslora) and adapter["digest"] == f"sha256:{directory_digest(rslora)}"
+    assert adapter["ref"] == rslora.name and adapter["digest"] == f"sha256:{directory_digest(rslora)}"
     assert (adapter["rank"], adapter["alpha"], adapter["rslora"], adapter["dora"]) == (4, 8.0, True, False)
     assert adapter["scaling"] == 8.0 / 4**0.5  # rsLoRA: alpha / sqrt(r), not alpha / r
     assert adapter["target_modules"] == sorted(DECODER_LAYERS)
@@ -287,7 +287,7 @@ def test_adapter_on_a_gguf_base(llama, rslora, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     bundle = Path(json.loads(result.stdout.strip().splitlines()[-1])["bundle_dir"])
     source = json.loads((bundle / "manifest.json").read_text())["model"]["source"]
-    assert source["kind"] == "gguf" and source["format"] == "gguf" and source["ref"] == str(gguf)
+    assert source["kind"] == "gguf" and source["format"] == "gguf" and source["ref"] == gguf.name
     assert source["adapter"]["rank"] == 4
     generator = Generator.from_bundle(bundle)
     generator.config = dataclasses.replace(generator.config, eos_token_ids=())

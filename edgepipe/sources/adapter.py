@@ -344,7 +344,7 @@ def locate(text: str) -> Adapter:
     else:
         found = _root(text)
         assert found is not None
-        root, ref, name = found, str(found), found.name
+        root, ref, name = found, found.name, found.name  # a name, not the builder's path (see ModelSource.shipped_ref)
     if not root.is_dir():
         raise ModelError(f"{text}: not a directory; pass a PEFT adapter directory ({CONFIG} and {WEIGHTS})")
     return inspect(root, ref, slug(name), directory_digest(root), origin)
