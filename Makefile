@@ -17,7 +17,7 @@ TARGETS := $(basename $(notdir $(wildcard targets/*.yaml)))
 SOURCES := pyproject.toml $(shell find edgepipe -name '*.py' -o -name '*.txt') $(wildcard profiles/*.yaml)
 MODEL_FILES := $(if $(MODEL),$(wildcard $(MODEL)/*))
 
-.PHONY: install build bundles bundle test test-deps test-slow device lint format bench bench-llm \
+.PHONY: install build bundles bundle test test-deps test-slow device lint docs format bench bench-llm \
 	real-llm bench-llm-real bench-lora-real real-heads fuzz clean e2e-arm64
 
 install: $(STAMP)
@@ -154,10 +154,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check edgepipe tests benchmarks
 	$(BIN)/ruff format --check edgepipe tests benchmarks
 	$(BIN)/mypy edgepipe
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The documentation site (mkdocs.yml, docs/) into site/; `make lint` builds it with --strict.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix edgepipe tests benchmarks
 	$(BIN)/ruff format edgepipe tests benchmarks
 
 clean:
-	rm -rf $(OUT) $(OUT)-arm64 .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(OUT) $(OUT)-arm64 .pytest_cache .mypy_cache .ruff_cache site

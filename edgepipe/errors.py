@@ -1,6 +1,6 @@
 """The errors edgepipe raises for foreseeable failures, each with its exit code.
 
-Only ``cli.py`` turns these into output and an exit status; the codes are listed in the README.
+Only ``cli/`` turns these into output and an exit status; the codes are listed in docs/reference/exit-codes.md.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Each entry says which tasks the family is built for (the first is the default), whether its
 decoder attention is rewritten to onnxruntime's fused GroupQueryAttention (graph/decoder_graph.py)
-or why it keeps the exported attention, and real checkpoints of the family. The README's
-supported-models table and ``edgepipe models`` are generated from it, and tests/test_families.py
+or why it keeps the exported attention, and real checkpoints of the family. The docs'
+supported-models table (docs/guide/models.md) and ``edgepipe models`` are generated from it, and tests/test_families.py
 builds a tiny random model of every entry (its config.json copies the real model's fields).
 """
 
@@ -35,11 +35,11 @@ class Family:
     positions_after_pad: bool = False
 
     def task_names(self) -> str:
-        """The tasks as bundles name them (the README's tasks column)."""
+        """The tasks as bundles name them (the models table's tasks column)."""
         return ", ".join(t.manifest_name for t in self.tasks)
 
     def attention(self) -> str:
-        """The README's attention column."""
+        """The models table's attention column."""
         if GENERATION not in self.tasks:
             return "encoder (as exported)"
         if not self.fused:
@@ -167,7 +167,7 @@ FAMILIES: dict[str, Family] = {
 
 
 def markdown_table() -> str:
-    """The README's supported-models table (tests/test_families.py keeps the two in step)."""
+    """The supported-models table of docs/guide/models.md (tests/test_families.py keeps the two in step)."""
     lines = [
         "| model_type | family | tasks | attention | e.g. |",
         "|---|---|---|---|---|",

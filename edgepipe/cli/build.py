@@ -65,7 +65,7 @@ from .common import (
 )
 @click.option("--allow-pickle", is_flag=True, help="Load pytorch_model.bin (runs code in it).")
 @click.option("--trust-remote-code", is_flag=True, help="Run a model's own Python code.")
-@click.option("--download", is_flag=True, help="Fetch a hub id into the HF cache first (README).")
+@click.option("--download", is_flag=True, help="Fetch a hub id into the HF cache first (docs: Models and sources).")
 @click.option(
     "--cache/--no-cache",
     default=True,

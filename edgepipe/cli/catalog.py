@@ -30,7 +30,7 @@ def profiles(profiles_dirs: tuple[Path, ...]) -> None:
 
 
 @click.command()
-@click.option("--markdown", is_flag=True, help="The README's table, as Markdown.")
+@click.option("--markdown", is_flag=True, help="The docs' supported-models table, as Markdown.")
 @handle_errors
 def models(markdown: bool) -> None:
     """List the model families (Hugging Face model_type) edgepipe builds."""

@@ -4,7 +4,7 @@ Needs root and Debian's apt (it installs qemu-user-static and debootstrap when t
 the network to a Debian mirror and PyPI. The rootfs is cached in --root, so reruns take minutes.
 Under qemu 7.2 onnxruntime's aarch64 wheels >= 1.28 crash at import, hence the pinned runtime, and
 qemu's default `-cpu max` gives wrong int8 results, hence `-cpu cortex-a76`, the Pi 5's core
-(FINDINGS.md). Emulated timings mean nothing; the numbers it prints are cosine similarities.
+(seen when this script was made). Emulated timings mean nothing; the numbers it prints are cosine similarities.
 It fails unless the arm64 minimum meets the profile's bar and the manifest's (x86-measured) minimum.
 """
 
