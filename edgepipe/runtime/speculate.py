@@ -19,9 +19,10 @@ import numpy as np
 # The longest n-gram looked up first; 1-grams match everywhere in chat and mostly miss.
 MAX_NGRAM, MIN_NGRAM = 3, 2
 K_START, K_MIN, K_MAX = 4, 1, 10
-# After this many passes in a row that kept no guess, drafting pauses for PAUSE steps (then
-# tries again): a missed pass costs a few percent more than a plain step.
-MISSES_TO_PAUSE, PAUSE = 2, 16
+# After this many passes in a row that kept no guess, drafting pauses for PAUSE steps (then tries
+# again; the pause doubles up to MAX_PAUSE while it keeps missing): a pass over 1 + k tokens cost
+# ~1 + 0.16k one-token steps for SmolLM2-135M int4 on this host, so a miss is not free.
+MISSES_TO_PAUSE, PAUSE, MAX_PAUSE = 2, 16, 128
 # rows_agree's probe: token ids every vocabulary has (a prompt of 8, then 3 checked tokens).
 PROBE_PREFIX, PROBE_TOKENS = (1, 2, 3, 4, 5, 6, 7, 8), (9, 10, 11)
 # Float rounding: float32 models differ by ~1e-5 between the two ways, int8-activation ones by ~1.
@@ -54,7 +55,7 @@ class PromptLookup:
         self.sizes = range(max_ngram, min_ngram - 1, -1)
         # n-gram -> the position right after its latest occurrence whose next token is known.
         self.index: dict[tuple[int, ...], int] = {}
-        self.k, self.misses, self.paused = K_START, 0, 0
+        self.k, self.misses, self.paused, self.pause = K_START, 0, 0, PAUSE
         self.stats = DraftStats()
         for token in tokens:
             self.append(token)
@@ -99,8 +100,10 @@ class PromptLookup:
         else:
             self.k = max(K_MIN, accepted + 1)
         self.misses = self.misses + 1 if accepted == 0 else 0
-        if self.misses >= MISSES_TO_PAUSE:
-            self.misses, self.paused = 0, PAUSE
+        if accepted:
+            self.pause = PAUSE
+        elif self.misses >= MISSES_TO_PAUSE:  # each pause in a row twice the last: chat drafts little
+            self.misses, self.paused, self.pause = 0, self.pause, min(MAX_PAUSE, 2 * self.pause)
 
 
 def rows_agree(probe: Callable[[list[int], list[int], bool], np.ndarray], max_context: int) -> bool:

@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import VerifyError
-from ..runtime.integrity import read_manifest, sha256_file
+from ..runtime.integrity import kept_matmuls, read_manifest, sha256_file
 
 SBOM = "sbom.cdx.json"
 # The namespace of the serial number, a uuid5 of the document itself.
@@ -91,6 +91,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
     from ..stages.bundle import source_date_epoch
 
     described, profile = manifest["model"]["source"], manifest["profile"]
+    kept = kept_matmuls(manifest)
     license_name = _license(source)
     model = Component(
         type=ComponentType.MACHINE_LEARNING_MODEL,
@@ -109,7 +110,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path) -> str:
             Property(name="edgepipe:source.digest", value=described["digest"]),
             Property(name="edgepipe:profile", value=profile["name"]),
             Property(name="edgepipe:recipe", value=json.dumps(_recipe(profile), sort_keys=True)),
-            Property(name="edgepipe:kept_float", value=json.dumps(manifest["model"]["kept_float"])),
+            Property(name=f"edgepipe:kept_{kept[0]}", value=json.dumps(kept[1])),
             Property(name="edgepipe:target", value=manifest["target"]["name"]),
         ],
     )

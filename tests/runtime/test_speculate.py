@@ -127,3 +127,16 @@ def test_cli_generate_json_reports_drafts_and_no_speculate_turns_it_off(gqa_bund
     assert a["token_ids"] == b["token_ids"]
     assert a["timings"]["speculative"] and a["timings"]["accepted_tokens"] <= a["timings"]["drafted_tokens"]
     assert b["timings"]["speculative"] is False and "drafted_tokens" not in b["timings"]
+
+
+def test_pauses_double_while_drafts_keep_missing_and_reset_on_a_hit():
+    lookup = PromptLookup([1, 2, 1, 2])
+    for pause in (PAUSE, 2 * PAUSE, 4 * PAUSE):
+        for _ in range(MISSES_TO_PAUSE):
+            lookup.update(1, 0)
+        assert lookup.paused == pause
+        lookup.paused = 0
+    lookup.update(1, 1)
+    for _ in range(MISSES_TO_PAUSE):
+        lookup.update(1, 0)
+    assert lookup.paused == PAUSE
