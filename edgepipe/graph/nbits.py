@@ -46,7 +46,7 @@ def hessians(
     threads: int = 0,
 ) -> dict[str, np.ndarray]:
     """X^T X (float64 [K, K]) of each weight MatMul's input (or of ``names``), summed over every
-    position fed."""
+    position fed (each text's share computed in float32)."""
     import onnx
     import onnxruntime as ort
 
@@ -69,8 +69,10 @@ def hessians(
     with progress.task(f"calibration pass ({len(names)} MatMul inputs)", len(texts)) as advance:
         for feed in texts:
             for name, value in zip(names, session.run(names, dict(feed)), strict=True):
-                x = np.asarray(value, dtype=np.float64).reshape(-1, value.shape[-1])
-                sums[name] = sums.get(name, 0.0) + x.T @ x
+                # One text's X^T X in float32 (2.6-3x faster than float64 here; the GPTQ codes of two
+                # SmolLM2 MatMuls came out identical), summed over texts in float64.
+                x = np.asarray(value, dtype=np.float32).reshape(-1, value.shape[-1])
+                sums[name] = sums.get(name, 0.0) + (x.T @ x).astype(np.float64)
             advance(1)
     return sums
 
