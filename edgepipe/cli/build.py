@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from .. import catalog
+from ..progress import reporting
 from ..runtime.tasks import Task
-from . import common, tables
+from . import common, progress_view, tables
 from .common import (
     dirs_option,
     err,
@@ -200,7 +201,8 @@ def build(
     warning = requantize_warning(model) if model else None
     if warning:
         err.print(f"[yellow]warning:[/yellow] {escape(warning)}")
-    result = run_build(spec, progress)
+    with reporting(progress_view.reporter()):  # the long loops inside stages: bars or log lines
+        result = run_build(spec, progress)
     kept = result.manifest["profile"]["name"]
     if search or len(result.attempts) > 1:
         err.print(tables.rows_table(result.attempts, f"recipes tried; kept {kept}"))

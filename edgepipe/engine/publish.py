@@ -126,7 +126,7 @@ def write_bundle(
             "path": "model/model.onnx",
             "sha256": records["quantize"]["outputs"]["model.onnx"],
             "size_bytes": chosen.size_bytes,
-            "kept_float": chosen.kept_float,
+            f"kept_{chosen.kept_as}": chosen.kept,  # kept_8bit (decoders) or kept_float
             "source": ctx.source.describe(),
         },
         "target": target.model_dump(mode="json"),

@@ -27,8 +27,9 @@ class Attempt:
     model: Path
     size_bytes: int
     accuracy: dict[str, Any]
-    kept_float: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # MatMuls kept above the profile's precision
     problem: str | None = None  # why it cannot be used; None when it passed
+    kept_as: str = "float"  # what ``kept`` are: "float" (encoders) or "8bit" (decoders' int4)
     bench: dict[str, Any] | None = None
 
     @property
@@ -45,7 +46,7 @@ class Attempt:
         row: dict[str, Any] = {
             "profile": self.profile,
             "method": self.method,
-            "kept_float": len(self.kept_float),
+            f"kept_{self.kept_as}": len(self.kept),
             "size_mb": round(self.size_bytes / 1e6, 1),
         }
         score = self.accuracy["model"]
@@ -129,7 +130,10 @@ class Search:
         accuracy = self.recipes.score(profile, label, model, quantized)
         size = quantized["size_bytes"]
         problem = self.recipes.problem(profile, accuracy, size)
-        result = Attempt(profile.name, profile.method, label, model, size, accuracy, list(keep or []), problem)
+        result = Attempt(
+            profile.name, profile.method, label, model, size, accuracy, list(keep or []), problem,
+            kept_as=self.recipes.kept_as,
+        )  # fmt: skip
         self.attempts.append(result)
         return result
 

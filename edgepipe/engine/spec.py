@@ -11,6 +11,7 @@ from ..cache import StageCache, texts_digest
 from ..catalog import Catalog
 from ..catalog.config import LicencePolicy, Profile, Target, check_fits
 from ..errors import ConfigError
+from ..runtime.integrity import kept_matmuls
 from ..runtime.tasks import Task
 
 if TYPE_CHECKING:
@@ -156,7 +157,7 @@ class BuildResult:
             "task": manifest["task"],
             **self.bench_fields,
             "latency_measured_on": measured["measured_on"] if measured else None,
-            "kept_float": manifest["model"]["kept_float"],
+            "kept_{}".format(*kept_matmuls(manifest)): kept_matmuls(manifest)[1],
             "attempts": self.attempts,
             "requirements": manifest["requirements"],
             "wheels": len(manifest.get("wheels", {}).get("files", [])),

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import progress
 from . import external, nbits
 
 
@@ -46,13 +47,15 @@ def rank(
     texts = [dict(f) for f in feeds]
     reference = [log_softmax(session.run(["logits"], {**f, **fp32})[0][0]) for f in texts]
     ranking = []
-    for node in nodes:
-        bits = next(b for (w, b) in codes if w == node.input[1])
-        swapped = {**fp32, node.input[1]: codes[(node.input[1], bits)].dequantize(fp32[node.input[1]].shape[0])}
-        kls = []
-        for feed, lp in zip(texts, reference, strict=True):
-            lq = log_softmax(session.run(["logits"], {**feed, **swapped})[0][0])
-            kls.append(np.sum(np.exp(lp) * (lp - lq), axis=-1))
-        ranking.append({"node": node.name, "mean_kl": round(float(np.concatenate(kls).mean()), 8)})
+    with progress.task("ranking MatMuls by damage", len(nodes)) as advance:
+        for node in nodes:
+            bits = next(b for (w, b) in codes if w == node.input[1])
+            swapped = {**fp32, node.input[1]: codes[(node.input[1], bits)].dequantize(fp32[node.input[1]].shape[0])}
+            kls = []
+            for feed, lp in zip(texts, reference, strict=True):
+                lq = log_softmax(session.run(["logits"], {**feed, **swapped})[0][0])
+                kls.append(np.sum(np.exp(lp) * (lp - lq), axis=-1))
+            ranking.append({"node": node.name, "mean_kl": round(float(np.concatenate(kls).mean()), 8)})
+            advance(1)
     ranking.sort(key=lambda r: (-r["mean_kl"], r["node"]))
     return ranking

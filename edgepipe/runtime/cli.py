@@ -78,6 +78,7 @@ def _generate(root: Path, args: argparse.Namespace) -> int:
         "top_p": args.top_p,
         "seed": args.seed,
         "stop": args.stop or [],
+        "speculate": args.speculate,
     }
     # `--chat FILE`: a conversation file (an existing file); `--chat TEXT` as before: the prompt.
     conversation = args.chat if isinstance(args.chat, str) and Path(args.chat).is_file() else None
@@ -92,7 +93,7 @@ def _generate(root: Path, args: argparse.Namespace) -> int:
     try:
         if args.threads is not None and args.threads < 1:
             raise OptionError(f"--threads must be at least 1 (got {args.threads})")
-        check_options(**options)
+        check_options(**{k: v for k, v in options.items() if k != "speculate"})
         generator = Generator.from_bundle(root, threads=args.threads, max_context=args.max_context)
         prompt: str | list[int]
         if conversation is not None:
@@ -125,6 +126,17 @@ def _generate(root: Path, args: argparse.Namespace) -> int:
     else:
         out.write("\n")
     return 0
+
+
+def _speculate_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--speculate",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="greedy decoding checks tokens drafted from the prompt and text so far, several a pass "
+        "(default: on where the model's multi-token pass gives a one-token step's logits, so the output is "
+        "the same; --no-speculate: off)",
+    )
 
 
 def _bench_text(result: dict[str, Any]) -> str:
@@ -166,6 +178,7 @@ def _bench_generation(root: Path, args: argparse.Namespace) -> int:
             runs=3 if args.runs is None else args.runs,
             warmup=1 if args.warmup is None else args.warmup,
             threads=args.threads,
+            speculate=args.speculate,
         )
         result = gb.measure(root, settings)
     except encoder_bench.BenchError as exc:
@@ -317,6 +330,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help='print {"text", "token_ids", "stop_reason", "timings"} instead of streaming',
     )
+    _speculate_option(gen)
     bench = sub.add_parser("bench", help="measure the model's latency on this machine")
     bench.add_argument("--json", action="store_true", help="print the edgepipe.bench JSON")
     bench.add_argument("--batch-sizes", default="1", help="comma-separated (default: 1)")
@@ -328,6 +342,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
     bench.add_argument("--max-seconds", type=float, help="stop early past this time limit")
     bench.add_argument("--baseline-model", help="an fp32 ONNX file to time beside it")
+    _speculate_option(bench)
     probe = sub.add_parser("probe", help="describe this machine and what of it misses the target")
     probe.add_argument("--json", action="store_true", help="print the edgepipe.probe/1 JSON")
     probe.add_argument("--strict", action="store_true", help="exit 3 when something does not fit")

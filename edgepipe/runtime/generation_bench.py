@@ -33,6 +33,7 @@ TASK = Task.GENERATION.manifest_name
 # (a retrieval prompt), where a decode step reads the most cache and the peak memory is reached.
 DEFAULT_CONTEXTS = (64, 512, 1024, 2048)
 KEYS = ("time_to_first_token_ms", "prefill_tokens_per_s", "decode_tokens_per_s")
+DRAFT_KEYS = ("drafted_tokens", "accepted_tokens")  # summed over a context's timed runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +45,13 @@ class GenerationSettings:
     runs: int = 3
     warmup: int = 1
     threads: int | None = None  # the target's intra-op threads, capped at this machine's cores
+    speculate: bool | None = None  # prompt-lookup drafts: the runtime's default (where output is unchanged)
+
+
+def model_files(path: Path) -> list[Path]:
+    """The ONNX file and the external data file the export writes beside it, where there is one."""
+    data = path.with_name(path.name + ".data")
+    return [path, data] if data.is_file() else [path]
 
 
 def _contexts(settings: GenerationSettings, max_length: int) -> tuple[int, ...]:
@@ -88,9 +96,10 @@ def measure(root: Path, settings: GenerationSettings, *, measured_on: str = "bun
         ids = np.resize(np.asarray(sample, dtype=np.int64), context).tolist()
         if first_ms is None:
             first_ms = generator.generate(ids, max_new_tokens=1).timings["time_to_first_token_ms"]
+        new, speculate = settings.new_tokens, settings.speculate
         for _ in range(settings.warmup):
-            generator.generate(ids, max_new_tokens=settings.new_tokens)
-        runs = [generator.generate(ids, max_new_tokens=settings.new_tokens).timings for _ in range(settings.runs)]
+            generator.generate(ids, max_new_tokens=new, speculate=speculate)
+        runs = [generator.generate(ids, max_new_tokens=new, speculate=speculate).timings for _ in range(settings.runs)]
         results.append(
             {
                 "context_len": context,
@@ -98,6 +107,7 @@ def measure(root: Path, settings: GenerationSettings, *, measured_on: str = "bun
                 "new_tokens": runs[0]["new_tokens"],
                 "runs": len(runs),
                 **{k: round(statistics.median(r[k] for r in runs), 2) for k in KEYS},
+                **{k: sum(int(r.get(k, 0)) for r in runs) for k in DRAFT_KEYS},
             }
         )
     target = manifest.get("target", {})
@@ -119,10 +129,13 @@ def measure(root: Path, settings: GenerationSettings, *, measured_on: str = "bun
         "warmup": settings.warmup,
         "new_tokens": settings.new_tokens,
         "complete": True,
+        "speculative": generator.speculates(settings.speculate),
         "models": {
             "model": {
                 "path": "model/model.onnx",
-                "size_bytes": os.path.getsize(path),
+                # The graph and its weights: a decoder's are in model.onnx.data beside it.
+                "size_bytes": sum(os.path.getsize(f) for f in model_files(path)),
+                "graph_bytes": os.path.getsize(path),
                 "sha256": sha256_file(path),
                 "load_ms": load_ms,
                 "first_inference_ms": first_ms,
@@ -148,6 +161,13 @@ def text(result: dict[str, Any]) -> str:
         lines.append(
             f"{r['context_len']:>7} {r['runs']:>5} {r['time_to_first_token_ms']:>14.1f} "
             f"{r['prefill_tokens_per_s']:>13.1f} {r['decode_tokens_per_s']:>12.1f}"
+        )
+    if result.get("speculative"):
+        drafted = sum(r.get("drafted_tokens", 0) for r in result["results"])
+        accepted = sum(r.get("accepted_tokens", 0) for r in result["results"])
+        lines.append(
+            f"speculative decoding on: {accepted} of {drafted} drafted tokens accepted (the prompt repeats "
+            "one text, which drafts find easily; --no-speculate times one token a step)"
         )
     return "\n".join(lines)
 

@@ -38,6 +38,7 @@ from .sampling import (
     check_options,
     token_logprobs,
 )
+from .speculate import PromptLookup, rows_agree
 from .tasks import Task
 
 PAST = "past_key_values."
@@ -127,6 +128,8 @@ class Generation:
 class Generator:
     """Generates text with one onnxruntime session, created once with its fixed inputs."""
 
+    drafter: Callable[[list[int]], PromptLookup] = PromptLookup  # speculation's guesses
+
     def __init__(
         self,
         model: Path,
@@ -182,6 +185,7 @@ class Generator:
         self.tokenizer.no_padding()
         self.eos = frozenset(config.eos_token_ids)
         self._template: Any = None
+        self._rows_agree: bool | None = None  # speculates(None)'s probe, run once
 
     @classmethod
     def from_bundle(cls, root: Path, threads: int | None = None, max_context: int | None = None) -> Generator:
@@ -284,6 +288,51 @@ class Generator:
                 logits, past = self._forward(chunk, start, past, last=True)
         return logits[0, -1], past
 
+    def _pass(
+        self, tokens: list[int], position: int, past: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Logits [n, vocab] of ``tokens`` at position.. in one pass, and the plain path's cache."""
+        batch, n = np.asarray([tokens], dtype=np.int64), len(tokens)
+        if self.cache is not None:
+            return self.cache.forward(batch, position, last=n)[0, -n:], past
+        logits, past = self._forward(batch, position, past)
+        return logits[0], past
+
+    def _verify(
+        self, tokens: list[int], position: int, past: dict[str, np.ndarray], sample: Sampler
+    ) -> tuple[list[int], dict[str, np.ndarray]]:
+        """The current token and its drafts in one pass at ``position``: the drafts the model's own
+        choices agree with, then its choice after them; the cache keeps exactly those positions."""
+        logits, past = self._pass(tokens, position, past)
+        kept: list[int] = []
+        for row, guess in zip(logits, [*tokens[1:], None], strict=True):
+            kept.append(sample(row))
+            if kept[-1] != guess:
+                break
+        if self.cache is None and len(kept) < len(tokens):  # drop the rejected drafts' positions
+            end = position + len(kept)
+            past = {name: np.ascontiguousarray(value[:, :, :end]) for name, value in past.items()}
+        return kept, past
+
+    def speculates(self, speculate: bool | None) -> bool:
+        """``speculate`` as asked; None: whether a pass over several tokens gives each the logits a
+        one-token step gives it, bit for bit, so that greedy output stays the same."""
+        if speculate is not None:
+            return speculate
+        if self._rows_agree is None:
+            self._rows_agree = rows_agree(self._probe, self.max_context)
+        return self._rows_agree
+
+    def _probe(self, prefix: list[int], tokens: list[int], together: bool) -> np.ndarray:
+        """Logits of ``tokens`` after ``prefix``, fed in one pass or a token a step."""
+        _, past = self._prefill(prefix)
+        rows, position = [], len(prefix)
+        for chunk in [tokens] if together else [[t] for t in tokens]:
+            logits, past = self._pass(chunk, position, past)
+            rows.append(np.array(logits))
+            position += len(chunk)
+        return np.concatenate(rows)
+
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """[len(ids), vocab] float32 logits of one forward pass with an empty KV cache."""
         if not 0 < len(ids) <= self.config.max_length:
@@ -305,9 +354,11 @@ class Generator:
         chat: bool = False,
         on_text: Callable[[str], None] | None = None,
         logprobs: int | None = None,
+        speculate: bool | None = None,
     ) -> Generation:
         """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are); with
-        ``logprobs`` (0-20), each token's log-probability and that many alternatives too."""
+        ``logprobs`` (0-20), each token's log-probability and that many alternatives too;
+        ``speculate``: draft by prompt lookup (None: where it leaves greedy output unchanged)."""
         started = time.perf_counter()
         check_options(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
@@ -331,6 +382,11 @@ class Generator:
         generated: list[int] = []
         reason = "length"
 
+        # Drafts are checked against greedy choices: sampling decodes a token a step. (Before the
+        # prefill: the first call's probe uses the cache.)
+        # Log-probabilities are read off each one-token step's row, so they decode a token a step too.
+        greedy = sample.temperature == 0 and logprobs is None
+        lookup = self.drafter(ids) if greedy and self.speculates(speculate) else None
         prefill_start = time.perf_counter()
         last, past = self._prefill(ids)
         scores: list[tuple[int, float, list[tuple[int, float]]]] | None = None if logprobs is None else []
@@ -341,12 +397,15 @@ class Generator:
                 scores.append((chosen, *token_logprobs(row, chosen, logprobs or 0)))
             return chosen
 
-        token = choose(last)
+        pending = [choose(last)]  # the tokens to emit: accepted drafts, then the one to feed next
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
         while True:
+            token = pending.pop(0)
             generated.append(token)
+            if lookup is not None:
+                lookup.append(token)
             if token in self.eos:
                 reason = "eos"
                 break
@@ -355,13 +414,21 @@ class Generator:
                 break
             if len(generated) >= budget:
                 break
+            if pending:  # an accepted draft: already in the cache
+                continue
+            draft = lookup.draft(budget - len(generated) - 1) if lookup is not None else []
+            if lookup is not None and draft:
+                pending, past = self._verify([token, *draft], position, past, sample)
+                lookup.update(len(draft), len(pending) - 1)
+                position += len(pending)
+                continue
             step[0, 0] = token
             if self.cache is not None:
                 logits = self.cache.forward(step, position)
             else:
                 logits, past = self._forward(step, position, past)
             position += 1
-            token = choose(logits[0, -1])
+            pending = [choose(logits[0, -1])]
         decoded = time.perf_counter()
         text = stream.finish()
         prefill_s, decode_s = first - prefill_start, decoded - first
@@ -378,5 +445,7 @@ class Generator:
                 "prefill_tokens_per_s": round(len(ids) / prefill_s, 2),
                 "decode_tokens_per_s": round(steps / decode_s, 2) if steps > 0 else 0.0,
                 "total_ms": round((time.perf_counter() - started) * 1000, 3),
+                "speculative": lookup is not None,
+                **(lookup.stats.to_json() if lookup is not None else {}),
             },
         )

@@ -93,3 +93,14 @@ def a_bundle(task: Task) -> str:
     """``"an embedding bundle"``, ``"a text-generation bundle"``: for messages."""
     name = task.manifest_name
     return f"{'an' if name[:1] in tuple('aeiou') else 'a'} {name} bundle"
+
+
+def kept_matmuls(manifest: dict[str, Any]) -> tuple[str, list[str]]:
+    """The MatMuls a build kept above its profile's precision, and as what: ("8bit", names) for a
+    decoder (its int4 MatMuls' 8-bit exceptions), ("float", names) for an encoder (left in float).
+    A decoder bundle built before the name ``kept_8bit`` wrote them as ``kept_float``: read as 8-bit."""
+    model = manifest.get("model", {})
+    if "kept_8bit" in model:
+        return "8bit", list(model["kept_8bit"])
+    decoder = manifest.get("task") == "text-generation"
+    return ("8bit" if decoder else "float"), list(model.get("kept_float", []))

@@ -81,9 +81,8 @@ class SharedCache:
         self.session, self.max_context = session, shape[2]
         self.binding = session.io_binding()
         self.has_positions = has_positions
-        if keeps_last_logits(session):  # a generation reads the last position's logits alone
-            # By OrtValue: bind_cpu_input looks the name up among the inputs without a default.
-            self.binding.bind_ortvalue_input(LOGITS_TO_KEEP, OrtValue.ortvalue_from_numpy(LAST))
+        self.keeps_last, self.kept = keeps_last_logits(session), 0
+        self._keep(1)  # a generation reads the last position's logits alone
         # np.zeros maps untouched pages lazily: the process grows with the context actually used.
         self.arrays = {name: np.zeros(shape, dtype=dtype) for name in past_names}
         self.binding.bind_output("logits")  # bound first: get_outputs()[0]
@@ -94,10 +93,23 @@ class SharedCache:
         self._mask = np.ones((1, self.max_context), dtype=np.int64)
         self._positions = np.arange(self.max_context, dtype=np.int64)[None, :]
 
-    def forward(self, ids: np.ndarray, start: int) -> np.ndarray:
-        """Logits [1, 1 or len, vocab] of the last position (all, if the model cannot say) for
-        ``ids`` at positions start.., the cache holding 0..start-1."""
+    def _keep(self, last: int) -> None:
+        """Bind ``logits_to_keep``: the lm_head reads the last ``last`` positions."""
+        if self.keeps_last and last != self.kept:
+            from onnxruntime import OrtValue
+
+            # The OrtValue shares the array's memory: it stays referenced while bound. By OrtValue:
+            # bind_cpu_input looks the name up among the inputs without a default.
+            self._kept_value = LAST if last == 1 else np.array([last], dtype=np.int64)
+            self.binding.bind_ortvalue_input(LOGITS_TO_KEEP, OrtValue.ortvalue_from_numpy(self._kept_value))
+            self.kept = last
+
+    def forward(self, ids: np.ndarray, start: int, last: int = 1) -> np.ndarray:
+        """Logits [1, n, vocab] of the last ``last`` positions at least (all, if the model cannot
+        say) for ``ids`` at positions start.., the cache holding 0..start-1. What lies past
+        ``start + len(ids)`` is never read: a rollback is the next call's smaller ``start``."""
         end = start + ids.shape[1]
+        self._keep(last)
         if end > self.max_context:
             raise ValueError(f"position {end - 1} is past the cache's {self.max_context}")
         self.binding.bind_cpu_input("input_ids", ids)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import progress
 from ..catalog import families
 from ..graph.damage import log_softmax
 from ..runtime.generator import GenerationConfig, Generator
@@ -86,33 +87,47 @@ def onnx_logits(model: Path, tokenizer: Path, runtime: GenerationConfig) -> Logi
     return Generator(model, tokenizer, runtime).logits
 
 
+def _add(ref: np.ndarray, got: np.ndarray, ids: list[int] | None, *lists: list[np.ndarray]) -> None:
+    """One text's agreement, KL and (with its ids) both models' NLL of its actual next tokens."""
+    agree, kls, nll_ref, nll_model = lists
+    lp, lq = log_softmax(ref), log_softmax(got)
+    agree.append(ref.argmax(-1) == got.argmax(-1))
+    kls.append(np.sum(np.exp(lp) * (lp - lq), axis=-1))
+    if ids is not None:
+        following = np.asarray(ids[1:])
+        rows = np.arange(following.size)
+        nll_ref.append(-lp[rows, following])
+        nll_model.append(-lq[rows, following])
+
+
 def compare(
     reference: Iterator[np.ndarray],
     model: Iterator[np.ndarray],
     ids: list[list[int]] | None = None,
+    label: str = "comparing logits",
+    total: int = 0,
 ) -> dict[str, Any]:
     """Agreement and KL(reference || model) over every position; per-text min and p5.
 
     With the texts' ``ids``, also the perplexity of each model on the texts' actual next tokens
     (exp of the mean negative log-likelihood over every predicted position) and their ratio.
     """
-    per_text_agree, per_text_kl, agree, kls, max_diff = [], [], [], [], 0.0
-    nll_ref, nll_model = [], []
-    for n, (ref, got) in enumerate(zip(reference, model, strict=True)):
-        same = ref.argmax(-1) == got.argmax(-1)
-        lp, lq = log_softmax(ref), log_softmax(got)
-        kl = np.sum(np.exp(lp) * (lp - lq), axis=-1)
-        agree.append(same)
-        kls.append(kl)
-        per_text_agree.append(float(same.mean()))
-        per_text_kl.append(float(kl.mean()))
-        max_diff = max(max_diff, float(np.abs(ref - got).max()))
-        if ids is not None:
-            following = np.asarray(ids[n][1:])
-            rows = np.arange(following.size)
-            nll_ref.append(-lp[rows, following])
-            nll_model.append(-lq[rows, following])
+    per_text_agree: list[float] = []
+    per_text_kl: list[float] = []
+    agree: list[np.ndarray] = []
+    kls: list[np.ndarray] = []
+    nll_ref: list[np.ndarray] = []
+    nll_model: list[np.ndarray] = []
+    max_diff = 0.0
+    with progress.task(label, total or len(ids or ())) as advance:
+        for n, (ref, got) in enumerate(zip(reference, model, strict=True)):
+            _add(ref, got, ids[n] if ids is not None else None, agree, kls, nll_ref, nll_model)
+            per_text_agree.append(float(agree[-1].mean()))
+            per_text_kl.append(float(kls[-1].mean()))
+            max_diff = max(max_diff, float(np.abs(ref - got).max()))
+            advance(1)
     every = np.concatenate(agree)
+
     stats = {
         "agreement": round(float(every.mean()), 6),
         "mean_kl": round(max(float(np.concatenate(kls).mean()), 0.0), 6),
@@ -195,15 +210,23 @@ def reference(
         # PyTorch's logits first, kept on disk: the PyTorch model and the fp32 export (each the
         # model's full size, GBs for a 1B model) are never in memory together.
         pt = torch_logits(source_dir)
-        for n, i in enumerate(ids):
-            np.save(Path(tmp) / f"{n}.npy", pt(i))
+        with progress.task("PyTorch logits", len(ids)) as advance:
+            for n, i in enumerate(ids):
+                np.save(Path(tmp) / f"{n}.npy", pt(i))
+                advance(1)
         del pt
         gc.collect()
         generator = Generator(fp32_model, tokenizer, runtime)
-        ox = generator.logits
+        next_tokens: list[np.ndarray] = []
+
+        def ox(i: list[int]) -> np.ndarray:  # one pass a text: its argmax kept for next_tokens.npy
+            logits = generator.logits(i)
+            next_tokens.append(logits.argmax(-1))
+            return logits
+
         stored = (np.load(Path(tmp) / f"{n}.npy", mmap_mode="r") for n in range(len(ids)))
-        stats = compare(stored, (ox(i) for i in ids))
-    np.save(out / "next_tokens.npy", np.concatenate([ox(i).argmax(-1) for i in ids]))
+        stats = compare(stored, (ox(i) for i in ids), label="fp32 ONNX logits", total=len(ids))
+    np.save(out / "next_tokens.npy", np.concatenate(next_tokens))
     (out / "fp32_onnx.json").write_text(json.dumps(stats, indent=2))
     chat = chat_answers(config, generator)
     (out / "chat.json").write_text(json.dumps(chat, indent=2, ensure_ascii=False))
@@ -225,7 +248,7 @@ def evaluate(
     ids = token_ids(tokenizer, texts, config.max_tokens)
     generator = Generator(model, tokenizer, runtime)
     ref, got = onnx_logits(fp32_model, tokenizer, runtime), generator.logits
-    stats = compare((ref(i) for i in ids), (got(i) for i in ids), ids)
+    stats = compare((ref(i) for i in ids), (got(i) for i in ids), ids, label="evaluation texts")
     del ref  # the fp32 session: the model's full size
     gc.collect()
     missed = problem(stats, config.bar, config.max_kl, config.max_perplexity_ratio)

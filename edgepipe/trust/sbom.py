@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import VerifyError
-from ..runtime.integrity import read_manifest, sha256_file
+from ..runtime.integrity import kept_matmuls, read_manifest, sha256_file
 from .licence import Licence, resolve
 from .model_card import model_card
 
@@ -116,6 +116,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path, licence: Licenc
 
     described, profile = manifest["model"]["source"], manifest["profile"]
     licence = licence if licence is not None else resolve(source)
+    kept = kept_matmuls(manifest)
     model = Component(
         type=ComponentType.MACHINE_LEARNING_MODEL,
         bom_ref="model",
@@ -133,7 +134,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path, licence: Licenc
             Property(name="edgepipe:source.digest", value=described["digest"]),
             Property(name="edgepipe:profile", value=profile["name"]),
             Property(name="edgepipe:recipe", value=json.dumps(_recipe(profile), sort_keys=True)),
-            Property(name="edgepipe:kept_float", value=json.dumps(manifest["model"]["kept_float"])),
+            Property(name=f"edgepipe:kept_{kept[0]}", value=json.dumps(kept[1])),
             Property(name="edgepipe:target", value=manifest["target"]["name"]),
         ],
     )

@@ -98,7 +98,8 @@ def test_mixed_precision_plan_and_hessians_from_the_graph() -> None:
     feeds = [{"x": rng.normal(size=(1, 5, 64)).astype(np.float32)} for _ in range(4)]
     stats = nbits.hessians(model, feeds)
     x = np.concatenate([f["x"].reshape(5, 64) for f in feeds]).astype(np.float64)
-    np.testing.assert_allclose(stats["x"], x.T @ x, rtol=1e-5)
+    gram = x.T @ x  # float32 per text: near-zero entries are good to float32's rounding of the largest
+    np.testing.assert_allclose(stats["x"], gram, rtol=1e-5, atol=1e-6 * np.abs(gram).max())
     codes = nbits.gptq_codes(model, lambda: iter(feeds), 4, 32)
     assert set(codes) == {("w1", 4), ("w2", 4)}
     counts = nbits.quantize(model.graph, {"first": 8, "second": 4}, 32, 4, codes)

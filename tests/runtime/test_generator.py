@@ -278,7 +278,13 @@ def test_timings_describe_the_run(decoder_bundle):
         "prefill_tokens_per_s",
         "decode_tokens_per_s",
         "total_ms",
+        "speculative",  # on by default for a float32 model: what its drafts did
+        "draft_passes",
+        "drafted_tokens",
+        "accepted_tokens",
+        "acceptance",
     }
+    assert t["speculative"] is True and 0 <= t["accepted_tokens"] <= t["drafted_tokens"]
     assert t["new_tokens"] == len(result.token_ids) == 8
     assert t["prompt_tokens"] == len(generator(decoder_bundle("qwen2")).encode(PROMPTS[3]))
     assert 0 < t["time_to_first_token_ms"] < t["total_ms"]

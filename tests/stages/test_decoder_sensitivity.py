@@ -140,8 +140,9 @@ def test_extra_size_keeps_the_best_per_byte_from_the_first_attempt(tiny_llama, t
     record = json.loads((tmp_path / "o" / "tiny-llama-rpi5" / "manifest.json").read_text())
     int4_bytes = record["stages"]["sensitivity"]["int4_bytes"]
     expected = generation_sensitivity.within(ranking, int4_bytes, 0.3)[:3]
-    assert expected and summary["kept_float"] == expected
-    assert [a["kept_float"] for a in summary["attempts"]] == [len(expected)]  # one attempt
+    assert expected and summary["kept_8bit"] == expected and "kept_float" not in summary
+    assert [a["kept_8bit"] for a in summary["attempts"]] == [len(expected)]  # one attempt
+    assert record["model"]["kept_8bit"] == expected and "kept_float" not in record["model"]
     chosen = [r for r in ranking if r["node"] in expected]
     assert [r["node"] for r in chosen] == expected  # in ranking order
     assert sum(r["extra_bytes"] for r in chosen) <= 0.3 * int4_bytes
@@ -149,3 +150,12 @@ def test_extra_size_keeps_the_best_per_byte_from_the_first_attempt(tiny_llama, t
     left = [r for r in ranking if r["node"] not in expected]
     spent = sum(r["extra_bytes"] for r in chosen)
     assert len(expected) == 3 or all(spent + r["extra_bytes"] > 0.3 * int4_bytes for r in left)
+
+
+def test_the_manifest_names_a_decoders_kept_matmuls_8bit_and_reads_old_bundles():
+    from edgepipe.runtime.integrity import kept_matmuls
+
+    assert kept_matmuls({"task": "text-generation", "model": {"kept_8bit": ["a"]}}) == ("8bit", ["a"])
+    # before kept_8bit, a decoder's 8-bit MatMuls were written as kept_float
+    assert kept_matmuls({"task": "text-generation", "model": {"kept_float": ["b"]}}) == ("8bit", ["b"])
+    assert kept_matmuls({"task": "embedding", "model": {"kept_float": ["c"]}}) == ("float", ["c"])
