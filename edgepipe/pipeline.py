@@ -40,7 +40,7 @@ def build(spec: BuildSpec, progress: Progress | None = None) -> BuildResult:
     if spec.sign_with is not None:
         spec.sign_with.check()  # a bad key should fail now, not after the build
     evaluated = versions()
-    specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version)
+    specs = bundle.runtime_requirements(spec.target, evaluated, spec.runtime_version, source.task)
     texts = _texts(spec, source.task)
     name = f"{source.name}-{spec.target.name}"
     spec.out.mkdir(parents=True, exist_ok=True)

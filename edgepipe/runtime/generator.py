@@ -12,12 +12,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer
 
 from .chat import ChatError, ChatTemplate
+
+if TYPE_CHECKING:
+    from .assistant.grammar import Constraint
 from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG
 from .kvcache import (
@@ -112,7 +115,7 @@ class Generation:
 
     text: str
     token_ids: list[int]  # the generated ids only (an EOS that ended it included)
-    stop_reason: str  # "eos" | "stop" | "length"
+    stop_reason: str  # "eos" | "stop" | "grammar" (its grammar complete) | "length"
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -177,6 +180,7 @@ class Generator:
         self._positions = np.arange(config.max_length, dtype=np.int64)[None, :]
         empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), dtype=self.kv_dtype)
         self._empty_past = {name: empty for name in self.past_names}
+        self.tokenizer_path = tokenizer  # the grammar library reads it too
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
@@ -278,8 +282,13 @@ class Generator:
         stop: Sequence[str] = (),
         chat: bool = False,
         on_text: Callable[[str], None] | None = None,
+        on_token: Callable[[int], None] | None = None,
+        constraint: Constraint | None = None,
     ) -> Generation:
-        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are)."""
+        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are).
+
+        ``constraint`` (a grammar's state) masks each step's logits and follows each token; the
+        generation ends when its grammar is complete ("grammar"). ``on_token`` sees each new id."""
         started = time.perf_counter()
         check_options(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
@@ -305,17 +314,24 @@ class Generator:
 
         prefill_start = time.perf_counter()
         last, past = self._prefill(ids)
-        token = sample(last)
+        token = sample(last if constraint is None else constraint.mask(last, budget))
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
         while True:
             generated.append(token)
+            if constraint is not None:
+                constraint.advance(token)
+            if on_token is not None:
+                on_token(token)
             if token in self.eos:
                 reason = "eos"
                 break
             if stream.add(token):
                 reason = "stop"
+                break
+            if constraint is not None and constraint.stopped:
+                reason = "grammar"
                 break
             if len(generated) >= budget:
                 break
@@ -325,7 +341,8 @@ class Generator:
             else:
                 logits, past = self._forward(step, position, past)
             position += 1
-            token = sample(logits[0, -1])
+            row = logits[0, -1]
+            token = sample(row if constraint is None else constraint.mask(row, budget - len(generated)))
         decoded = time.perf_counter()
         text = stream.finish()
         prefill_s, decode_s = first - prefill_start, decoded - first

@@ -30,7 +30,7 @@ ERROR_CODES = {
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request_too_large",
     HTTPStatus.SERVICE_UNAVAILABLE: "overloaded",
 }
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "grammar": "stop", "length": "length"}
 ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Fields that ask for something a bundle does not do, and the one value each may take here.
 NEUTRAL = {

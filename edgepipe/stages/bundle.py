@@ -52,6 +52,9 @@ RUNTIME_MODULES = _runtime_modules()
 # bundle pins the versions that ran it. numpy only pools and normalises, and its wheels follow the
 # device's Python (numpy 2.3+ has none for 3.10), so it keeps a range.
 RANGES = {"numpy": ">=1.24,<3", "tokenizers": ">=0.15,<1"}
+# What one task's runtime needs beyond those: a decoder's serve enforces JSON schemas and tool calls with
+# llguidance (no requirements of its own; one abi3 wheel per platform, aarch64 included).
+TASK_RANGES = {Task.GENERATION: {"llguidance": ">=1.6,<2"}}
 PINNED = ("onnxruntime", "tokenizers")
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 
@@ -71,7 +74,7 @@ def _in_range(version: str, spec: str) -> bool:
 
 
 def runtime_requirements(
-    target: Target, evaluated: Mapping[str, str], onnxruntime: str | None = None
+    target: Target, evaluated: Mapping[str, str], onnxruntime: str | None = None, task: Task | None = None
 ) -> dict[str, str]:
     """Specifier per runtime package: the evaluated versions where the target's ranges allow them.
 
@@ -84,7 +87,7 @@ def runtime_requirements(
             f"--runtime-version {onnxruntime}: target '{target.name}' runs onnxruntime"
             f"{ranges['onnxruntime']}" + (" from its vendor's build, not PyPI's" if gpu_target(target) else "")
         )
-    specs = dict(ranges)
+    specs = {**ranges, **TASK_RANGES.get(task, {})} if task is not None else dict(ranges)
     for name in PINNED:
         if name == "onnxruntime" and gpu_target(target):
             continue

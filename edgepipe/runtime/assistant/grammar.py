@@ -1,0 +1,223 @@
+"""Grammar-constrained decoding: a JSON schema (or a tool call's syntax around one) enforced token by token.
+
+llguidance (the library llama.cpp and vLLM use) compiles the grammar and computes, before each step, which
+tokens of the bundle's own tokenizer may come next; the generator sets every other token's logit to -inf, so
+what comes out parses and validates whatever the weights are. Measured against xgrammar (its wheel requires
+torch and transformers) and outlines-core (a regex per schema, exponential in nesting) in docs/assistants.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# A schema document larger or deeper than this is refused before the library sees it: compile time grows
+# with size (a 125 kB schema of 5,000 properties took 1.4 s), and nesting beyond this is no real schema.
+MAX_SCHEMA_BYTES = 32 * 1024
+MAX_SCHEMA_DEPTH = 40
+# In the last this many tokens of max_tokens only tokens that close the JSON soonest are let through.
+CLOSE_RESERVE = 24
+
+
+class GrammarError(ValueError):
+    """A schema or grammar this server cannot enforce: one line, with the request field it came from."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+def _llguidance() -> Any:
+    try:
+        import llguidance
+    except ImportError:  # pragma: no cover - a bundle installed without its requirements
+        raise GrammarError(
+            "structured output needs the llguidance package: pip install the bundle's requirements.txt",
+            "response_format",
+        ) from None
+    return llguidance
+
+
+def _limits() -> Any:
+    # Bounded per step so that no schema can stall a request: ~14k lexer fuel and ~20k Earley items a ms.
+    return _llguidance().LLParserLimits(
+        step_lexer_fuel=200_000, step_max_items=50_000, max_grammar_size=200_000, verbose_errors=False
+    )
+
+
+def check_document(schema: object, param: str) -> dict[str, Any]:
+    """``schema`` when it is a JSON object within the size and depth this server takes; else GrammarError."""
+    if not isinstance(schema, dict):
+        raise GrammarError(f"{param} must be a JSON Schema object, not {type(schema).__name__}", param)
+    stack: list[tuple[object, int]] = [(schema, 1)]
+    while stack:  # iterative: a deep document must not exhaust the interpreter's stack
+        node, depth = stack.pop()
+        if depth > MAX_SCHEMA_DEPTH:
+            raise GrammarError(f"{param} nests deeper than {MAX_SCHEMA_DEPTH} levels", param)
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else ()
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    size = len(json.dumps(schema, separators=(",", ":")))
+    if size > MAX_SCHEMA_BYTES:
+        raise GrammarError(f"{param} is {size} bytes; this server takes schemas of at most {MAX_SCHEMA_BYTES}", param)
+    return schema
+
+
+def _explain(error: str, param: str) -> GrammarError:
+    error = error.strip().splitlines()[0] if error.strip() else "unknown error"
+    if error.startswith("Unimplemented keys:"):
+        keys = error.split(":", 1)[1].strip().strip("[]").replace('"', "")
+        return GrammarError(
+            f"{param} uses {keys}, which this server cannot enforce while decoding; drop it from the schema", param
+        )
+    return GrammarError(f"{param} is not a schema this server can enforce: {error}", param)
+
+
+def closed(schema: Any) -> Any:
+    """A copy of ``schema`` whose objects with ``properties`` take no others unless it says they may: what
+    it generates still validates against ``schema``, and a weak model cannot wander off into made-up keys."""
+    if isinstance(schema, list):
+        return [closed(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: closed(value) if key not in ("enum", "const", "default", "examples") else value
+              for key, value in schema.items()}  # fmt: skip
+    if isinstance(schema.get("properties"), dict) and "additionalProperties" not in schema:
+        result["additionalProperties"] = False
+    return result
+
+
+def schema_grammar(schema: object, param: str = "response_format.json_schema.schema") -> str:
+    """The llguidance grammar of JSON matching ``schema`` (compact: ", " and ": " between items)."""
+    schema = closed(check_document(schema, param))
+    llg = _llguidance()
+    options = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
+    try:
+        grammar = llg.LLMatcher.grammar_from_json_schema(schema, defaults=options)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _explain(str(exc), param) from None
+    return check_grammar(grammar, param)
+
+
+def lark_grammar(lark: str, param: str) -> str:
+    """The llguidance grammar of a Lark text (tool-call syntax with ``%json`` schemas inside)."""
+    return check_grammar(_llguidance().LLMatcher.grammar_from_lark(lark), param)
+
+
+def check_grammar(grammar: str, param: str) -> str:
+    """``grammar`` when the library compiles it; else GrammarError naming what it cannot enforce."""
+    llg = _llguidance()
+    try:
+        failed, messages = llg.LLMatcher.validate_grammar_with_warnings(grammar, None, limits=_limits())
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise _explain(str(exc), param) from None
+    if failed:
+        raise _explain(messages[0] if messages else "", param)
+    return grammar
+
+
+class Vocabulary:
+    """The bundle tokenizer as the grammar library sees it: built once per tokenizer file (~1 s), then shared."""
+
+    _cache: dict[tuple[str, int], Vocabulary] = {}
+    _lock = threading.Lock()
+
+    def __init__(self, tokenizer_json: str, eos_token_id: int) -> None:
+        self.tokenizer = _llguidance().LLTokenizer(tokenizer_json, eos_token=eos_token_id)
+        self.size = self.tokenizer.vocab_size
+        self.eos = eos_token_id
+        self._groups: tuple[np.ndarray, ...] | None = None
+
+    @classmethod
+    def of(cls, path: Path, eos_token_id: int) -> Vocabulary:
+        key = (str(path), eos_token_id)
+        with cls._lock:
+            if key not in cls._cache:
+                cls._cache[key] = cls(path.read_text(encoding="utf-8"), eos_token_id)
+            return cls._cache[key]
+
+    def groups(self) -> tuple[np.ndarray, ...]:
+        """Bool per token: a quote ('"', '"}', ...), closing brackets (']', '}}', ...), a comma, a letter."""
+        if self._groups is None:
+            quote, brace, comma, letter = (np.zeros(self.size, dtype=bool) for _ in range(4))
+            for token in range(self.size):
+                if self.tokenizer.is_special_token(token):
+                    continue
+                text = self.tokenizer.decode_bytes([token]).decode("utf-8", "replace")
+                quote[token] = re.fullmatch(r'"[\]}]*', text) is not None
+                brace[token] = re.fullmatch(r"[\]}]+", text) is not None
+                comma[token] = re.fullmatch(r", ?", text) is not None
+                letter[token] = len(text) == 1 and text.isalpha()
+            self._groups = quote, brace, comma, letter
+        return self._groups
+
+
+class Constraint:
+    """One generation's grammar state: masks each step's logits, then follows the token sampled from them.
+
+    In the last CLOSE_RESERVE tokens of the budget it lets through only what closes soonest (the end, a
+    string's quote, closing brackets, the next member), so that an answer max_tokens would cut mostly
+    still parses; one that does not is reported as cut ("length"), as OpenAI's API does.
+    """
+
+    def __init__(self, vocabulary: Vocabulary, grammar: str, param: str = "response_format") -> None:
+        llg = _llguidance()
+        self.vocabulary = vocabulary
+        self.matcher = llg.LLMatcher(vocabulary.tokenizer, grammar, log_level=0, limits=_limits())
+        if self.matcher.is_error():
+            raise _explain(self.matcher.get_error(), param)
+        self._bits = np.full((vocabulary.size + 31) // 32, -1, dtype=np.int32)
+
+    def allowed(self) -> np.ndarray:
+        """A bool per token of the vocabulary: may it come next?"""
+        self.matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)
+        return np.unpackbits(self._bits.view(np.uint8), bitorder="little")[: self.vocabulary.size].astype(bool)
+
+    def mask(self, logits: np.ndarray, remaining: int | None = None) -> np.ndarray:
+        """``logits`` with every token the grammar forbids at -inf (near the budget's end, all but the close)."""
+        allowed = self.allowed()
+        if remaining is not None and remaining <= CLOSE_RESERVE:
+            allowed = self._closing(allowed)
+        vocab = logits.shape[-1]
+        keep = np.zeros(vocab, dtype=bool)
+        keep[: min(vocab, allowed.size)] = allowed[:vocab]
+        if not keep.any():  # the matcher failed (a limit hit mid-way): only the end token remains
+            keep[min(self.vocabulary.eos, vocab - 1)] = True
+        return np.where(keep, logits, np.float32(-np.inf)).astype(logits.dtype, copy=False)
+
+    def _closing(self, allowed: np.ndarray) -> np.ndarray:
+        """Those of ``allowed`` that end the JSON soonest: the end; in a string its quote; else closing
+        brackets, the next member, a (short) string."""
+        eos = self.vocabulary.eos
+        if allowed[eos]:
+            only = np.zeros_like(allowed)
+            only[eos] = True
+            return only
+        quote, brace, comma, letter = self.vocabulary.groups()
+        inside_string = (allowed & letter).any()
+        for group in (quote,) if inside_string else (brace, comma, quote):
+            if (allowed & group).any():
+                return allowed & group
+        return allowed
+
+    def advance(self, token: int) -> None:
+        """Follow the sampled token (the end token included)."""
+        self.matcher.consume_token(token)
+
+    @property
+    def stopped(self) -> bool:
+        """True when the grammar is complete and admits nothing more."""
+        return bool(self.matcher.is_stopped())
+
+    @property
+    def accepting(self) -> bool:
+        """True when what was generated so far is a complete answer."""
+        return bool(self.matcher.is_accepting())
+
+    @property
+    def error(self) -> str:
+        return str(self.matcher.get_error())
