@@ -161,9 +161,25 @@ class Handler(BaseHTTPRequestHandler):
             start()
             self._event(request.chunk(text))
 
-        result = self.server.run_generation(request, on_text=piece)
-        start()
-        self._event(request.chunk(None, openai_api.FINISH_REASONS[result.stop_reason]))
+        answer = request.answer
+        if answer is not None and answer.reads_tools:  # the deltas come from tokens: calls are special tokens
+
+            def token(token: int) -> None:
+                for delta in answer.deltas(token):
+                    start()
+                    self._event(request.delta_chunk(delta))
+
+            result = self.server.run_generation(request, on_token=token)
+            start()
+            deltas, reason = answer.finish(result)
+            for delta in deltas:
+                self._event(request.delta_chunk(delta))
+            self._event(request.delta_chunk({}, reason))
+        else:
+            result = self.server.run_generation(request, on_text=piece)
+            start()
+            reason = answer.finish(result)[1] if answer is not None else openai_api.FINISH_REASONS[result.stop_reason]
+            self._event(request.chunk(None, reason))
         if request.include_usage:
             self._event(request.usage_chunk(result))
         self._write_chunk(b"data: [DONE]\n\n")

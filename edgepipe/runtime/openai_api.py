@@ -20,6 +20,8 @@ from .http_json import RequestError
 if TYPE_CHECKING:  # numpy is imported where embeddings are: `verify` runs without it
     import numpy as np
 
+    from .assistant.structured import ChatAnswer
+
 # The statuses OpenAI's own API answers with these error codes.
 ERROR_CODES = {
     HTTPStatus.UNAUTHORIZED: "invalid_api_key",
@@ -40,7 +42,6 @@ NEUTRAL = {
     "frequency_penalty": 0,
     "logprobs": False,
     "echo": False,
-    "tools": [],
     "functions": [],
     "suffix": None,
 }
@@ -149,6 +150,7 @@ class Completion:
     stream: bool = False
     include_usage: bool = False
     model: str = ""
+    answer: ChatAnswer | None = None  # chat: its form (response_format, tools) and how it is read back
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -169,7 +171,9 @@ class Completion:
         """The whole answer to a request without ``stream``."""
         reason = FINISH_REASONS[result.stop_reason]
         choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
-        if self.chat:
+        if self.answer is not None:
+            choice["message"], choice["finish_reason"] = self.answer.message(result)
+        elif self.chat:
             choice["message"] = {"role": "assistant", "content": result.text}
         else:
             choice["text"] = result.text
@@ -186,6 +190,11 @@ class Completion:
         else:
             choice["text"] = text or ""
         return {**self._head(".chunk" if self.chat else ""), "choices": [choice]}
+
+    def delta_chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        """One server-sent event of a chat answer read for tool calls: a content or tool-call delta."""
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {**self._head(".chunk"), "choices": [choice]}
 
     def usage_chunk(self, result: Any) -> dict[str, Any]:
         return {**self._head(".chunk" if self.chat else ""), "choices": [], "usage": usage(result)}
@@ -266,13 +275,23 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
     """A checked request; chat messages already in the model's template, as ids."""
     body = _body(payload)
     stream, include_usage = _stream(body)
+    answer = None
     if chat:
+        from .assistant.grammar import GrammarError
+        from .assistant.structured import ChatAnswer, plan, template_source, vocabulary_of
         from .generator import OptionError
 
+        try:
+            form = plan(body, template_source(generator.tokenizer_path.parent), lambda: vocabulary_of(generator))
+        except GrammarError as exc:
+            raise _bad(exc.param, str(exc)) from None
+        if form.tools is not None:  # the string-cut template cannot render tools or tool turns
+            raise _bad("tools", '"tools" needs the model\'s chat template rendered by Jinja, which this runtime lacks')
         try:
             prompt: str | list[int] = generator.encode_messages(messages_from(body))
         except OptionError as exc:
             raise _bad("messages", str(exc)) from None
+        answer = ChatAnswer(form, generator.tokenizer, generator.eos)
         default_tokens = generator.config.max_length  # OpenAI's: until the context is full
     else:
         raw = body.get("prompt")
@@ -287,4 +306,5 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
         stream=stream,
         include_usage=include_usage,
         model=model,
+        answer=answer,
     )

@@ -189,6 +189,10 @@ class BundleServer(ThreadingHTTPServer):
                 self.generator = Generator.from_bundle(root, threads=args.threads, max_context=args.max_context)
             except OptionError as exc:
                 raise ServeError(str(exc)) from None
+            from .assistant.structured import vocabulary_of
+
+            # The grammar library's view of the tokenizer takes ~1 s to build: not on the first JSON request.
+            threading.Thread(target=vocabulary_of, args=(self.generator,), daemon=True).start()
         elif self.task == Task.EMBEDDING:
             from .embedder import Embedder
 
@@ -281,12 +285,24 @@ class BundleServer(ThreadingHTTPServer):
             raise self._wrong_task(CHAT if chat else COMPLETIONS, embeddings)
         return openai_api.completion_request(payload, chat, self.model["id"], self.generator)
 
-    def run_generation(self, request: openai_api.Completion, on_text: Callable[[str], None] | None = None) -> Any:
+    def run_generation(
+        self,
+        request: openai_api.Completion,
+        on_text: Callable[[str], None] | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Any:
         from .generator import GenerationError
 
+        constraint = None
+        if request.answer is not None and request.answer.plan.grammar is not None:
+            from .assistant.structured import vocabulary_of
+
+            constraint = request.answer.plan.constraint(vocabulary_of(self.generator))
         try:
             with self.generate_lock:
-                return self.generator.generate(request.prompt, **request.options, on_text=on_text)
+                return self.generator.generate(
+                    request.prompt, **request.options, on_text=on_text, on_token=on_token, constraint=constraint
+                )
         except GenerationError as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(exc), param="messages") from None
 

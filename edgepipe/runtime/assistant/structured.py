@@ -9,7 +9,9 @@ generated tokens into OpenAI's message, or into its streamed deltas.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .grammar import Constraint, GrammarError, Vocabulary, lark_grammar, schema_grammar
@@ -18,6 +20,28 @@ from .tools import ToolCall, ToolRequest, ToolSyntax, syntax_for, tool_request
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "grammar": "stop", "length": "length"}
 KNOWN_SYNTAXES = "Hermes/Qwen <tool_call>, Llama 3.x JSON, Mistral [TOOL_CALLS], DeepSeek's tool tokens, gpt-oss"
+
+
+def template_source(tokenizer_dir: Path) -> str | None:
+    """The model's chat template as its tokenizer files hold it (``tool_use`` where it has named ones)."""
+    jinja = tokenizer_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    try:
+        template = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get(
+            "chat_template"
+        )
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("tool_use") or named.get("default")
+    return template if isinstance(template, str) else None
+
+
+def vocabulary_of(generator: Any) -> Vocabulary:
+    """The generator's tokenizer as the grammar library sees it (built once per process, ~1 s)."""
+    return Vocabulary.of(generator.tokenizer_path, generator.config.eos_token_ids[0])
 
 
 def response_grammar(body: dict[str, Any]) -> str | None:
@@ -65,11 +89,11 @@ class Plan:
         return list(self.tools.definitions) if self.tools else None
 
 
-def plan(body: dict[str, Any], template: str | None, vocabulary: Vocabulary | None) -> Plan:
+def plan(body: dict[str, Any], template: str | None, vocabulary: Callable[[], Vocabulary]) -> Plan:
     """The checked form of a chat request's answer; GrammarError (a 400) naming the field it cannot honour.
 
-    ``template`` is the chat template's source (the tool syntax is picked from it); ``vocabulary`` the
-    bundle tokenizer as the grammar library sees it (special tokens in a forced call's grammar)."""
+    ``template`` is the chat template's source (the tool syntax is picked from it); ``vocabulary`` gives
+    the bundle tokenizer as the grammar library sees it (a forced call's grammar names special tokens)."""
     grammar = response_grammar(body)
     tools = tool_request(body)
     if tools is None or tools.choice == "none":  # "none": the model is not told of the tools at all
@@ -85,9 +109,8 @@ def plan(body: dict[str, Any], template: str | None, vocabulary: Vocabulary | No
         raise GrammarError('"response_format" with "tools" is not supported: send one or the other', "response_format")
     if not tools.forced:
         return Plan(None, tools, syntax)
-    if vocabulary is None:
-        raise GrammarError('"tool_choice" forcing a call needs the bundle tokenizer', "tool_choice")
-    lark = syntax.lark(tools.offered(), tools.parallel, lambda marker: lark_token(vocabulary, marker))
+    vocab = vocabulary()
+    lark = syntax.lark(tools.offered(), tools.parallel, lambda marker: lark_token(vocab, marker))
     return Plan(lark_grammar(lark, "tools"), tools, syntax)
 
 
