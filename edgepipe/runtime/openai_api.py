@@ -2,7 +2,7 @@
 
 Only what a bundle can honour is accepted: one choice (``n`` = 1), no tools, no logprobs, no
 penalties; a field that asks for more is a 400 naming it, and fields this API does not know are
-ignored, as other OpenAI-compatible servers do. The HTTP side (``serve.py``) sends what these
+ignored, as other OpenAI-compatible servers do. The endpoints (``endpoints/``) send what these
 functions return.
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from .http_json import RequestError
+from .http.json_body import RequestError
 
 if TYPE_CHECKING:  # numpy is imported where embeddings are: `verify` runs without it
     import numpy as np

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_input import InputError, _require_task, _texts
-from .http_json import RequestError
+from .http.json_body import RequestError
 from .tasks import Task
 
 

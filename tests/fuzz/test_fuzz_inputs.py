@@ -198,7 +198,8 @@ def _depth(value: object) -> int:
 @fuzz
 @given(nested_json())
 def test_any_structured_json_body_is_a_document_or_a_400(body):
-    from edgepipe.runtime import http_json, openai_api
+    from edgepipe.runtime import openai_api
+    from edgepipe.runtime.http import json_body as http_json
 
     try:
         value = http_json.loads(body)

@@ -22,7 +22,7 @@ EXPECTED = {
     "edgepipe_runtime/embedder.py",
     "edgepipe_runtime/integrity.py",
     "edgepipe_runtime/serve.py",
-    "edgepipe_runtime/measure.py",
+    "edgepipe_runtime/encoder_bench.py",
     "BENCH.md",
     "bench.svg",
 }

@@ -44,6 +44,14 @@ def vocabulary_of(generator: Any) -> Vocabulary:
     return Vocabulary.of(generator.tokenizer_path, generator.config.eos_token_ids[0])
 
 
+def warm(generator: Any) -> None:
+    """Build the grammar vocabulary ahead of the first request that needs one (a thread at serve start)."""
+    try:
+        vocabulary_of(generator)
+    except Exception:  # noqa: BLE001 - without llguidance or with an odd tokenizer the request says why
+        pass
+
+
 def response_grammar(body: dict[str, Any]) -> str | None:
     """The grammar ``response_format`` asks for; None for text."""
     spec = body.get("response_format")

@@ -1,4 +1,4 @@
-"""The HTTP side of ``serve``: one connection's requests, read with bounds, answered as JSON.
+"""One connection's requests, read with bounds, routed by the server's table, answered as JSON.
 
 HTTP/1.1 with keep-alive and pipelining; every request is logged once, with the reason of a
 refusal; the standard library's own refusals (bad request line, oversized headers) are JSON too.
@@ -17,25 +17,12 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 
-from . import http_json, openai_api
-from .http_json import RequestError
+from .json_body import BodyError, RequestError, loads
+from .routes import EventStream, Request
 
 if TYPE_CHECKING:
-    from .serve import BundleServer
+    from .server import Server
 
-MODELS, CHAT, COMPLETIONS = "/v1/models", "/v1/chat/completions", "/v1/completions"
-ROUTES = {
-    "/embed": "POST",
-    "/generate": "POST",
-    "/classify": "POST",
-    "/rerank": "POST",
-    "/health": "GET",
-    "/manifest": "GET",
-    MODELS: "GET",
-    "/v1/embeddings": "POST",
-    CHAT: "POST",
-    COMPLETIONS: "POST",
-}
 DECIMAL = re.compile(r"[0-9]{1,15}")
 
 
@@ -52,7 +39,7 @@ def _printable(text: str) -> str:
 class Handler(BaseHTTPRequestHandler):
     """One connection: requests in turn (keep-alive, pipelined), each answered JSON, logged once."""
 
-    server: BundleServer
+    server: Server
     server_version = "edgepipe-bundle"
     protocol_version = "HTTP/1.1"
     path = ""
@@ -80,52 +67,30 @@ class Handler(BaseHTTPRequestHandler):
     def do_PATCH(self) -> None:
         self._route("PATCH")
 
-    def _openai(self) -> bool:
-        return self.path.startswith("/v1/") or self.path == "/v1"
-
     def _route(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         self.path, self.streaming = path, False
+        found = self.server.routes.find(path)
         try:
             self._authorize()
-            allowed = ROUTES.get(path) or ("GET" if path.startswith(MODELS + "/") else None)
-            if allowed is None:
+            if found is None:
                 raise RequestError(HTTPStatus.NOT_FOUND, f"no such path: {path}")
-            if method != allowed:
-                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers {allowed}, not {method}")
-            self._answer(path)
+            route, tail = found
+            if method != route.method:
+                raise RequestError(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} answers {route.method}, not {method}")
+            request = Request(path, tail, self._json_body, self.server.connections)
+            answer = route.handler(request)
+            if isinstance(answer, EventStream):
+                self._stream(answer)
+            else:
+                self._send(HTTPStatus.OK, answer)
         except RequestError as exc:
-            self._refuse(exc, allow=ROUTES.get(path))
+            self._refuse(exc, allow=found[0].method if found else None)
         except ClientGone as exc:
             self.close_connection = True
             self._log(f"client gone: {exc}")
         except Exception as exc:  # a bug or a broken model: answer it, keep serving
             self._fail(exc)
-
-    def _answer(self, path: str) -> None:
-        server = self.server
-        if path == "/health":
-            self._send(HTTPStatus.OK, server.health())
-        elif path == "/manifest":
-            self._send(HTTPStatus.OK, server.manifest)
-        elif path == MODELS:
-            self._send(HTTPStatus.OK, {"object": "list", "data": [server.model]})
-        elif path.startswith(MODELS + "/"):
-            if path[len(MODELS) + 1 :] != server.model["id"]:
-                raise RequestError(HTTPStatus.NOT_FOUND, f"no model {path[len(MODELS) + 1 :]!r}")
-            self._send(HTTPStatus.OK, server.model)
-        elif path == "/embed":
-            self._send(HTTPStatus.OK, server.embed(self._json_body()))
-        elif path == "/generate":
-            self._send(HTTPStatus.OK, server.generate(self._json_body()))
-        elif path == "/classify":
-            self._send(HTTPStatus.OK, server.classify(self._json_body()))
-        elif path == "/rerank":
-            self._send(HTTPStatus.OK, server.rerank(self._json_body()))
-        elif path == "/v1/embeddings":
-            self._send(HTTPStatus.OK, server.openai_embeddings(self._json_body()))
-        else:
-            self._complete(server.completion_request(self._json_body(), path == CHAT))
 
     def _authorize(self) -> None:
         key = self.server.api_key
@@ -142,46 +107,17 @@ class Handler(BaseHTTPRequestHandler):
                 body_unread=self.command == "POST",
             )
 
-    def _complete(self, request: openai_api.Completion) -> None:
-        """Answer a completion whole, or as server-sent events ending in ``data: [DONE]``."""
-        if not request.stream:
-            result = self.server.run_generation(request)
-            self._send(HTTPStatus.OK, request.response(result))
-            return
-        started = False
+    def _stream(self, stream: EventStream) -> None:
+        """Send the stream's events, the 200 with the first; end it with ``data: [DONE]``."""
 
-        def start() -> None:
-            nonlocal started
-            if not started:
+        def send(document: object) -> None:
+            if not self.streaming:
                 self._start_events()
-                self._event(request.chunk("" if request.chat else None, first=True))
-                started = True
+            self._event(document)
 
-        def piece(text: str) -> None:
-            start()
-            self._event(request.chunk(text))
-
-        answer = request.answer
-        if answer is not None and answer.reads_tools:  # the deltas come from tokens: calls are special tokens
-
-            def token(token: int) -> None:
-                for delta in answer.deltas(token):
-                    start()
-                    self._event(request.delta_chunk(delta))
-
-            result = self.server.run_generation(request, on_token=token)
-            start()
-            deltas, reason = answer.finish(result)
-            for delta in deltas:
-                self._event(request.delta_chunk(delta))
-            self._event(request.delta_chunk({}, reason))
-        else:
-            result = self.server.run_generation(request, on_text=piece)
-            start()
-            reason = answer.finish(result)[1] if answer is not None else openai_api.FINISH_REASONS[result.stop_reason]
-            self._event(request.chunk(None, reason))
-        if request.include_usage:
-            self._event(request.usage_chunk(result))
+        stream.produce(send)
+        if not self.streaming:
+            self._start_events()
         self._write_chunk(b"data: [DONE]\n\n")
         self._write_chunk(b"")
         self._log("", HTTPStatus.OK)
@@ -189,8 +125,8 @@ class Handler(BaseHTTPRequestHandler):
     def _json_body(self) -> object:
         body = self._body()
         try:
-            return http_json.loads(body)
-        except http_json.BodyError as exc:
+            return loads(body)
+        except BodyError as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(exc)) from None
 
     def _body(self) -> bytes:
@@ -234,9 +170,7 @@ class Handler(BaseHTTPRequestHandler):
         return body
 
     def _error(self, status: HTTPStatus, message: str, param: str | None = None) -> object:
-        if self._openai():
-            return openai_api.error_document(status, message, param)
-        return {"error": message}
+        return self.server.error_document(self.path, status, message, param)
 
     def _refuse(self, exc: RequestError, allow: str | None = None) -> None:
         headers = {"Allow": allow} if exc.status == HTTPStatus.METHOD_NOT_ALLOWED and allow else {}
