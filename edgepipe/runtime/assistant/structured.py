@@ -8,6 +8,7 @@ generated tokens into OpenAI's message, or into its streamed deltas.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,10 +47,8 @@ def vocabulary_of(generator: Any) -> Vocabulary:
 
 def warm(generator: Any) -> None:
     """Build the grammar vocabulary ahead of the first request that needs one (a thread at serve start)."""
-    try:
+    with contextlib.suppress(Exception):  # without llguidance or with an odd tokenizer a request says why
         vocabulary_of(generator)
-    except Exception:  # noqa: BLE001 - without llguidance or with an odd tokenizer the request says why
-        pass
 
 
 def response_grammar(body: dict[str, Any]) -> str | None:
