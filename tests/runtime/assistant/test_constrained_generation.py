@@ -38,3 +38,36 @@ def test_without_a_constraint_nothing_changes(generator):
     a = generator.generate("Turn on the lights", max_new_tokens=12)
     b = generator.generate("Turn on the lights", max_new_tokens=12, constraint=None, on_token=lambda t: None)
     assert a.token_ids == b.token_ids
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "set_light", "parameters": {"type": "object", "properties": {
+        "room": {"enum": ["kitchen", "hall"]}, "level": {"type": "integer", "minimum": 0, "maximum": 100}},
+        "required": ["room", "level"]}}},
+    {"type": "function", "function": {"name": "note", "parameters": {"type": "object", "properties": {
+        "text": {"type": "string"}}, "required": ["text"]}}},
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["hermes", "llama3", "mistral", "deepseek", "gpt-oss"])
+def test_a_forced_call_parses_and_validates_in_every_familys_syntax(generator, family):
+    from edgepipe.runtime.assistant.structured import ChatAnswer, Plan, lark_token
+    from edgepipe.runtime.assistant.tools import SYNTAXES, tool_request
+
+    vocabulary = Vocabulary.of(generator.tokenizer_path, generator.config.eos_token_ids[0])
+    tools = tool_request({"tools": TOOLS, "tool_choice": "required", "parallel_tool_calls": family == "hermes"})
+    syntax = SYNTAXES[family]
+    lark = syntax.lark(tools.offered(), tools.parallel, lambda marker: lark_token(vocabulary, marker))
+    from edgepipe.runtime.assistant.grammar import lark_grammar
+
+    plan = Plan(lark_grammar(lark, "tools"), tools, syntax)
+    schemas = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
+    for seed in range(3):
+        result = generator.generate(
+            "Kitchen lights to half", max_new_tokens=200, temperature=1.0, seed=seed,
+            constraint=plan.constraint(vocabulary),
+        )  # fmt: skip
+        message, reason = ChatAnswer(plan, generator.tokenizer, generator.eos).message(result)
+        assert reason == "tool_calls", (family, result.text)
+        for call in message["tool_calls"]:
+            jsonschema.validate(json.loads(call["function"]["arguments"]), schemas[call["function"]["name"]])
