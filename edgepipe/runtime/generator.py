@@ -330,8 +330,8 @@ class Generator:
             if stream.add(token):
                 reason = "stop"
                 break
-            if constraint is not None and constraint.stopped:
-                reason = "grammar"
+            if constraint is not None and constraint.stopped:  # complete, or the library gave up: cut
+                reason = "grammar" if constraint.accepting else "length"
                 break
             if len(generated) >= budget:
                 break

@@ -23,6 +23,8 @@ MAX_SCHEMA_DEPTH = 40
 # Within this many tokens of max_tokens the constraint plans the JSON's close (see Constraint).
 CLOSE_HORIZON = 96
 CLOSE_MARGIN = 12
+# Tokens of the closing policy played at the start to find a grammar the library gives up on at once.
+START_CHECK = 4
 
 
 class GrammarError(ValueError):
@@ -175,9 +177,21 @@ class Constraint:
         if self.matcher.is_error():
             raise _explain(self.matcher.get_error(), param)
         self._bits = np.full((vocabulary.size + 31) // 32, -1, dtype=np.int32)
+        self._check_start(param)
         self._close: int | None = None  # tokens the close took when last played out
         self._played = 0  # the budget left then
         self.closing = False
+
+    def _check_start(self, param: str) -> None:
+        """GrammarError where the library gives up within the first tokens (a schema that recurses without end
+        makes its parser explode at the first "{"): a 400 before the answer starts, not a broken one."""
+        copy = self.matcher.deep_copy()
+        for _ in range(START_CHECK):
+            token = self._close_token(self._allowed(copy))
+            if copy.is_error() or token is None or token == self.vocabulary.eos or not copy.consume_token(token):
+                break
+        if copy.is_error():
+            raise GrammarError(f"{param}: the grammar library gives up on it: {copy.get_error()}", param)
 
     def _allowed(self, matcher: Any) -> np.ndarray:
         matcher.unsafe_compute_mask_ptr(self._bits.ctypes.data, self._bits.nbytes)

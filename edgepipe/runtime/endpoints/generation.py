@@ -87,9 +87,13 @@ class GenerationEndpoints:
 
         constraint = None
         if completion.answer is not None and completion.answer.plan.grammar is not None:
+            from ..assistant.grammar import GrammarError
             from ..assistant.structured import vocabulary_of
 
-            constraint = completion.answer.plan.constraint(vocabulary_of(self.generator))
+            try:
+                constraint = completion.answer.plan.constraint(vocabulary_of(self.generator))
+            except GrammarError as exc:
+                raise RequestError(HTTPStatus.BAD_REQUEST, str(exc), param=exc.param) from None
         try:
             with self.lock:
                 return self.generator.generate(
