@@ -25,7 +25,17 @@ from ..runtime.timing import host_info
 from ..stages import wheels
 from .spec import BuildSpec, Progress
 
-VERSIONED = ("onnx", "onnxruntime", "optimum", "optimum-onnx", "transformers", "torch", "tokenizers", "numpy")
+VERSIONED = (
+    "onnx",
+    "onnxruntime",
+    "optimum",
+    "optimum-onnx",
+    "transformers",
+    "torch",
+    "tokenizers",
+    "numpy",
+    "jinja2",
+)
 
 
 def versions() -> dict[str, str]:

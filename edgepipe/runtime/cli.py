@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import integrity, scoring_commands, serve
+from . import chat_commands, integrity, scoring_commands, serve
 from .cli_input import InputError, UsageError, _decode_lines, _require_task, _texts
 from .tasks import Task
 
@@ -78,14 +78,29 @@ def _generate(root: Path, args: argparse.Namespace) -> int:
         "top_p": args.top_p,
         "seed": args.seed,
         "stop": args.stop or [],
-        "chat": args.chat,
     }
+    # `--chat FILE`: a conversation file (an existing file); `--chat TEXT` as before: the prompt.
+    conversation = args.chat if isinstance(args.chat, str) and Path(args.chat).is_file() else None
+    if isinstance(args.chat, str) and conversation is None:
+        if args.prompt is not None:
+            raise UsageError(f"--chat {args.chat}: no such conversation file")
+        args.prompt = args.chat
+    if conversation is not None and args.prompt is not None:
+        raise UsageError("give a PROMPT or --chat CONVERSATION.json, not both")
+    if conversation is None and args.prompt is None:
+        raise UsageError("a PROMPT is needed ('-' reads it from stdin), or --chat CONVERSATION.json")
     try:
         if args.threads is not None and args.threads < 1:
             raise OptionError(f"--threads must be at least 1 (got {args.threads})")
-        check_options(**{k: v for k, v in options.items() if k != "chat"})
-        prompt = _prompt(args)
+        check_options(**options)
         generator = Generator.from_bundle(root, threads=args.threads, max_context=args.max_context)
+        prompt: str | list[int]
+        if conversation is not None:
+            prompt = chat_commands.conversation_ids(generator, conversation)
+        else:
+            prompt = _prompt(args)
+            if args.chat:
+                prompt = generator.encode(prompt, chat=True)
         out = sys.stdout
         if isinstance(out, io.TextIOWrapper):  # a model writes any character, whatever the locale
             out.reconfigure(encoding="utf-8")
@@ -237,7 +252,7 @@ def _info(root: Path, args: argparse.Namespace) -> int:
         info["generation"] = {
             "max_length": runtime.get("max_length"),
             "eos_token_ids": runtime.get("eos_token_ids"),
-            "chat_template": runtime.get("chat_prefix") is not None,
+            "chat_template": runtime.get("chat_template") is not None,
         }
     print(json.dumps(info, indent=2))
     return 0
@@ -276,14 +291,21 @@ def parser() -> argparse.ArgumentParser:
     embed.add_argument("--threads", type=int, default=None, help="intra-op threads (default: target's)")
     scoring_commands.add_parsers(sub)
     gen = sub.add_parser("generate", help="continue a prompt (text-generation bundles)")
-    gen.add_argument("prompt", metavar="PROMPT", help="the prompt; '-' reads it from stdin")
+    gen.add_argument("prompt", metavar="PROMPT", nargs="?", help="the prompt; '-' reads it from stdin")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="at most this many (64)")
     gen.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     gen.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: off)")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     gen.add_argument("--seed", type=int, help="sampling seed: the same seed, the same tokens")
     gen.add_argument("--stop", action="append", metavar="TEXT", help="stop before this text (repeatable)")
-    gen.add_argument("--chat", action="store_true", help="wrap the prompt in the chat template")
+    gen.add_argument(
+        "--chat",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CONVERSATION.json",
+        help="wrap the prompt in the chat template; or answer a conversation file (as `prompt` takes)",
+    )
     gen.add_argument("--threads", type=int, help="intra-op threads (default: target's)")
     gen.add_argument(
         "--max-context",
@@ -325,6 +347,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="PEM",
         help="or check a certificate-signed bundle against these certificates (repeatable)",
     )
+    chat_commands.add_parser(sub)
     serve.add_parser(sub)
     return p
 
@@ -342,6 +365,7 @@ def main(root: Path, argv: Sequence[str] | None = None) -> int:
         "selftest": _selftest,
         "verify": _verify,
         "serve": serve.run,
+        "prompt": chat_commands.prompt,
     }
     handler = handlers[args.command]
     try:

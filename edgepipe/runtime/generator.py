@@ -17,10 +17,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from .chat import ChatError, ChatTemplate
-
-if TYPE_CHECKING:
-    from .assistant.grammar import Constraint
 from .embedder import host_threads, open_session
 from .integrity import RUNTIME_CONFIG
 from .kvcache import (
@@ -43,6 +39,9 @@ from .sampling import (
 )
 from .tasks import Task
 
+if TYPE_CHECKING:
+    from .assistant.grammar import Constraint
+
 PAST = "past_key_values."
 PRESENT = "present."
 # The cache's element types: float, and int8 with scales inside the model (graph/kv_cache.py).
@@ -62,10 +61,11 @@ class GenerationConfig:
     head_dim: int
     eos_token_ids: tuple[int, ...]
     max_length: int  # max_position_embeddings: prompt and generated tokens together
-    chat_prefix: str | None = None  # the chat template rendered around one user message
-    chat_suffix: str | None = None
-    chat_template: ChatTemplate | None = None  # multi-turn conversations (None: see chat_off)
-    chat_off: str | None = None  # why chat_template is None, in one line
+    # The model's own chat template (Jinja source; or named ones, "default" among them), rendered
+    # at request time with the special tokens it sees; chat_off says in one line why there is none.
+    chat_template: str | dict[str, str] | None = None
+    special_tokens: dict[str, Any] = field(default_factory=dict)
+    chat_off: str | None = None
     intra_op_threads: int = 0
     inter_op_threads: int = 1
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
@@ -84,10 +84,8 @@ class GenerationConfig:
             if key in values:
                 values[key] = tuple(values[key])
         try:
-            if isinstance(values.get("chat_template"), dict):
-                values["chat_template"] = ChatTemplate.from_json(values["chat_template"])
             return cls(**values)
-        except (TypeError, ChatError) as exc:
+        except TypeError as exc:
             raise GenerationError(f"runtime.json is not a text-generation config: {exc}") from None
 
     def to_json(self) -> dict[str, Any]:
@@ -98,9 +96,8 @@ class GenerationConfig:
             "head_dim": self.head_dim,
             "eos_token_ids": list(self.eos_token_ids),
             "max_length": self.max_length,
-            "chat_prefix": self.chat_prefix,
-            "chat_suffix": self.chat_suffix,
-            "chat_template": self.chat_template.to_json() if self.chat_template else None,
+            "chat_template": self.chat_template,
+            "special_tokens": self.special_tokens,
             "chat_off": self.chat_off,
             "intra_op_threads": self.intra_op_threads,
             "inter_op_threads": self.inter_op_threads,
@@ -185,6 +182,7 @@ class Generator:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.eos = frozenset(config.eos_token_ids)
+        self._template: Any = None
 
     @classmethod
     def from_bundle(cls, root: Path, threads: int | None = None, max_context: int | None = None) -> Generator:
@@ -198,39 +196,64 @@ class Generator:
         )
 
     def encode(self, prompt: str, chat: bool = False) -> list[int]:
-        """The prompt's ids; with ``chat``, wrapped in the model's chat template as its build rendered it."""
+        """The prompt's ids; with ``chat``, as one user message in the model's chat template."""
         if not chat:
             return list(self.tokenizer.encode(prompt).ids)
-        if self.config.chat_prefix is None or self.config.chat_suffix is None:
-            raise OptionError("this model has no chat template; generate without --chat")
-        # The rendered template carries its own special tokens (BOS included where the model has
-        # one), as transformers' apply_chat_template(tokenize=True) encodes it.
-        text = self.config.chat_prefix + prompt + self.config.chat_suffix
-        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
+        return self.encode_messages([{"role": "user", "content": prompt}])
+
+    @property
+    def template(self) -> Any:
+        """The model's ChatTemplate (jinja2 imported on first use), or None without one."""
+        if self._template is None and self.config.chat_template is not None:
+            from .assistant.template import ChatTemplate, TemplateError
+
+            try:
+                self._template = ChatTemplate(self.config.chat_template, self.config.special_tokens)
+            except TemplateError as exc:
+                raise OptionError(f"runtime.json's chat template: {exc}") from None
+        return self._template
 
     def chat_off(self) -> str | None:
-        """Why this bundle cannot render multi-turn conversations; None when it can."""
+        """Why this bundle cannot render conversations; None when it can."""
         if self.config.chat_template is not None:
             return None
-        if self.config.chat_prefix is None:
-            return self.config.chat_off or "this model has no chat template"
-        return self.config.chat_off  # None: a bundle built before multi-turn chat, one user turn
+        return self.config.chat_off or "this model has no chat template"
 
-    def encode_messages(self, messages: Sequence[tuple[str, str]]) -> list[int]:
-        """The ids of ``(role, content)`` messages in the model's chat template, a reply to follow."""
+    def render_messages(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> str:
+        """The prompt text of OpenAI-style messages in the model's own chat template."""
+        from .assistant.template import TemplateError
+
         off = self.chat_off()
         if off is not None:
             raise OptionError(f"chat is off for this bundle: {off}")
-        template = self.config.chat_template
-        if template is not None:
-            try:
-                text = template.render(messages)
-            except ChatError as exc:
-                raise OptionError(str(exc)) from None
-            return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
-        if len(messages) != 1 or messages[0][0] != "user":
-            raise OptionError("this bundle renders one user message only (built before multi-turn chat)")
-        return self.encode(messages[0][1], chat=True)
+        try:
+            text: str = self.template.render(
+                list(messages),
+                tools=list(tools) if tools else None,
+                add_generation_prompt=add_generation_prompt,
+                **(template_kwargs or {}),
+            )
+        except TemplateError as exc:
+            raise OptionError(str(exc)) from None
+        return text
+
+    def encode_messages(
+        self,
+        messages: Sequence[dict[str, Any]],
+        tools: Sequence[dict[str, Any]] | None = None,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> list[int]:
+        """The ids of the rendered conversation, a reply to follow. The text carries its own special
+        tokens (a BOS included where the template writes one), as apply_chat_template(tokenize=True)
+        encodes it: none are added."""
+        text = self.render_messages(messages, tools, template_kwargs)
+        return list(self.tokenizer.encode(text, add_special_tokens=False).ids)
 
     def _forward(
         self, ids: np.ndarray, start: int, past: dict[str, np.ndarray], last: bool = False

@@ -33,7 +33,6 @@ ERROR_CODES = {
     HTTPStatus.SERVICE_UNAVAILABLE: "overloaded",
 }
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "grammar": "stop", "length": "length"}
-ROLE_NAMES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 # Fields that ask for something a bundle does not do, and the one value each may take here.
 NEUTRAL = {
     "n": 1,
@@ -252,23 +251,25 @@ def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
     return stream, bool(options.get("include_usage"))
 
 
-def messages_from(payload: dict[str, Any]) -> list[tuple[str, str]]:
-    """(role, text) of each message; text parts of a list content are joined."""
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise _bad("messages", '"messages" must be a non-empty list')
-    result = []
-    for number, message in enumerate(messages):
-        param = f"messages[{number}]"
-        if not isinstance(message, dict) or message.get("role") not in ROLE_NAMES:
-            raise _bad(param, f"{param} must be an object with a role of {', '.join(ROLE_NAMES)}")
-        content = message.get("content")
-        if isinstance(content, list):
-            if not all(isinstance(p, dict) and p.get("type") == "text" for p in content):
-                raise _bad(param, f"{param}: only text content parts are supported")
-            content = "".join(_text(p.get("text"), f"{param}.content") for p in content)
-        result.append((ROLE_NAMES[message["role"]], _text(content, f"{param}.content")))
-    return result
+def messages_from(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's messages, checked as a conversation file's are."""
+    from .assistant.conversation import ConversationError
+    from .assistant.conversation import messages_from as checked
+
+    try:
+        return checked(payload.get("messages"))
+    except ConversationError as exc:
+        raise _bad(exc.param, str(exc)) from None
+
+
+def _conversation(body: dict[str, Any]) -> Any:
+    from .assistant.conversation import Conversation, ConversationError, template_kwargs_from
+
+    try:
+        kwargs = template_kwargs_from(body.get("chat_template_kwargs"))
+    except ConversationError as exc:
+        raise _bad(exc.param, str(exc)) from None
+    return Conversation(messages_from(body), None, kwargs)
 
 
 def completion_request(payload: object, chat: bool, model: str, generator: Any) -> Completion:
@@ -278,17 +279,20 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
     answer = None
     if chat:
         from .assistant.grammar import GrammarError
-        from .assistant.structured import ChatAnswer, plan, template_source, vocabulary_of
+        from .assistant.structured import ChatAnswer, plan, vocabulary_of
         from .generator import OptionError
 
+        conversation = _conversation(body)
         try:
-            form = plan(body, template_source(generator.tokenizer_path.parent), lambda: vocabulary_of(generator))
+            source = generator.config.chat_template  # the tool syntax is read off the source: no compile
+            template = source.get("tool_use") or source.get("default") if isinstance(source, dict) else source
+            form = plan(body, template, lambda: vocabulary_of(generator))
         except GrammarError as exc:
             raise _bad(exc.param, str(exc)) from None
-        if form.tools is not None:  # the string-cut template cannot render tools or tool turns
-            raise _bad("tools", '"tools" needs the model\'s chat template rendered by Jinja, which this runtime lacks')
         try:
-            prompt: str | list[int] = generator.encode_messages(messages_from(body))
+            prompt: str | list[int] = generator.encode_messages(
+                conversation.messages, form.template_tools(), conversation.template_kwargs
+            )
         except OptionError as exc:
             raise _bad("messages", str(exc)) from None
         answer = ChatAnswer(form, generator.tokenizer, generator.eos)

@@ -56,6 +56,9 @@ RANGES = {"numpy": ">=1.24,<3", "tokenizers": ">=0.15,<1"}
 # llguidance (no requirements of its own; one abi3 wheel per platform, aarch64 included).
 TASK_RANGES = {Task.GENERATION: {"llguidance": ">=1.6,<2"}}
 PINNED = ("onnxruntime", "tokenizers")
+# A decoder's chat template is rendered with jinja2 on the device (pure Python, one small C
+# extension in MarkupSafe with wheels for every target); the build checked renders with this one.
+CHAT_RANGE = {"jinja2": ">=3.1,<4"}
 GPU_PROVIDERS = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
 
 
@@ -80,6 +83,7 @@ def runtime_requirements(
 
     ``onnxruntime`` overrides the evaluated onnxruntime (e.g. one an emulator can run); it must lie
     in the target's range. A GPU target keeps a range: its onnxruntime build comes from the vendor.
+    A text-generation bundle also needs jinja2, pinned to the build's where in range.
     """
     ranges = {"onnxruntime": target.runtime.onnxruntime, **RANGES}
     if onnxruntime is not None and (gpu_target(target) or not _in_range(onnxruntime, ranges["onnxruntime"])):
@@ -94,6 +98,9 @@ def runtime_requirements(
         version = onnxruntime if name == "onnxruntime" and onnxruntime else evaluated.get(name, "")
         if _in_range(version, ranges[name]):
             specs[name] = f"=={version}"
+    if task == Task.GENERATION:
+        version = evaluated.get("jinja2", "")
+        specs["jinja2"] = f"=={version}" if _in_range(version, CHAT_RANGE["jinja2"]) else CHAT_RANGE["jinja2"]
     return specs
 
 

@@ -157,7 +157,7 @@ def torch_logits(model_dir: Path) -> Logits:
 
 def chat_answers(config: NextTokenConfig, generator: Generator) -> list[dict[str, Any]]:
     """Greedy answers to the chat prompts; none for a model without a chat template."""
-    if generator.config.chat_prefix is None:
+    if generator.config.chat_template is None:
         return []
     answers = []
     for prompt in config.chat_prompts:

@@ -1,26 +1,20 @@
 """A decoder's runtime config, read from the model at build time: the KV cache's shape, EOS ids,
-context length and the chat template (rendered here with transformers so the bundle needs no Jinja)."""
+context length and the model's own chat template, checked against transformers' rendering."""
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError
-from ..runtime.chat import ROLES, SYSTEM_FOLD, SYSTEM_NONE, SYSTEM_TURN, ChatTemplate
 from ..runtime.generator import GenerationConfig
 from ..stages.export import quiet
 
 log = logging.getLogger(__name__)
-# A user message that no template can mistake for anything else; the rendering is split at it.
-# Letters only: templates that trim each message (Gemma's, Llama 3's) strip "\x1f" as whitespace.
-SENTINEL = "EDGEPIPEUSERMESSAGE"
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 
 
@@ -138,151 +132,40 @@ def _tokenizer(model_dir: Path) -> Any:
         return AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
 
 
-def chat_template(model_dir: Path, tokenizer: Any = None) -> tuple[str, str] | None:
-    """The chat template rendered around one user message, as (prefix, suffix); None without one.
-
-    Rendered here with transformers so the bundle needs no Jinja. The prefix keeps whatever special
-    tokens the template writes (a BOS included), so the runtime encodes prefix + prompt + suffix
-    without adding special tokens, as apply_chat_template(tokenize=True) does.
-    """
+def chat_template(model_dir: Path, tokenizer: Any = None) -> tuple[str | dict[str, str], dict[str, Any]] | None:
+    """The model's chat template source (tokenizer_config.json's, chat_template.jinja, or a GGUF's,
+    as transformers loads it) and the special tokens it sees; None without one."""
     tokenizer = tokenizer or _tokenizer(model_dir)
-    if not getattr(tokenizer, "chat_template", None):
+    source = getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):
+        source = {str(k): str(v) for k, v in source.items()}
+    elif not isinstance(source, str) or not source:
         return None
-    try:
-        with quiet():
-            rendered = tokenizer.apply_chat_template(
-                [{"role": "user", "content": SENTINEL}], tokenize=False, add_generation_prompt=True
-            )
-    except Exception as exc:  # a template's own raise_exception() or a Jinja error
-        log.warning("%s: chat template does not render one user message: %s", model_dir, exc)
-        return None
-    if not isinstance(rendered, str) or rendered.count(SENTINEL) != 1:
-        log.warning("%s: chat template does not show the user message verbatim once", model_dir)
-        return None
-    prefix, suffix = rendered.split(SENTINEL)
-    return prefix, suffix
+    return source, dict(tokenizer.special_tokens_map)
 
 
-class TemplateRefused(Exception):
-    """A chat template the runtime cannot reproduce without Jinja; the message says why."""
+def checked_chat_template(
+    model_dir: Path, tokenizer: Any = None
+) -> tuple[str | dict[str, str] | None, dict[str, Any], str | None]:
+    """(template, special tokens, None) when the bundle's renderer agrees with transformers on the
+    check conversations, else (None, {}, why chat is off). ModelError for a template the sandbox
+    refuses (it reaches for internals or files, or runs past its bounds)."""
+    from ..runtime.assistant.template import ChatTemplate, TemplateError, TemplateRefused
+    from .chat_template_check import check
 
-
-# Marker contents, padded so that a template that strips whitespace shows it.
-_PAD = " \n"
-_MARKS = {role: f"@@EDGEPIPE-{role.upper()}-{{}}@@" for role in ROLES}
-# Conversations the extracted template must render exactly as transformers does: contents with
-# surrounding whitespace, newlines, markup-like text and non-ASCII, in every shape the runtime takes.
-_CHECK_TEXTS = [" Hello there!\n", "Two\nlines,  spaces ", "<b>ünïcødé</b> {{ x }}", "ok", ""]
-
-
-def _conversations(system: bool) -> list[list[dict[str, str]]]:
-    t = _CHECK_TEXTS
-    shapes = [["user"], ["user", "assistant", "user"], ["user", "assistant"] * 2 + ["user"]]
-    if system:
-        shapes += [["system", "user"], ["system", "user", "assistant", "user"]]
-    return [
-        [{"role": role, "content": t[(n + i) % len(t)]} for i, role in enumerate(shape)]
-        for n, shape in enumerate(shapes * 2)
-    ]
-
-
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool) -> str:
-    with quiet():
-        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-    if not isinstance(rendered, str):
-        raise TemplateRefused("apply_chat_template did not return text")
-    return rendered
-
-
-def _split(rendered: str, messages: list[tuple[str, str]]) -> tuple[list[str], set[str]]:
-    """The text between the marker messages of ``rendered``, and the roles whose markers lost their
-    padding (the template strips content)."""
-    segments, trimmed, at = [], set(), 0
-    for role, mark in messages:
-        padded = _PAD + mark + _PAD
-        found = rendered.find(padded, at)
-        width = len(padded)
-        if found < 0 or rendered.count(mark) != 1:
-            found, width = rendered.find(mark, at), len(mark)
-            if found < 0 or rendered.count(mark) != 1:
-                raise TemplateRefused(f"the {role} message does not appear exactly once")
-            trimmed.add(role)
-        segments.append(rendered[at:found])
-        at = found + width
-    return segments + [rendered[at:]], trimmed
-
-
-def _cut(text: str, start: str = "", end: str = "", what: str = "") -> str:
-    if not text.startswith(start) or not text.endswith(end) or len(start) + len(end) > len(text):
-        raise TemplateRefused(f"the text around {what} differs from one turn to the next")
-    return text[len(start) : len(text) - len(end)]
-
-
-def _extract(tokenizer: Any) -> ChatTemplate:
-    """The per-role text of ``tokenizer``'s template; TemplateRefused where it is not that simple."""
-    u = [("user", _PAD + _MARKS["user"].format(i) + _PAD) for i in range(2)]
-    a = ("assistant", _PAD + _MARKS["assistant"].format(0) + _PAD)
-    s = ("system", _PAD + _MARKS["system"].format(0) + _PAD)
-
-    def split(messages: list[tuple[str, str]], generation_prompt: bool) -> list[str]:
-        conversation = [{"role": r, "content": c} for r, c in messages]
-        marks = [(r, c.strip()) for r, c in messages]
-        segments, cut = _split(_render(tokenizer, conversation, generation_prompt), marks)
-        trimmed.update(cut)
-        return segments
-
-    trimmed: set[str] = set()
-    first_user, user_end = split([u[0]], False)
-    generation_prompt = _cut(split([u[0]], True)[1], user_end, what="the generation prompt")
-    head_user, user_assistant, assistant_end = split([u[0], a], False)
-    if head_user != first_user:
-        raise TemplateRefused("the first user turn reads differently before an assistant turn")
-    assistant_prefix = _cut(user_assistant, user_end, what="the assistant turn")
-    user_prefix = _cut(split([u[0], a, u[1]], False)[2], assistant_end, what="the user turn")
-    head = _cut(first_user, end=user_prefix, what="the first message")
-    template = ChatTemplate(
-        head=head,
-        user=(user_prefix, user_end),
-        assistant=(assistant_prefix, assistant_end),
-        generation_prompt=generation_prompt,
-    )
-    try:
-        opening, between, end = split([s, u[0]], True)
-    except Exception:  # noqa: BLE001 - the template raises on a system message, or drops it
-        return replace(template, trim=tuple(sorted(trimmed)))
-    if end != user_end + generation_prompt:
-        raise TemplateRefused("the user turn after a system message reads differently")
-    if opening.startswith(head + user_prefix):  # folded into the first user message
-        system = (opening[len(head + user_prefix) :], between)
-        mode = SYSTEM_FOLD
-    else:
-        system = (opening, _cut(between, end=user_prefix, what="the system turn"))
-        mode = SYSTEM_TURN
-    return replace(template, system_mode=mode, system=system, trim=tuple(sorted(trimmed)))
-
-
-def multi_turn_template(model_dir: Path, tokenizer: Any = None) -> tuple[ChatTemplate | None, str]:
-    """The template the runtime renders conversations with, or None and the one-line reason."""
     tokenizer = tokenizer or _tokenizer(model_dir)
-    if not getattr(tokenizer, "chat_template", None):
-        return None, "the model has no chat template"
+    found = chat_template(model_dir, tokenizer)
+    if found is None:
+        return None, {}, "this model has no chat template"
+    source, special = found
     try:
-        template = _extract(tokenizer)
-        for number, conversation in enumerate(_conversations(template.system_mode != SYSTEM_NONE), start=1):
-            expected = _render(tokenizer, conversation, True)
-            got = template.render([(m["role"], m["content"]) for m in conversation])
-            if got != expected:
-                at = len(os.path.commonprefix([got, expected]))
-                raise TemplateRefused(
-                    f"check conversation {number} renders differently at character {at} "
-                    f"({expected[at : at + 20]!r} expected, {got[at : at + 20]!r} without Jinja)"
-                )
+        template = ChatTemplate(source, special)
     except TemplateRefused as exc:
-        return None, f"chat template not reproducible without Jinja: {exc}"
-    except Exception as exc:  # a Jinja error or the template's own raise_exception()
-        message = " ".join(str(exc).split())[:200]
-        return None, f"chat template does not render a multi-turn conversation: {message}"
-    return template, ""
+        raise ModelError(f"{model_dir}: the chat template is refused: {exc}") from None
+    except TemplateError as exc:
+        return None, {}, str(exc)
+    reason = check(tokenizer, template, str(model_dir))
+    return (None, {}, reason) if reason else (source, special, None)
 
 
 def runtime_config(
@@ -298,9 +181,8 @@ def runtime_config(
     config = _json(model_dir / "config.json")
     layers, heads, head_dim = kv_shape(onnx_model, config)
     tokenizer = _tokenizer(model_dir)
-    chat = chat_template(model_dir, tokenizer)
-    conversation, reason = multi_turn_template(model_dir, tokenizer) if chat else (None, "")
-    if chat and conversation is None:
+    template, special_tokens, reason = checked_chat_template(model_dir, tokenizer)
+    if template is None and reason != "this model has no chat template":
         log.warning("%s: /v1/chat/completions is off: %s", model_dir, reason)
     return GenerationConfig(
         num_layers=layers,
@@ -308,10 +190,9 @@ def runtime_config(
         head_dim=head_dim,
         eos_token_ids=eos_token_ids(model_dir),
         max_length=max_length(config, model_dir),
-        chat_prefix=chat[0] if chat else None,
-        chat_suffix=chat[1] if chat else None,
-        chat_template=conversation,
-        chat_off=reason or (None if chat else "the model has no chat template"),
+        chat_template=template,
+        special_tokens=special_tokens,
+        chat_off=reason,
         intra_op_threads=threads,
         inter_op_threads=inter_op,
         providers=tuple(providers),

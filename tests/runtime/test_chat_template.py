@@ -1,176 +1,126 @@
-"""Multi-turn chat without Jinja: the build's per-role template renders as apply_chat_template does."""
+"""The model's own chat template, rendered by the bundle's sandboxed jinja2 exactly as
+transformers' apply_chat_template renders it; hostile templates refused at build, bounded at request."""
 
 import json
+import time
+from datetime import datetime
 
 import pytest
 
-from edgepipe.runtime.chat import SYSTEM_FOLD, SYSTEM_NONE, SYSTEM_TURN, ChatError, ChatTemplate
+from edgepipe.errors import ModelError
+from edgepipe.runtime.assistant.template import ChatTemplate, TemplateError, TemplateRefused
 from edgepipe.runtime.generator import GenerationConfig
-from edgepipe.tasks.decoder_runtime import chat_template, multi_turn_template
-from tests.decoders import TEMPLATES, train_bpe, with_chat_template
+from tests.decoders import with_chat_template
+from tests.runtime.chat_templates import CONVERSATIONS, FAMILIES, source, tokenizer
 
-# Not the build's own check conversations: other texts, lengths and turn counts.
-CONVERSATIONS = [
-    [("user", "What is the capital of France?")],
-    [("system", "You answer in one word."), ("user", "Capital of Peru?")],
-    [
-        ("user", "hi"),
-        ("assistant", "Hello! How can I help?"),
-        ("user", "  tell me a joke\n"),
-        ("assistant", "\nWhy did the chicken cross the road?  "),
-        ("user", "why?"),
-    ],
-    [
-        ("system", "  Be terse.\n"),
-        ("user", "2+2"),
-        ("assistant", "4"),
-        ("user", "and times 3 — in ünïcode?"),
-    ],
-]
-MODES = {"qwen2": SYSTEM_TURN, "mistral": SYSTEM_TURN, "phi3": SYSTEM_FOLD}
-# Gemma 2's template raises on a system message; Llama 2's folds it inside a stripped content.
-GEMMA2 = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{{ raise_exception('System role not supported') }}{% endif %}"
-    "{% for message in messages %}{% if (message['role'] == 'assistant') %}"
-    "{% set role = 'model' %}{% else %}{% set role = message['role'] %}{% endif %}"
-    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
-    "{% endfor %}{% if add_generation_prompt %}{{'<start_of_turn>model\\n'}}{% endif %}"
-)
-LLAMA2 = (
-    "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
-    "{% set system_message = messages[0]['content'] %}{% else %}"
-    "{% set loop_messages = messages %}{% set system_message = false %}{% endif %}"
-    "{% for message in loop_messages %}{% if loop.index0 == 0 and system_message != false %}"
-    "{% set content = '<<SYS>>\\n' + system_message + '\\n<</SYS>>\\n\\n' + message['content'] %}"
-    "{% else %}{% set content = message['content'] %}{% endif %}"
-    "{% if message['role'] == 'user' %}{{ bos_token + '[INST] ' + content.strip() + ' [/INST]' }}"
-    "{% elif message['role'] == 'assistant' %}{{ ' ' + content.strip() + ' ' + eos_token }}"
-    "{% endif %}{% endfor %}"
-)
+DATES = (datetime(2026, 12, 8, 9, 30), datetime(2027, 2, 1, 23, 59))
 
 
-def expected(tokenizer, conversation):
-    messages = [{"role": r, "content": c} for r, c in conversation]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def expected(tok, messages, tools, **kwargs):
+    try:
+        return tok.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the template refuses the conversation
+        return type(exc)
 
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    return {kind: train_bpe(kind) for kind in TEMPLATES}
+    return {family: tokenizer(family) for family in FAMILIES}
 
 
-@pytest.mark.parametrize("kind", sorted(TEMPLATES))
-def test_one_message_chat_survives_templates_that_trim(tokenizers, kind):
-    """Gemma's and Llama 3's templates trim each message; the one-message affixes still come out."""
-    tokenizer = tokenizers[kind]
-    prefix, suffix = chat_template(None, tokenizer)
-    text = "What is the capital of France?"
-    assert prefix + text + suffix == expected(tokenizer, [("user", text)])
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("when", DATES, ids=["2026-12-08", "2027-02-01"])
+def test_published_templates_render_as_transformers_on_any_date(tokenizers, family, when, monkeypatch):
+    import transformers.utils.chat_template_utils as rendering
+
+    class Clock(datetime):  # transformers' strftime_now reads the time from this module's datetime
+        @classmethod
+        def now(cls, tz=None):
+            return when
+
+    monkeypatch.setattr(rendering, "datetime", Clock)
+    tok = tokenizers[family]
+    template = ChatTemplate(source(family), tok.special_tokens_map, now=lambda: when)
+    rendered = 0
+    for name, (messages, tools) in CONVERSATIONS.items():
+        for kwargs in ({}, {"enable_thinking": False}):
+            want = expected(tok, messages, tools, **kwargs)
+            try:
+                got = template.render(messages, tools=tools, **kwargs)  # the date from strftime_now
+            except TemplateError:
+                assert isinstance(want, type), f"{family} {name}: transformers renders it, the bundle refuses"
+                continue
+            assert got == want, f"{family} {name} {kwargs}"
+            rendered += 1
+    assert rendered >= 8  # a few conversations may be ones the template itself refuses (Gemma: tool roles)
+    dated = {"llama-3.2": "%d %b %Y", "gpt-oss": "%Y-%m-%d"}
+    if family in dated:
+        assert when.strftime(dated[family]) in template.render(*CONVERSATIONS["user"])
 
 
-@pytest.mark.parametrize("kind", sorted(TEMPLATES))
-def test_multi_turn_renders_exactly_as_apply_chat_template(tokenizers, kind):
-    tokenizer = tokenizers[kind]
-    template, reason = multi_turn_template(None, tokenizer)
-    assert template is not None and reason == ""
-    assert template.system_mode == MODES[kind]
-    for conversation in CONVERSATIONS:
-        text = template.render(conversation)
-        assert text == expected(tokenizer, conversation)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        messages = [{"role": r, "content": c} for r, c in conversation]
-        assert ids == list(tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True))
-    # What runtime.json stores reads back as the same template.
-    assert ChatTemplate.from_json(json.loads(json.dumps(template.to_json()))) == template
+def test_earlier_reasoning_is_stripped_as_the_templates_do(tokenizers):
+    messages, _ = CONVERSATIONS["reasoning history"]
+    for family in ("qwen3", "deepseek-r1-distill"):
+        text = ChatTemplate(source(family), tokenizers[family].special_tokens_map).render(messages)
+        assert "Two and two make four" not in text and "4" in text, family
+    qwen = ChatTemplate(source("qwen3"), {})
+    assert qwen.render(messages[:2], enable_thinking=False).endswith("<think>\n\n</think>\n\n")
+    r1 = ChatTemplate(source("deepseek-r1-distill"), {})
+    assert r1.render(messages[:2]).endswith("<｜Assistant｜><think>\n")
 
 
-def test_a_template_without_a_system_role_refuses_system_messages(tokenizers):
-    tokenizer = tokenizers["phi3"]
-    tokenizer.chat_template = GEMMA2
-    try:
-        template, _ = multi_turn_template(None, tokenizer)
-    finally:
-        tokenizer.chat_template = TEMPLATES["phi3"]
-    assert template is not None and template.system_mode == SYSTEM_NONE
-    conversation = CONVERSATIONS[2]
-    tokenizer.chat_template = GEMMA2
-    try:
-        assert template.render(conversation) == expected(tokenizer, conversation)
-    finally:
-        tokenizer.chat_template = TEMPLATES["phi3"]
-    with pytest.raises(ChatError, match="no system role"):
-        template.render(CONVERSATIONS[1])
+def test_a_template_that_raises_says_its_message():
+    template = ChatTemplate("{{ raise_exception('System role not supported') }}")
+    with pytest.raises(TemplateError, match="^System role not supported$"):
+        template.render([{"role": "user", "content": "hi"}])
 
 
-@pytest.mark.parametrize(
-    ("messages", "message"),
-    [
-        ([("assistant", "hi")], "message 0 is 'assistant' where 'user' belongs"),
-        ([("user", "a"), ("user", "b")], "message 1 is 'user' where 'assistant' belongs"),
-        ([("user", "a"), ("assistant", "b")], "must end with a user message"),
-        ([("system", "s")], "must end with a user message"),
-    ],
-)
-def test_conversations_the_build_did_not_check_are_refused(tokenizers, messages, message):
-    template, _ = multi_turn_template(None, tokenizers["qwen2"])
-    with pytest.raises(ChatError, match=message):
-        template.render(messages)
+HOSTILE = {
+    "class": "{{ messages.__class__.__mro__ }}",
+    "globals": "{{ raise_exception.__globals__['os'] }}",
+    "attr filter": "{{ (messages|attr('__cla' ~ 'ss__')) }}",
+    "file": "{% include '/etc/passwd' %}",
+    "loop": "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+    "doubling": "{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "width": "{{ 'x'|center(1000000000) }}",
+    "replace": "{% set ns = namespace(s='xx') %}{% for i in range(9) %}{% set ns.s = ns.s|replace('x', ns.s) %}{% endfor %}",
+    "recursion": "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+}
 
 
-def test_templates_it_cannot_reproduce_are_refused_in_one_line(tokenizers):
-    tokenizer = tokenizers["mistral"]
-    try:
-        for source, reason in (
-            (LLAMA2, "chat template not reproducible without Jinja: check conversation"),
-            (
-                "{% for m in messages %}{{ m['content'] | lower }}{% endfor %}",
-                "chat template not reproducible without Jinja: the user message does not appear",
-            ),
-            (
-                "{% if messages | length > 1 %}{{ raise_exception('one message only') }}{% endif %}"
-                "{{ messages[0]['content'] }}",
-                "chat template does not render a multi-turn conversation: one message only",
-            ),
-        ):
-            tokenizer.chat_template = source
-            template, got = multi_turn_template(None, tokenizer)
-            assert template is None and got.startswith(reason) and "\n" not in got, got
-    finally:
-        tokenizer.chat_template = TEMPLATES["mistral"]
+@pytest.mark.parametrize("name", HOSTILE)
+def test_hostile_templates_cannot_escape_or_stall(name):
+    started = time.monotonic()
+    with pytest.raises(TemplateRefused) as caught:
+        ChatTemplate(HOSTILE[name]).render([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - started < 5
+    assert "\n" not in str(caught.value)
 
 
-def test_runtime_json_of_older_bundles_still_reads():
-    old = {
-        "task": "text-generation",
-        "num_layers": 2,
-        "num_kv_heads": 2,
-        "head_dim": 16,
-        "eos_token_ids": [2],
-        "max_length": 256,
-        "chat_prefix": "<|im_start|>user\n",
-        "chat_suffix": "<|im_end|>\n<|im_start|>assistant\n",
-    }
-    config = GenerationConfig.from_json(old)
-    assert config.chat_template is None and config.chat_off is None
-    assert config.chat_prefix == old["chat_prefix"]
-    again = GenerationConfig.from_json(config.to_json())
-    assert again == config
-
-
-def test_the_build_keeps_one_message_chat_and_says_why_multi_turn_is_off(decoder_bundle, tmp_path, caplog):
+def test_a_hostile_template_is_refused_at_build(decoder_bundle, tmp_path):
     from edgepipe.tasks.decoder_runtime import runtime_config
 
     bundle = decoder_bundle("qwen2")
-    # Turns joined by a separator: one message renders, but no per-role text reproduces the join.
-    joined = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}{% if not loop.last %} | {% endif %}{% endfor %}"
-    )
-    model_dir = with_chat_template(bundle.model_dir, tmp_path / "qwen2", joined)
+    model_dir = with_chat_template(bundle.model_dir, tmp_path / "hostile", HOSTILE["loop"])
+    with pytest.raises(ModelError, match="the chat template is refused: the chat template ran more than"):
+        runtime_config(model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"])
+
+
+def test_the_build_ships_the_template_and_checks_it(decoder_bundle, tmp_path, caplog):
+    from edgepipe.tasks.decoder_runtime import runtime_config
+
+    bundle = decoder_bundle("qwen2")
+    onnx_model = bundle.root / "model" / "model.onnx"
+    model_dir = with_chat_template(bundle.model_dir, tmp_path / "qwen3", source("qwen3"))
+    config = runtime_config(model_dir, onnx_model, 1, 1, ["CPUExecutionProvider"])
+    assert config.chat_template == source("qwen3") and config.chat_off is None
+    assert config.special_tokens["eos_token"] == "<|im_end|>"
+    assert GenerationConfig.from_json(json.loads(json.dumps(config.to_json()))) == config
+    # A template that refuses every conversation: chat off, and the build says why.
+    model_dir = with_chat_template(bundle.model_dir, tmp_path / "refusing", "{{ raise_exception('no chat') }}")
     with caplog.at_level("WARNING"):
-        config = runtime_config(model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"])
-    assert config.chat_template is None and config.chat_prefix is not None
-    assert config.chat_off.startswith("chat template not reproducible without Jinja")
+        config = runtime_config(model_dir, onnx_model, 1, 1, ["CPUExecutionProvider"])
+    assert config.chat_template is None
+    assert config.chat_off == "the chat template renders none of the check conversations"
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert warnings == [f"{model_dir}: /v1/chat/completions is off: {config.chat_off}"]
-    assert GenerationConfig.from_json(config.to_json()) == config

@@ -28,7 +28,7 @@ def test_kv_shape_and_limits_follow_the_model(decoder_bundle, kind):
     )
     assert runtime.max_length == 256 and runtime.eos_token_ids == (config["eos_token_id"],)
     assert (runtime.intra_op_threads, runtime.inter_op_threads) == (2, 1)
-    assert (runtime.chat_prefix is not None) == (kind == "qwen2")
+    assert (runtime.chat_template is not None) == (kind == "qwen2")
 
 
 def test_eos_ids_from_both_configs_int_or_list(tmp_path):
@@ -85,24 +85,13 @@ def test_a_model_without_kv_cache_or_context_length_is_refused(tmp_path, decoder
         runtime_config(model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"])
 
 
-def test_templates_that_cannot_be_split_give_no_chat(decoder_bundle, tmp_path):
-    from transformers import AutoTokenizer
+def test_the_template_is_read_as_transformers_loads_it(decoder_bundle):
+    from tests.decoders import CHATML
 
     bundle = decoder_bundle("qwen2")
-    assert chat_template(bundle.model_dir) == (
-        "<|im_start|>user\n",
-        "<|im_end|>\n<|im_start|>assistant\n",
-    )
-    model_dir = tmp_path / "qwen2"
-    shutil.copytree(bundle.model_dir, model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    for template in (
-        "{{ raise_exception('a system message is required') }}",
-        "{% for m in messages %}{{ m['content'] }}{{ m['content'] }}{% endfor %}",
-    ):
-        tokenizer.chat_template = template
-        tokenizer.save_pretrained(model_dir)
-        assert chat_template(model_dir) is None
+    source, special = chat_template(bundle.model_dir)
+    assert source == CHATML and special["eos_token"] == "<|im_end|>"
+    assert chat_template(decoder_bundle("llama").model_dir) is None
 
 
 def test_context_of_models_whose_config_states_none(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from edgepipe.runtime.generator import GenerationConfig, Generator, OptionError, PromptError
 from edgepipe.runtime.sampling import NUCLEUS_CANDIDATES, Sampler, TextStream
-from tests.decoders import KINDS
+from tests.decoders import CHATML, KINDS
 
 PROMPTS = (
     "Turn on the kitchen lights",
@@ -224,9 +224,8 @@ def test_chat_template_that_writes_bos_is_not_given_a_second(decoder_bundle, tmp
         "{{ bos_token }}{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}",
     )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    prefix, suffix = chat_template(model_dir)
-    assert prefix.startswith("<s>")
-    g = generator(bundle, chat_prefix=prefix, chat_suffix=suffix)
+    source, special = chat_template(model_dir)
+    g = generator(bundle, chat_template=source, special_tokens=special)
     messages = [{"role": "user", "content": PROMPTS[0]}]
     expected = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
     ids = g.encode(PROMPTS[0], chat=True)
@@ -235,7 +234,7 @@ def test_chat_template_that_writes_bos_is_not_given_a_second(decoder_bundle, tmp
 
 def test_chat_without_a_template_is_refused(decoder_bundle):
     g = generator(decoder_bundle("llama"))
-    assert g.config.chat_prefix is None
+    assert g.config.chat_template is None
     with pytest.raises(OptionError, match="no chat template"):
         g.generate("hi", chat=True)
 
@@ -289,5 +288,4 @@ def test_timings_describe_the_run(decoder_bundle):
 def test_config_round_trips_through_json(decoder_bundle):
     config = generator(decoder_bundle("qwen2")).config
     assert GenerationConfig.from_json(config.to_json()) == config
-    assert config.chat_prefix == "<|im_start|>user\n"
-    assert config.chat_suffix == "<|im_end|>\n<|im_start|>assistant\n"
+    assert config.chat_template == CHATML and config.special_tokens["eos_token"] == "<|im_end|>"

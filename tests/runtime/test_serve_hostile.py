@@ -314,8 +314,8 @@ def test_a_burst_of_texts_at_the_token_limit(embed_server, chat_server, decoder_
     assert embedder.token_count(text) == (limit, False)
     generator = Generator.from_bundle(decoder_bundle("qwen2").root)
     context = generator.config.max_length
-    prompt = _longest(lambda t: len(generator.encode_messages([("user", t)])) < context)
-    assert len(generator.encode_messages([("user", prompt)])) == context - 1
+    prompt = _longest(lambda t: len(generator.encode_messages([{"role": "user", "content": t}])) < context)
+    assert len(generator.encode_messages([{"role": "user", "content": prompt}])) == context - 1
     results: list[tuple[str, int, object]] = []
 
     def embed() -> None:

@@ -106,6 +106,16 @@ def test_requirements_are_only_the_runtime(tiny_bundle):
 def test_runtime_requirements_pin_what_was_evaluated(target, evaluated, asked, expected):
     specs = bundle.runtime_requirements(catalog.targets().load(target), evaluated, asked)
     assert (specs["onnxruntime"], specs["tokenizers"]) == expected and specs["numpy"] == ">=1.24,<3"
+    assert "jinja2" not in specs  # an encoder renders no chat template
+
+
+def test_a_decoder_bundle_needs_the_jinja2_that_checked_its_template():
+    from edgepipe.runtime.tasks import Task
+
+    target = catalog.targets().load("rpi5")
+    evaluated = {"onnxruntime": "1.27.0", "tokenizers": "0.22.2", "jinja2": "3.1.6"}
+    assert bundle.runtime_requirements(target, evaluated, task=Task.GENERATION)["jinja2"] == "==3.1.6"
+    assert bundle.runtime_requirements(target, {}, task=Task.GENERATION)["jinja2"] == ">=3.1,<4"
 
 
 @pytest.mark.parametrize(("target", "asked"), [("rpi5", "1.19.0"), ("rpi5", "two"), ("jetson-orin", "1.27.0")])

@@ -1,1 +1,2 @@
-"""Assistants in `serve`: tool calls and grammar-constrained JSON (and, beside them, chat templates)."""
+"""What an assistant needs of a decoder: its own chat template, checked conversations, reasoning, tool calls
+and grammar-constrained JSON."""
