@@ -111,8 +111,13 @@ def main() -> int:
     started = time.perf_counter()
     vocabulary = Vocabulary.of(generator.tokenizer_path, generator.config.eos_token_ids[0])
     vocab_s = time.perf_counter() - started
-    shots = [turn for command, answer in EXAMPLES for turn in (("user", command), ("assistant", answer))]
-    prompts = [generator.encode_messages([("system", SYSTEM), *shots, ("user", c[0])]) for c in COMMANDS]
+    shots = [
+        {"role": role, "content": text}
+        for command, answer in EXAMPLES
+        for role, text in (("user", command), ("assistant", answer))
+    ]
+    system = {"role": "system", "content": SYSTEM}
+    prompts = [generator.encode_messages([system, *shots, {"role": "user", "content": c[0]}]) for c in COMMANDS]
     generator.generate(prompts[0], max_new_tokens=4)  # warm onnxruntime
 
     valid = right = 0

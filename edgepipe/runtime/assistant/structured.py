@@ -12,7 +12,6 @@ import contextlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .grammar import Constraint, GrammarError, Vocabulary, lark_grammar, schema_grammar
@@ -21,23 +20,6 @@ from .tools import ToolCall, ToolRequest, ToolSyntax, syntax_for, tool_request
 
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "grammar": "stop", "length": "length"}
 KNOWN_SYNTAXES = "Hermes/Qwen <tool_call>, Llama 3.x JSON, Mistral [TOOL_CALLS], DeepSeek's tool tokens, gpt-oss"
-
-
-def template_source(tokenizer_dir: Path) -> str | None:
-    """The model's chat template as its tokenizer files hold it (``tool_use`` where it has named ones)."""
-    jinja = tokenizer_dir / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8")
-    try:
-        template = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get(
-            "chat_template"
-        )
-    except (OSError, ValueError, AttributeError):
-        return None
-    if isinstance(template, list):  # [{"name": "default", "template": ...}, {"name": "tool_use", ...}]
-        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-        template = named.get("tool_use") or named.get("default")
-    return template if isinstance(template, str) else None
 
 
 def vocabulary_of(generator: Any) -> Vocabulary:

@@ -283,14 +283,32 @@ def _arguments_schema(tool: Tool) -> dict[str, Any]:
     return closed(tool.parameters)
 
 
+def _rebased(schema: Any, base: str) -> Any:
+    """``schema`` with its local ``$ref``s ("#", "#/$defs/x") pointing below ``base`` instead of the root."""
+    if isinstance(schema, list):
+        return [_rebased(item, base) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    result = {key: value if key in ("enum", "const", "default", "examples") else _rebased(value, base)
+              for key, value in schema.items()}  # fmt: skip
+    ref = schema.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#"):
+        result["$ref"] = base + ref[1:]
+    return result
+
+
 def _one_of(tools: Sequence[Tool], name_key: str, args_key: str, extra: dict[str, Any] | None = None) -> str:
-    options = []
+    """One JSON schema for a call of any of ``tools``; each tool's parameters sit in ``$defs`` under its name,
+    so that their own ``$ref``s (recursive ones too) still resolve inside the wrapper."""
+    options, defs = [], {}
     for tool in tools:
-        properties: dict[str, Any] = {name_key: {"const": tool.name}, args_key: _arguments_schema(tool)}
+        defs[tool.name] = _rebased(_arguments_schema(tool), f"#/$defs/{tool.name}")
+        properties: dict[str, Any] = {name_key: {"const": tool.name}, args_key: {"$ref": f"#/$defs/{tool.name}"}}
         properties.update(extra or {})
         options.append({"type": "object", "properties": properties, "required": list(properties),
                         "additionalProperties": False})  # fmt: skip
-    return json.dumps(options[0] if len(options) == 1 else {"anyOf": options})
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return json.dumps({**schema, "$defs": defs})
 
 
 def _hermes_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], str]) -> str:
@@ -308,7 +326,8 @@ def _llama3_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], s
 
 def _mistral_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], str]) -> str:
     item = json.loads(_one_of(tools, "name", "arguments", {"id": {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"}}))
-    schema = {"type": "array", "items": item, "minItems": 1, **({} if parallel else {"maxItems": 1})}
+    defs = item.pop("$defs")  # at the root, where the items' references point
+    schema = {"type": "array", "items": item, "minItems": 1, **({} if parallel else {"maxItems": 1}), "$defs": defs}
     return f"start: {token('[TOOL_CALLS]')} calls\ncalls: %json {json.dumps(schema)}\n"
 
 

@@ -109,8 +109,9 @@ def test_langchain_bind_tools_and_structured_output(tools_server):
 
     model = ChatOpenAI(base_url=tools_server.url + "/v1", api_key="none", model="tiny", max_tokens=300, max_retries=0)
     message = model.bind_tools([LIGHT], tool_choice="set_light").invoke("Kitchen lights on")
-    assert [c["name"] for c in message.tool_calls] == ["set_light"]
-    jsonschema.validate(message.tool_calls[0]["args"], SCHEMAS["set_light"])
+    assert message.tool_calls and {c["name"] for c in message.tool_calls} == {"set_light"}  # parallel: maybe more
+    for call in message.tool_calls:
+        jsonschema.validate(call["args"], SCHEMAS["set_light"])
 
     class Light(BaseModel):
         room: str
