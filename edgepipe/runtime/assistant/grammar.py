@@ -220,7 +220,8 @@ class Constraint:
         if self.closing or remaining > CLOSE_HORIZON:
             return self.closing
         # Played out again every 4 steps, and every step near the end: a model going deeper lengthens the close.
-        if self._close is None or self._played - remaining >= 4 or remaining <= self._close + 2 * CLOSE_MARGIN:
+        every = 1 if self._close is not None and remaining <= self._close + CLOSE_MARGIN + 4 else 4
+        if not self._played or self._played - remaining >= every:
             self._close, self._played = self._play_close(CLOSE_HORIZON), remaining
         # The margin: one token of the model's can lengthen the close by more than one (an object opened
         # where every member is required), so closing starts before the last possible moment.
