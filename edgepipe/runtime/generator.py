@@ -36,6 +36,7 @@ from .sampling import (
     Sampler,
     TextStream,
     check_options,
+    token_logprobs,
 )
 from .tasks import Task
 
@@ -114,6 +115,8 @@ class Generation:
     token_ids: list[int]  # the generated ids only (an EOS that ended it included)
     stop_reason: str  # "eos" | "stop" | "grammar" (its grammar complete) | "length"
     timings: dict[str, float] = field(default_factory=dict)
+    # With generate(logprobs=k): per generated token (id, logprob, the k likeliest (id, logprob)).
+    logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -305,10 +308,12 @@ class Generator:
         stop: Sequence[str] = (),
         chat: bool = False,
         on_text: Callable[[str], None] | None = None,
+        logprobs: int | None = None,
         on_token: Callable[[int], None] | None = None,
         constraint: Constraint | None = None,
     ) -> Generation:
-        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are).
+        """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are); with
+        ``logprobs`` (0-20), each token's log-probability and that many alternatives too.
 
         ``constraint`` (a grammar's state) masks each step's logits and follows each token; the
         generation ends when its grammar is complete ("grammar"). ``on_token`` sees each new id."""
@@ -337,7 +342,17 @@ class Generator:
 
         prefill_start = time.perf_counter()
         last, past = self._prefill(ids)
-        token = sample(last if constraint is None else constraint.mask(last, budget))
+        scores: list[tuple[int, float, list[tuple[int, float]]]] | None = None if logprobs is None else []
+
+        def choose(row: np.ndarray, remaining: int) -> int:
+            if constraint is not None:  # what the grammar forbids is at -inf, in the logprobs too
+                row = constraint.mask(row, remaining)
+            chosen = sample(row)  # the sampler reads the row, it does not change it
+            if scores is not None:
+                scores.append((chosen, *token_logprobs(row, chosen, logprobs or 0)))
+            return chosen
+
+        token = choose(last, budget)
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
@@ -364,8 +379,7 @@ class Generator:
             else:
                 logits, past = self._forward(step, position, past)
             position += 1
-            row = logits[0, -1]
-            token = sample(row if constraint is None else constraint.mask(row, budget - len(generated)))
+            token = choose(logits[0, -1], budget - len(generated))
         decoded = time.perf_counter()
         text = stream.finish()
         prefill_s, decode_s = first - prefill_start, decoded - first
@@ -374,6 +388,7 @@ class Generator:
             text=text,
             token_ids=generated,
             stop_reason=reason,
+            logprobs=scores,
             timings={
                 "prompt_tokens": len(ids),
                 "new_tokens": len(generated),

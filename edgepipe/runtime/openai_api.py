@@ -1,9 +1,8 @@
 """The OpenAI-compatible endpoints of ``serve``: request checks and response documents.
 
-Only what a bundle can honour is accepted: one choice (``n`` = 1), no tools, no logprobs, no
-penalties; a field that asks for more is a 400 naming it, and fields this API does not know are
-ignored, as other OpenAI-compatible servers do. The endpoints (``endpoints/``) send what these
-functions return.
+Only what a bundle can honour is accepted (``openai_fields`` says which fields and values); a
+field that asks for more, or one this API does not know, is a 400 naming it. The endpoints
+(``endpoints/``) send what these functions return.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
+from . import openai_fields
 from .http.json_body import RequestError
 
 if TYPE_CHECKING:  # numpy is imported where embeddings are: `verify` runs without it
@@ -33,17 +33,6 @@ ERROR_CODES = {
     HTTPStatus.SERVICE_UNAVAILABLE: "overloaded",
 }
 FINISH_REASONS = {"eos": "stop", "stop": "stop", "grammar": "stop", "length": "length"}
-# Fields that ask for something a bundle does not do, and the one value each may take here.
-NEUTRAL = {
-    "n": 1,
-    "best_of": 1,
-    "presence_penalty": 0,
-    "frequency_penalty": 0,
-    "logprobs": False,
-    "echo": False,
-    "functions": [],
-    "suffix": None,
-}
 
 
 def error_document(status: HTTPStatus, message: str, param: str | None = None) -> dict[str, Any]:
@@ -65,10 +54,6 @@ def _body(payload: object) -> dict[str, Any]:
     model = payload.get("model")
     if model is not None and not isinstance(model, str):
         raise _bad("model", '"model" must be a string')
-    for name, neutral in NEUTRAL.items():
-        value = payload.get(name)
-        if value is not None and value != neutral:
-            raise _bad(name, f'"{name}" other than {neutral!r} is not supported by this server')
     return payload
 
 
@@ -106,6 +91,7 @@ def model_document(manifest: dict[str, Any], created: int) -> dict[str, Any]:
 def embedding_inputs(payload: object, max_texts: int) -> tuple[list[str], str]:
     """The texts and encoding format of a /v1/embeddings body."""
     body = _body(payload)
+    openai_fields.check_known(body, openai_fields.EMBEDDING_FIELDS, "/v1/embeddings")
     raw = body.get("input")
     texts = [raw] if isinstance(raw, str) else raw
     if not isinstance(texts, list) or not texts:
@@ -150,8 +136,14 @@ class Completion:
     include_usage: bool = False
     model: str = ""
     answer: ChatAnswer | None = None  # chat: its form (response_format, tools) and how it is read back
+    # The rendered chat prompt, when the model thinks between <think> tags: the reply's thinking
+    # goes to reasoning_content, the answer to content (assistant/reasoning.py).
+    thinking_prompt: str | None = None
+    n: int = 1
+    decode: Any = None  # token id -> its text, for logprobs
     id: str = field(default_factory=lambda: secrets.token_hex(12))
     created: int = field(default_factory=lambda: int(time.time()))
+    splitter: Any = None  # the streamed reply's ReasoningSplitter
 
     @property
     def object(self) -> str:
@@ -166,25 +158,56 @@ class Completion:
             "model": self.model,
         }
 
-    def response(self, result: Any) -> dict[str, Any]:
-        """The whole answer to a request without ``stream``."""
+    def response(self, results: Any) -> dict[str, Any]:
+        """The whole answer to a request without ``stream``: one choice per generation."""
+        results = results if isinstance(results, list) else [results]
+        choices = [self._choice(index, result) for index, result in enumerate(results)]
+        total = {k: sum(usage(r)[k] for r in results) for k in ("completion_tokens",)}
+        counted = {**usage(results[0]), **total}
+        counted["total_tokens"] = counted["prompt_tokens"] + counted["completion_tokens"]
+        return {**self._head(), "choices": choices, "usage": counted}
+
+    def _choice(self, index: int, result: Any) -> dict[str, Any]:
         reason = FINISH_REASONS[result.stop_reason]
-        choice: dict[str, Any] = {"index": 0, "finish_reason": reason, "logprobs": None}
-        if self.answer is not None:
-            choice["message"], choice["finish_reason"] = self.answer.message(result)
-        elif self.chat:
+        choice: dict[str, Any] = {"index": index, "finish_reason": reason, "logprobs": None}
+        if result.logprobs is not None and self.decode is not None:
+            choice["logprobs"] = openai_fields.logprobs_document(self.chat, result.logprobs, self.decode)
+        if self.chat:
             choice["message"] = {"role": "assistant", "content": result.text}
+            if self.thinking_prompt is not None:
+                from .assistant.reasoning import split
+
+                reasoning, content = split(self.thinking_prompt, result.text)
+                choice["message"]["content"] = content
+                if reasoning is not None:
+                    choice["message"]["reasoning_content"] = reasoning
+            if self.answer is not None and self.answer.reads_tools:  # its text read for tool calls
+                choice["message"], choice["finish_reason"] = self.answer.message(result)
         else:
             choice["text"] = result.text
-        return {**self._head(), "choices": [choice], "usage": usage(result)}
+        return choice
 
-    def chunk(self, text: str | None, finish: str | None = None, first: bool = False) -> dict:
+    def deltas(self, text: str | None) -> list[tuple[str, str]]:
+        """A streamed piece of the reply as (field, text): "content" or "reasoning_content";
+        ``None`` ends the reply (what a tag's start held back comes out)."""
+        if self.thinking_prompt is None:
+            return [("content", text)] if text else []
+        from .assistant.reasoning import REASONING, ReasoningSplitter
+
+        if self.splitter is None:
+            self.splitter = ReasoningSplitter(self.thinking_prompt)
+        pieces = self.splitter.finish() if text is None else self.splitter.feed(text)
+        return [("reasoning_content" if kind == REASONING else "content", piece) for kind, piece in pieces]
+
+    def chunk(
+        self, text: str | None, finish: str | None = None, first: bool = False, kind: str = "content"
+    ) -> dict[str, Any]:
         """One server-sent event of a streamed answer."""
         choice: dict[str, Any] = {"index": 0, "finish_reason": finish, "logprobs": None}
         if self.chat:
             delta: dict[str, Any] = {"role": "assistant"} if first else {}
             if text is not None:
-                delta["content"] = text
+                delta[kind] = text
             choice["delta"] = delta
         else:
             choice["text"] = text or ""
@@ -275,8 +298,16 @@ def _conversation(body: dict[str, Any]) -> Any:
 def completion_request(payload: object, chat: bool, model: str, generator: Any) -> Completion:
     """A checked request; chat messages already in the model's template, as ids."""
     body = _body(payload)
+    openai_fields.check_known(
+        body,
+        openai_fields.CHAT_FIELDS if chat else openai_fields.COMPLETION_FIELDS,
+        "/v1/chat/completions" if chat else "/v1/completions",
+    )
+    openai_fields.check_asks_nothing(body)
     stream, include_usage = _stream(body)
     answer = None
+    n, alternatives = openai_fields.choices_and_logprobs(body, chat, stream)
+    thinking: str | None = None
     if chat:
         from .assistant.grammar import GrammarError
         from .assistant.structured import ChatAnswer, plan, vocabulary_of
@@ -290,11 +321,14 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
         except GrammarError as exc:
             raise _bad(exc.param, str(exc)) from None
         try:
-            prompt: str | list[int] = generator.encode_messages(
-                conversation.messages, form.template_tools(), conversation.template_kwargs
-            )
+            text = generator.render_messages(conversation.messages, form.template_tools(), conversation.template_kwargs)
         except OptionError as exc:
             raise _bad("messages", str(exc)) from None
+        from .assistant.reasoning import thinks
+
+        thinking = text if thinks(generator.template.source) else None
+        # The rendered text carries its own special tokens, as apply_chat_template(tokenize=True) encodes it.
+        prompt: str | list[int] = list(generator.tokenizer.encode(text, add_special_tokens=False).ids)
         answer = ChatAnswer(form, generator.tokenizer, generator.eos)
         default_tokens = generator.config.max_length  # OpenAI's: until the context is full
     else:
@@ -303,12 +337,18 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
             raw = raw[0]
         prompt = _text(raw, "prompt")
         default_tokens = 16  # OpenAI's default for /v1/completions
+    options = _options(body, default_tokens)
+    if alternatives is not None:
+        options["logprobs"] = alternatives
     return Completion(
         chat=chat,
         prompt=prompt,
-        options=_options(body, default_tokens),
+        options=options,
+        n=n,
+        decode=lambda token: generator.tokenizer.decode([token], skip_special_tokens=False),
         stream=stream,
         include_usage=include_usage,
         model=model,
         answer=answer,
+        thinking_prompt=thinking,
     )

@@ -47,6 +47,17 @@ def check_options(
         raise OptionError("stop strings must be a list of non-empty strings")
 
 
+def token_logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The log-probability of ``token`` under the model's distribution (the raw logits, before
+    temperature or truncation, as OpenAI's logprobs are) and the ``top`` likeliest (id, logprob)."""
+    x = np.asarray(logits, dtype=np.float64)
+    shifted = x - x.max()
+    logprobs = shifted - np.log(np.exp(shifted).sum())
+    best = np.argpartition(-logprobs, top - 1)[:top] if top else np.empty(0, dtype=np.int64)
+    best = best[np.argsort(-logprobs[best], kind="stable")]
+    return float(logprobs[token]), [(int(i), float(logprobs[i])) for i in best]
+
+
 class Sampler:
     """Picks the next token from one row of logits: greedy, or temperature then top-k then top-p."""
 

@@ -102,7 +102,7 @@ def test_a_hostile_template_is_refused_at_build(decoder_bundle, tmp_path):
 
     bundle = decoder_bundle("qwen2")
     model_dir = with_chat_template(bundle.model_dir, tmp_path / "hostile", HOSTILE["loop"])
-    with pytest.raises(ModelError, match="the chat template is refused: the chat template ran more than"):
+    with pytest.raises(ModelError, match="the chat template is refused: the chat template (ran|took) more than"):
         runtime_config(model_dir, bundle.root / "model" / "model.onnx", 1, 1, ["CPUExecutionProvider"])
 
 

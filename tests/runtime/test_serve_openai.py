@@ -141,7 +141,7 @@ def test_a_wrong_or_missing_key_is_401(chat_server):
     [
         ({"messages": []}, "messages", '"messages" must be a non-empty list'),
         ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0]", "must be an object"),
-        ({"messages": [{"role": "user", "content": "x"}], "n": 2}, "n", '"n" other than 1'),
+        ({"messages": [{"role": "user", "content": "x"}], "n": 99}, "n", '"n" must be an integer from 1 to 8'),
         (
             {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
             "temperature",

@@ -106,7 +106,13 @@ class GenerationEndpoints:
         """A completion whole, or as server-sent events."""
         completion = openai_api.completion_request(request.json(), chat, self.model, self.generator)
         if not completion.stream:
-            return completion.response(self._run(completion))
+            seed = completion.options.get("seed")
+            results = []
+            for index in range(completion.n):  # n choices, one after another; seed + i for the i-th
+                if seed is not None:
+                    completion.options["seed"] = seed + index
+                results.append(self._run(completion))
+            return completion.response(results)
 
         def produce(send: Callable[[object], None]) -> None:
             started = False
@@ -117,9 +123,10 @@ class GenerationEndpoints:
                     send(completion.chunk("" if completion.chat else None, first=True))
                     started = True
 
-            def piece(text: str) -> None:
-                start()
-                send(completion.chunk(text))
+            def piece(text: str | None) -> None:
+                for kind, part in completion.deltas(text):
+                    start()
+                    send(completion.chunk(part, kind=kind))
 
             answer = completion.answer
             if answer is not None and answer.reads_tools:  # deltas from tokens: a call's markers are special tokens
@@ -137,6 +144,7 @@ class GenerationEndpoints:
                 send(completion.delta_chunk({}, reason))
             else:
                 result = self._run(completion, on_text=piece)
+                piece(None)
                 start()
                 reason = answer.finish(result)[1] if answer else openai_api.FINISH_REASONS[result.stop_reason]
                 send(completion.chunk(None, reason))
