@@ -194,7 +194,8 @@ python . serve --port 8080                       # POST /generate, GET /health, 
 python . verify                                  # every file against manifest.json
 python . info
 ```
-Only onnxruntime, numpy and tokenizers are needed on the device.
+Only onnxruntime, numpy, tokenizers, jinja2 (the chat template) and llguidance (JSON output and tool calls in
+`serve`) are needed on the device.
 
 ## Accuracy
 Against the fp32 ONNX model over {score["positions"]} next-token positions of {score["n"]} texts:
