@@ -101,7 +101,9 @@ def train_bpe(kind: str, vocab_size: int = 384):
     return fast
 
 
-def make_tiny_decoder(kind: str, dest: Path, seed: int = 0, tied: bool = True, hidden: int = 64) -> Path:
+def make_tiny_decoder(
+    kind: str, dest: Path, seed: int = 0, tied: bool = True, hidden: int = 64, positions: int = 256
+) -> Path:
     """Save a 2-layer random ``kind`` model (4 heads: head_dim 16 at hidden 64, the smallest
     GroupQueryAttention's CPU kernel takes) and its tokenizer to ``dest``."""
     import torch
@@ -126,7 +128,7 @@ def make_tiny_decoder(kind: str, dest: Path, seed: int = 0, tied: bool = True, h
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=positions,
         tie_word_embeddings=tied,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=eos,
@@ -146,7 +148,7 @@ def make_tiny_decoder(kind: str, dest: Path, seed: int = 0, tied: bool = True, h
             n_embd=hidden,
             n_layer=2,
             n_head=4,
-            n_positions=256,
+            n_positions=positions,
             bos_token_id=eos,
             eos_token_id=eos,
             initializer_range=0.2,

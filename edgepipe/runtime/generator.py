@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -40,6 +40,9 @@ from .sampling import (
 )
 from .speculate import PromptLookup, rows_agree
 from .tasks import Task
+
+if TYPE_CHECKING:
+    from .assistant.grammar import Constraint
 
 PAST = "past_key_values."
 PRESENT = "present."
@@ -111,7 +114,7 @@ class Generation:
 
     text: str
     token_ids: list[int]  # the generated ids only (an EOS that ended it included)
-    stop_reason: str  # "eos" | "stop" | "length"
+    stop_reason: str  # "eos" | "stop" | "grammar" (its grammar complete) | "length"
     timings: dict[str, float] = field(default_factory=dict)
     # With generate(logprobs=k): per generated token (id, logprob, the k likeliest (id, logprob)).
     logprobs: list[tuple[int, float, list[tuple[int, float]]]] | None = None
@@ -180,6 +183,7 @@ class Generator:
         self._positions = np.arange(config.max_length, dtype=np.int64)[None, :]
         empty = np.zeros((1, config.num_kv_heads, 0, config.head_dim), dtype=self.kv_dtype)
         self._empty_past = {name: empty for name in self.past_names}
+        self.tokenizer_path = tokenizer  # the grammar library reads it too
         self.tokenizer = Tokenizer.from_file(str(tokenizer))
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
@@ -355,10 +359,15 @@ class Generator:
         on_text: Callable[[str], None] | None = None,
         logprobs: int | None = None,
         speculate: bool | None = None,
+        on_token: Callable[[int], None] | None = None,
+        constraint: Constraint | None = None,
     ) -> Generation:
         """Generate up to ``max_new_tokens`` after ``prompt`` (text, or ids used as they are); with
         ``logprobs`` (0-20), each token's log-probability and that many alternatives too;
-        ``speculate``: draft by prompt lookup (None: where it leaves greedy output unchanged)."""
+        ``speculate``: draft by prompt lookup (None: where it leaves greedy output unchanged).
+
+        ``constraint`` (a grammar's state) masks each step's logits and follows each token; the
+        generation ends when its grammar is complete ("grammar"). ``on_token`` sees each new id."""
         started = time.perf_counter()
         check_options(max_new_tokens, temperature, top_k, top_p, seed, stop)
         if isinstance(prompt, str):
@@ -384,20 +393,22 @@ class Generator:
 
         # Drafts are checked against greedy choices: sampling decodes a token a step. (Before the
         # prefill: the first call's probe uses the cache.)
-        # Log-probabilities are read off each one-token step's row, so they decode a token a step too.
-        greedy = sample.temperature == 0 and logprobs is None
+        # Log-probabilities and grammars work on each one-token step's row: they decode a token a step too.
+        greedy = sample.temperature == 0 and logprobs is None and constraint is None
         lookup = self.drafter(ids) if greedy and self.speculates(speculate) else None
         prefill_start = time.perf_counter()
         last, past = self._prefill(ids)
         scores: list[tuple[int, float, list[tuple[int, float]]]] | None = None if logprobs is None else []
 
-        def choose(row: np.ndarray) -> int:
+        def choose(row: np.ndarray, remaining: int) -> int:
+            if constraint is not None:  # what the grammar forbids is at -inf, in the logprobs too
+                row = constraint.mask(row, remaining)
             chosen = sample(row)  # the sampler reads the row, it does not change it
             if scores is not None:
                 scores.append((chosen, *token_logprobs(row, chosen, logprobs or 0)))
             return chosen
 
-        pending = [choose(last)]  # the tokens to emit: accepted drafts, then the one to feed next
+        pending = [choose(last, budget)]  # the tokens to emit: accepted drafts, then the one to feed next
         first = time.perf_counter()
         position = len(ids)
         step = np.empty((1, 1), dtype=np.int64)
@@ -406,11 +417,18 @@ class Generator:
             generated.append(token)
             if lookup is not None:
                 lookup.append(token)
+            if constraint is not None:
+                constraint.advance(token)
+            if on_token is not None:
+                on_token(token)
             if token in self.eos:
                 reason = "eos"
                 break
             if stream.add(token):
                 reason = "stop"
+                break
+            if constraint is not None and constraint.stopped:  # complete, or the library gave up: cut
+                reason = "grammar" if constraint.accepting else "length"
                 break
             if len(generated) >= budget:
                 break
@@ -428,7 +446,7 @@ class Generator:
             else:
                 logits, past = self._forward(step, position, past)
             position += 1
-            pending = [choose(logits[0, -1])]
+            pending = [choose(logits[0, -1], budget - len(generated))]
         decoded = time.perf_counter()
         text = stream.finish()
         prefill_s, decode_s = first - prefill_start, decoded - first

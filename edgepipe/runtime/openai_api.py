@@ -20,6 +20,8 @@ from .http.json_body import RequestError
 if TYPE_CHECKING:  # numpy is imported where embeddings are: `verify` runs without it
     import numpy as np
 
+    from .assistant.structured import ChatAnswer
+
 # The statuses OpenAI's own API answers with these error codes.
 ERROR_CODES = {
     HTTPStatus.UNAUTHORIZED: "invalid_api_key",
@@ -30,7 +32,7 @@ ERROR_CODES = {
     HTTPStatus.REQUEST_ENTITY_TOO_LARGE: "request_too_large",
     HTTPStatus.SERVICE_UNAVAILABLE: "overloaded",
 }
-FINISH_REASONS = {"eos": "stop", "stop": "stop", "length": "length"}
+FINISH_REASONS = {"eos": "stop", "stop": "stop", "grammar": "stop", "length": "length"}
 
 
 def error_document(status: HTTPStatus, message: str, param: str | None = None) -> dict[str, Any]:
@@ -133,6 +135,7 @@ class Completion:
     stream: bool = False
     include_usage: bool = False
     model: str = ""
+    answer: ChatAnswer | None = None  # chat: its form (response_format, tools) and how it is read back
     # The rendered chat prompt, when the model thinks between <think> tags: the reply's thinking
     # goes to reasoning_content, the answer to content (assistant/reasoning.py).
     thinking_prompt: str | None = None
@@ -178,6 +181,8 @@ class Completion:
                 choice["message"]["content"] = content
                 if reasoning is not None:
                     choice["message"]["reasoning_content"] = reasoning
+            if self.answer is not None and self.answer.reads_tools:  # its text read for tool calls
+                choice["message"], choice["finish_reason"] = self.answer.message(result)
         else:
             choice["text"] = result.text
         return choice
@@ -207,6 +212,11 @@ class Completion:
         else:
             choice["text"] = text or ""
         return {**self._head(".chunk" if self.chat else ""), "choices": [choice]}
+
+    def delta_chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        """One server-sent event of a chat answer read for tool calls: a content or tool-call delta."""
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {**self._head(".chunk"), "choices": [choice]}
 
     def usage_chunk(self, result: Any) -> dict[str, Any]:
         return {**self._head(".chunk" if self.chat else ""), "choices": [], "usage": usage(result)}
@@ -295,14 +305,23 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
     )
     openai_fields.check_asks_nothing(body)
     stream, include_usage = _stream(body)
+    answer = None
     n, alternatives = openai_fields.choices_and_logprobs(body, chat, stream)
     thinking: str | None = None
     if chat:
+        from .assistant.grammar import GrammarError
+        from .assistant.structured import ChatAnswer, plan, vocabulary_of
         from .generator import OptionError
 
         conversation = _conversation(body)
         try:
-            text = generator.render_messages(conversation.messages, conversation.tools, conversation.template_kwargs)
+            source = generator.config.chat_template  # the tool syntax is read off the source: no compile
+            template = source.get("tool_use") or source.get("default") if isinstance(source, dict) else source
+            form = plan(body, template, lambda: vocabulary_of(generator))
+        except GrammarError as exc:
+            raise _bad(exc.param, str(exc)) from None
+        try:
+            text = generator.render_messages(conversation.messages, form.template_tools(), conversation.template_kwargs)
         except OptionError as exc:
             raise _bad("messages", str(exc)) from None
         from .assistant.reasoning import thinks
@@ -310,6 +329,7 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
         thinking = text if thinks(generator.template.source) else None
         # The rendered text carries its own special tokens, as apply_chat_template(tokenize=True) encodes it.
         prompt: str | list[int] = list(generator.tokenizer.encode(text, add_special_tokens=False).ids)
+        answer = ChatAnswer(form, generator.tokenizer, generator.eos)
         default_tokens = generator.config.max_length  # OpenAI's: until the context is full
     else:
         raw = body.get("prompt")
@@ -329,5 +349,6 @@ def completion_request(payload: object, chat: bool, model: str, generator: Any) 
         stream=stream,
         include_usage=include_usage,
         model=model,
+        answer=answer,
         thinking_prompt=thinking,
     )

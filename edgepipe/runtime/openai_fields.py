@@ -47,17 +47,15 @@ def check_known(body: dict[str, Any], known: frozenset[str] | set[str], path: st
 
 
 def check_asks_nothing(body: dict[str, Any]) -> None:
-    """Fields a bundle cannot honour are accepted only with the value that asks for nothing."""
+    """Fields a bundle cannot honour are accepted only with the value that asks for nothing (``tools``,
+    ``tool_choice``, ``parallel_tool_calls`` and ``response_format`` are checked in assistant/structured.py)."""
     neutral: dict[str, tuple[Any, ...]] = {
         "best_of": (1,),
         "presence_penalty": (0,),
         "frequency_penalty": (0,),
         "echo": (False,),
         "suffix": ("",),
-        "tools": ([],),
         "functions": ([],),
-        "tool_choice": ("none", "auto"),
-        "response_format": ({"type": "text"},),
         "logit_bias": ({},),
         "store": (False,),
     }

@@ -52,6 +52,9 @@ RUNTIME_MODULES = _runtime_modules()
 # bundle pins the versions that ran it. numpy only pools and normalises, and its wheels follow the
 # device's Python (numpy 2.3+ has none for 3.10), so it keeps a range.
 RANGES = {"numpy": ">=1.24,<3", "tokenizers": ">=0.15,<1"}
+# What one task's runtime needs beyond those: a decoder's serve enforces JSON schemas and tool calls with
+# llguidance (no requirements of its own; one abi3 wheel per platform, aarch64 included).
+TASK_RANGES = {Task.GENERATION: {"llguidance": ">=1.6,<2"}}
 PINNED = ("onnxruntime", "tokenizers")
 # A decoder's chat template is rendered with jinja2 on the device (pure Python, one small C
 # extension in MarkupSafe with wheels for every target); the build checked renders with this one.
@@ -88,7 +91,7 @@ def runtime_requirements(
             f"--runtime-version {onnxruntime}: target '{target.name}' runs onnxruntime"
             f"{ranges['onnxruntime']}" + (" from its vendor's build, not PyPI's" if gpu_target(target) else "")
         )
-    specs = dict(ranges)
+    specs = {**ranges, **TASK_RANGES.get(task, {})} if task is not None else dict(ranges)
     for name in PINNED:
         if name == "onnxruntime" and gpu_target(target):
             continue
@@ -191,7 +194,8 @@ python . serve --port 8080                       # POST /generate, GET /health, 
 python . verify                                  # every file against manifest.json
 python . info
 ```
-Only onnxruntime, numpy and tokenizers are needed on the device.
+Only onnxruntime, numpy, tokenizers, jinja2 (the chat template) and llguidance (JSON output and tool calls in
+`serve`) are needed on the device.
 
 ## Accuracy
 Against the fp32 ONNX model over {score["positions"]} next-token positions of {score["n"]} texts:

@@ -66,7 +66,11 @@ def test_logprobs_are_the_models_own(chat):
     [
         ({"frobnicate": True}, "frobnicate", "unknown field 'frobnicate' for /v1/chat/completions"),
         ({"presence_penalty": 0.5}, "presence_penalty", '"presence_penalty" other than 0 is not supported'),
-        ({"response_format": {"type": "json_object"}}, "response_format", '"response_format" other than'),
+        (
+            {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"not": {}}}}},
+            "response_format.json_schema.schema",
+            "uses not, which this server cannot enforce",
+        ),
         ({"logit_bias": {"12": 5}}, "logit_bias", '"logit_bias" other than {}'),
         ({"n": 2, "stream": True}, "n", '"n" > 1 with "stream" is not supported'),
         ({"logprobs": True, "stream": True}, "logprobs", '"logprobs" with "stream" is not supported'),

@@ -368,3 +368,48 @@ def test_a_client_that_leaves_a_stream_stops_its_generation(chat_server):
     assert len(gone) == 1 and "writing the stream" in gone[0]
     status, _, reply = request(chat_server.port, "POST", "/v1/completions", b'{"prompt": "hi"}')
     assert status == 200 and reply["choices"][0]["text"] is not None
+
+
+def _nested(depth: int) -> dict:
+    schema: dict = {"type": "integer"}
+    for _ in range(depth):
+        schema = {"type": "array", "items": schema}
+    return schema
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+# Schemas and tools aimed at the grammar: each a 400 naming the field, or (recursive) an answer, in seconds.
+GRAMMAR_BOMBS = {
+    "a 40 kB schema": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "object", "properties": {f"p{i}": {"type": "integer"} for i in range(2000)}}}}},
+        "response_format.json_schema.schema", "this server takes schemas of at most"),
+    "a schema nested 50 deep": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+        "schema": _nested(50)}}}, "response_format.json_schema.schema", "nests deeper than 40 levels"),
+    "an enum of 3,000 strings": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+        "schema": {"enum": [f"v{i}" for i in range(3000)]}}}}, None, None),
+    "a recursive schema": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}}}},
+        "$ref": "#/$defs/n"}}}}, None, None),
+    "a schema that recurses without end": ({"response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"$defs": {"n": {"type": "object", "properties": {"next": {"$ref": "#/$defs/n"}},
+        "required": ["next"]}}, "$ref": "#/$defs/n"}}}}, "response_format", "the grammar library gives up on it"),
+    "a schema that is not one": ({"response_format": {"type": "json_schema", "json_schema": {"name": "x",
+        "schema": {"type": 7}}}}, "response_format.json_schema.schema", "not a schema this server can enforce"),
+    "1,000 tools": ({"tools": [{**TOOL, "function": {"name": f"f{i}"}} for i in range(1000)]}, "tools",
+        "1000 tools in one request; this server takes at most 128"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(GRAMMAR_BOMBS))
+def test_schemas_and_tools_aimed_at_the_grammar(chat_server, case):
+    extra, param, says = GRAMMAR_BOMBS[case]
+    payload = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 64, **extra})
+    started = time.monotonic()
+    status, _, body = request(chat_server.port, "POST", "/v1/chat/completions", payload, timeout=60)
+    assert time.monotonic() - started < 30
+    if param is None:  # the grammar holds: an answer, whole (it validates) or honestly cut
+        assert status == 200 and body["choices"][0]["finish_reason"] in ("stop", "length"), body
+        if body["choices"][0]["finish_reason"] == "stop":
+            json.loads(body["choices"][0]["message"]["content"])
+        return
+    assert status == 400 and body["error"]["param"] == param and says in body["error"]["message"], body

@@ -8,6 +8,7 @@ import pytest
 from edgepipe import catalog
 from edgepipe.errors import ConfigError
 from edgepipe.runtime.integrity import bundle_files, sha256_file
+from edgepipe.runtime.tasks import Task
 from edgepipe.stages import bundle
 
 EXPECTED = {
@@ -161,3 +162,10 @@ def test_runtime_json_names_its_task_and_old_bundles_without_it_still_load(tiny_
     (old / RUNTIME_CONFIG).write_text(json.dumps(runtime))
     assert bundle_task(old) == "embedding"
     assert EmbeddingConfig.load(old / RUNTIME_CONFIG) == EmbeddingConfig.load(tiny_bundle.bundle_dir / RUNTIME_CONFIG)
+
+
+def test_a_decoders_runtime_also_needs_the_grammar_library():
+    target = catalog.targets().load("rpi5")
+    evaluated = {"onnxruntime": "1.32.0", "tokenizers": "0.22.2"}
+    assert "llguidance" not in bundle.runtime_requirements(target, evaluated, task=Task.EMBEDDING)
+    assert bundle.runtime_requirements(target, evaluated, task=Task.GENERATION)["llguidance"] == ">=1.6,<2"

@@ -1,1 +1,2 @@
-"""What an assistant needs of a decoder: its own chat template, checked conversations, reasoning."""
+"""What an assistant needs of a decoder: its own chat template, checked conversations, reasoning, tool calls
+and grammar-constrained JSON."""

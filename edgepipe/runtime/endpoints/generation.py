@@ -53,6 +53,10 @@ class GenerationEndpoints:
     def __init__(self, generator: Any, model: str) -> None:
         self.generator, self.model = generator, model
         self.lock = threading.Lock()
+        from ..assistant.structured import warm
+
+        # The grammar library's view of the tokenizer takes ~1 s to build: not on the first JSON request.
+        threading.Thread(target=warm, args=(generator,), daemon=True).start()
 
     def routes(self) -> dict[str, Route]:
         return {
@@ -73,12 +77,28 @@ class GenerationEndpoints:
         response: dict[str, Any] = result.to_json()
         return response
 
-    def _run(self, completion: openai_api.Completion, on_text: Callable[[str], None] | None = None) -> Any:
+    def _run(
+        self,
+        completion: openai_api.Completion,
+        on_text: Callable[[str], None] | None = None,
+        on_token: Callable[[int], None] | None = None,
+    ) -> Any:
         from ..generator import GenerationError
 
+        constraint = None
+        if completion.answer is not None and completion.answer.plan.grammar is not None:
+            from ..assistant.grammar import GrammarError
+            from ..assistant.structured import vocabulary_of
+
+            try:
+                constraint = completion.answer.plan.constraint(vocabulary_of(self.generator))
+            except GrammarError as exc:
+                raise RequestError(HTTPStatus.BAD_REQUEST, str(exc), param=exc.param) from None
         try:
             with self.lock:
-                return self.generator.generate(completion.prompt, **completion.options, on_text=on_text)
+                return self.generator.generate(
+                    completion.prompt, **completion.options, on_text=on_text, on_token=on_token, constraint=constraint
+                )
         except GenerationError as exc:
             raise RequestError(HTTPStatus.BAD_REQUEST, str(exc), param="messages") from None
 
@@ -108,10 +128,26 @@ class GenerationEndpoints:
                     start()
                     send(completion.chunk(part, kind=kind))
 
-            result = self._run(completion, on_text=piece)
-            piece(None)
-            start()
-            send(completion.chunk(None, openai_api.FINISH_REASONS[result.stop_reason]))
+            answer = completion.answer
+            if answer is not None and answer.reads_tools:  # deltas from tokens: a call's markers are special tokens
+
+                def token(token: int) -> None:
+                    for delta in answer.deltas(token):
+                        start()
+                        send(completion.delta_chunk(delta))
+
+                result = self._run(completion, on_token=token)
+                start()
+                deltas, reason = answer.finish(result)
+                for delta in deltas:
+                    send(completion.delta_chunk(delta))
+                send(completion.delta_chunk({}, reason))
+            else:
+                result = self._run(completion, on_text=piece)
+                piece(None)
+                start()
+                reason = answer.finish(result)[1] if answer else openai_api.FINISH_REASONS[result.stop_reason]
+                send(completion.chunk(None, reason))
             if completion.include_usage:
                 send(completion.usage_chunk(result))
 
