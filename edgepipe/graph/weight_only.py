@@ -24,7 +24,7 @@ import numpy as np
 
 from ..catalog.config import WeightOnly
 from ..errors import StageError
-from . import external, nbits, tied
+from . import external, moe, nbits, tied
 
 Feeds = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
@@ -236,13 +236,18 @@ def quantize(
     ``src``'s external data (a model over 2 GB) is mapped, not loaded."""
     model = external.load(src)
     gemms = gemm_to_matmul(model.graph)
+    record: dict[str, Any] = {"gemm_rewritten": gemms}
     if settings.algorithm == "gptq":
         codes = gptq_codes(settings, src, model, calibration, bits, calibration_digest)
+    if moe.nodes(model.graph):  # routed experts -> QMoE, GPTQ on each expert's own routed rows
+        feeds = calibration() if calibration is not None and settings.algorithm == "gptq" else None
+        record["experts"] = moe.quantize(model, bits, settings.block_size, settings.accuracy_level, feeds, nbits.DAMP)
+    if settings.algorithm == "gptq":
         high = set(settings.int8_nodes)
         plan = {n.name: 8 if n.name in high else bits for n in nbits.weight_matmuls(model.graph)}
         counts = nbits.quantize(model.graph, plan, settings.block_size, settings.accuracy_level, codes)
-        return _finish(settings, model, dst, {"gemm_rewritten": gemms, "matmuls": counts})
-    return _finish(settings, _onnxruntime_rtn(settings, model, bits), dst, {"gemm_rewritten": gemms})
+        return _finish(settings, model, dst, {**record, "matmuls": counts})
+    return _finish(settings, _onnxruntime_rtn(settings, model, bits), dst, record)
 
 
 def _onnxruntime_rtn(settings: WeightOnly, model: Any, bits: int) -> Any:
