@@ -95,8 +95,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "engine": _BASE | {"edgepipe", "cache", "catalog", "graph", "sources", "stages", "trust"},
     "tasks": _BASE | {"catalog", "engine", "graph", "stages"},
     "pipeline": _BASE | {"catalog", "engine", "sources", "stages", "tasks"},
-    "cli": _BASE
-    | {"edgepipe", "bench", "cache", "catalog", "engine", "fleet", "pipeline", "sources", "stages", "trust"},
+    "cli": _BASE | {"edgepipe", "bench", "cache", "catalog", "engine", "fleet", "pipeline", "sources", "stages", "trust"},
     "__main__": {"cli"},
 }
 # What stays loose at the top of edgepipe/: what every part uses, the build itself and the entry point.
