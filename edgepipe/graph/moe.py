@@ -113,6 +113,25 @@ def _expert_codes(weight: np.ndarray, rows: np.ndarray | None, bits: int, block:
     return gptq.gptq(weight.T, x.T @ x, bits, block, damp=damp)
 
 
+def _node_codes(
+    fc1: np.ndarray, fc2: np.ndarray, bias1: np.ndarray | None, attrs: Mapping[str, Any],
+    data: tuple[np.ndarray, np.ndarray] | None, bits: int, block: int, damp: float,
+) -> tuple[list[gptq.Quantized], list[gptq.Quantized], int]:  # fmt: skip
+    """One node's experts' fc1 and fc2 codes, each from its own routed rows; how many had rows."""
+    x, logits = data if data is not None else (None, None)
+    chosen = routes(logits, int(attrs["k"])) if logits is not None else None
+    codes1, codes2, calibrated = [], [], 0
+    for e in range(fc1.shape[0]):
+        rows = x[(chosen == e).any(axis=1)] if x is not None and chosen is not None else None
+        codes1.append(_expert_codes(fc1[e], rows, bits, block, damp))
+        act = None
+        if rows is not None and len(rows):
+            act = swiglu(rows @ fc1[e].T + (bias1[e] if bias1 is not None else 0.0), attrs)
+            calibrated += 1
+        codes2.append(_expert_codes(fc2[e], act, bits, block, damp))
+    return codes1, codes2, calibrated
+
+
 def _pack(codes: list[gptq.Quantized], n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     data, scales, zeros = zip(*(c.packed() for c in codes), strict=True)
     return (
@@ -125,6 +144,7 @@ def _pack(codes: list[gptq.Quantized], n: int) -> tuple[np.ndarray, np.ndarray, 
 def quantize(
     model: Any, bits: int, block_size: int, accuracy_level: int,
     feeds: Iterable[Mapping[str, np.ndarray]] | None = None, damp: float = 0.1,
+    cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Every MoE node of ``model`` -> QMoE with ``bits``-bit experts (GPTQ on routed calibration
     rows where ``feeds`` are given); returns counts. The router MatMul is left to the caller."""
@@ -133,7 +153,9 @@ def quantize(
     found = nodes(model.graph)
     if not found:
         return {}
-    data = routed_inputs(model, feeds, [n.name for n in found]) if feeds is not None else {}
+    cache = {} if cache is None else cache  # node -> its experts' codes, for the build's next attempt
+    todo = [n.name for n in found if n.name not in cache]
+    data = routed_inputs(model, feeds, todo) if feeds is not None and todo else {}
     inits = _constants(model.graph)
     counts = {"moe_nodes": 0, "experts": 0, "experts_calibrated": 0, "block_size": 0}
     replaced: dict[str, Any] = {}
@@ -147,18 +169,10 @@ def quantize(
         block = block_for(block_size, hidden, inter)
         if block is None:
             continue  # no whole blocks: the node stays float
-        x, logits = data.get(node.name, (None, None))
-        chosen = routes(logits, int(attrs["k"])) if logits is not None else None
-        codes1, codes2 = [], []
-        for e in range(experts):
-            rows = x[(chosen == e).any(axis=1)] if x is not None and chosen is not None else None
-            codes1.append(_expert_codes(fc1[e], rows, bits, block, damp))
-            act = None
-            if rows is not None and len(rows):
-                h = rows @ fc1[e].T + (biases[0][e] if biases[0] is not None else 0.0)
-                act = swiglu(h, attrs)
-                counts["experts_calibrated"] += 1
-            codes2.append(_expert_codes(fc2[e], act, bits, block, damp))
+        if node.name not in cache:
+            cache[node.name] = _node_codes(fc1, fc2, biases[0], attrs, data.get(node.name), bits, block, damp)
+        codes1, codes2, calibrated = cache[node.name]
+        counts["experts_calibrated"] += calibrated
         names = [f"{node.name}_{part}" for part in ("fc1_q", "fc1_s", "fc1_z", "fc2_q", "fc2_s", "fc2_z")]
         arrays = [*_pack(codes1, fc1.shape[1]), *_pack(codes2, fc2.shape[1])]
         for array, name in zip(arrays, names, strict=True):

@@ -204,6 +204,10 @@ def _vocab(graph: Any) -> int | None:
 _CODES: dict[tuple[Any, ...], nbits.Codes] = {}
 
 
+# The experts' codes likewise (graph/moe.py), per MoE node.
+_EXPERT_CODES: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
 def gptq_codes(
     settings: WeightOnly,
     src: Path,
@@ -241,7 +245,14 @@ def quantize(
         codes = gptq_codes(settings, src, model, calibration, bits, calibration_digest)
     if moe.nodes(model.graph):  # routed experts -> QMoE, GPTQ on each expert's own routed rows
         feeds = calibration() if calibration is not None and settings.algorithm == "gptq" else None
-        record["experts"] = moe.quantize(model, bits, settings.block_size, settings.accuracy_level, feeds, nbits.DAMP)
+        stat = src.stat()
+        key = (str(src.resolve()), stat.st_mtime_ns, stat.st_size, calibration_digest, settings.block_size, bits)
+        if key not in _EXPERT_CODES:  # the build's next attempt (another 8-bit plan) reuses them
+            _EXPERT_CODES.clear()
+            _EXPERT_CODES[key] = {}
+        record["experts"] = moe.quantize(
+            model, bits, settings.block_size, settings.accuracy_level, feeds, nbits.DAMP, _EXPERT_CODES[key]
+        )
     if settings.algorithm == "gptq":
         high = set(settings.int8_nodes)
         plan = {n.name: 8 if n.name in high else bits for n in nbits.weight_matmuls(model.graph)}
