@@ -98,6 +98,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     bench_llm.add_common_arguments(parser)
     parser.add_argument("--layers", type=int, default=8, help="of Granite-3.0-1B-A400M's 24")
+    parser.add_argument(
+        "--no-llama",
+        action="store_true",
+        help="leave llama.cpp out (this host's llama-cpp-python 0.3.36 build segfaulted decoding this "
+        "shape's Q4_0, Q4_1 and Q8_0 GGUFs; its f32 GGUF ran)",
+    )
+    parser.add_argument(
+        "--routed-onnx", type=Path, help="time this routed int4 model.onnx instead of building the bundle"
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with tempfile.TemporaryDirectory(prefix="edgepipe-moebench-") as tmp:
@@ -112,46 +121,55 @@ def run(args: argparse.Namespace, work: Path) -> None:
     from edgepipe.runtime.generator import Generator
 
     hf = make_model(work / "hf", args.layers)
-    bundle = build_routed(hf, work)
+    bundle = None if args.routed_onnx else build_routed(hf, work)
     dense = build_dense(hf, work)
-    f32 = bench_llm.convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")
-    llama = context_sweep.Worker(args.llama_python, "llamacpp_worker.py")
     q4 = work / "Q4_0.gguf"
-    if not q4.exists():
-        llama("quantize", src=str(f32), dst=str(q4), ftype="Q4_0")
-    llama("load", name="Q4_0", path=str(q4), threads=args.threads)
-    routed = Generator.from_bundle(bundle, threads=args.threads)
-    routed.eos = frozenset()
+    if not args.no_llama:
+        f32 = bench_llm.convert_gguf(hf, args.llama_cpp.resolve(), work / "f32.gguf")
+        llama = context_sweep.Worker(args.llama_python, "llamacpp_worker.py")
+        if not q4.exists():
+            llama("quantize", src=str(f32), dst=str(q4), ftype="Q4_0")
+        llama("load", name="Q4_0", path=str(q4), threads=args.threads)
+    if bundle is not None:
+        routed = Generator.from_bundle(bundle, threads=args.threads)
+        routed.eos = frozenset()
+        model = bundle / "model" / "model.onnx"
+    else:
+        routed = bench_llm.edgepipe_generator(args.routed_onnx, hf, args.threads, args.spin)
+        model = args.routed_onnx
     dense_gen = bench_llm.edgepipe_generator(dense, hf, args.threads, args.spin)
     ids = Tokenizer.from_file(str(hf / "tokenizer.json")).encode(bench_llm.PROMPT).ids
     n = args.new_tokens
     calls = {
         "edgepipe int4 (routed, QMoE)": lambda: bench_llm.generator_run(routed, ids, n),
         "edgepipe int4, dense experts": lambda: bench_llm.generator_run(dense_gen, ids, n),
-        "llama.cpp Q4_0": lambda: llama("generate", name="Q4_0", ids=ids, n=n),
     }
+    if not args.no_llama:
+        calls["llama.cpp Q4_0"] = lambda: llama("generate", name="Q4_0", ids=ids, n=n)
     for call in calls.values():
         call()
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in calls}
     for _ in range(args.reps):
         for name, call in calls.items():
             results[name].append(call())
-    llama.close()
-    model = bundle / "model" / "model.onnx"
+    if not args.no_llama:
+        llama.close()
     sizes = {
         "edgepipe int4 (routed, QMoE)": sum(p.stat().st_size for p in model.parent.glob("model.onnx*")),
         "edgepipe int4, dense experts": sum(p.stat().st_size for p in dense.parent.glob("model.onnx*")),
-        "llama.cpp Q4_0": q4.stat().st_size,
     }
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    experts = manifest["stages"]["export"].get("experts", {})
+    if not args.no_llama:
+        sizes["llama.cpp Q4_0"] = q4.stat().st_size
+    experts: dict[str, Any] = {}
+    if bundle is not None:
+        experts = json.loads((bundle / "manifest.json").read_text())["stages"]["export"].get("experts", {})
     print(
         f"random Granite-MoE-1B-A400M shape, {args.layers} layers; prompt {len(ids)} tokens, greedy {n} new "
         f"tokens, {args.threads} threads, {args.reps} alternating rounds"
     )
     print(f"host: {timing.host_info()}")
     print(f"parameters {experts.get('parameters')}, read per token {experts.get('active_parameters')}")
-    q4_tps = np.array([r["decode_tps"] for r in results["llama.cpp Q4_0"]])
+    q4_tps = np.array([r["decode_tps"] for r in results.get("llama.cpp Q4_0", [{"decode_tps": np.nan}])])
     dense_tps = np.array([r["decode_tps"] for r in results["edgepipe int4, dense experts"]])
     print(
         f"{'runtime':<30} {'MB':>7} {'TTFT ms':>8} {'decode tok/s':>12} {'(min-max)':>11} {'vs Q4_0':>8} {'vs dense':>8}"
