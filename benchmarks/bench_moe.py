@@ -101,8 +101,8 @@ def main() -> None:
     parser.add_argument(
         "--no-llama",
         action="store_true",
-        help="leave llama.cpp out (this host's llama-cpp-python 0.3.36 build segfaulted decoding this "
-        "shape's Q4_0, Q4_1 and Q8_0 GGUFs; its f32 GGUF ran)",
+        help="leave llama.cpp out (Q4_0 is loaded without extra buffer types: with them this AMX host's "
+        "llama-cpp-python 0.3.36 segfaulted decoding this shape's Q4_0, Q4_1 and Q8_0)",
     )
     parser.add_argument(
         "--routed-onnx", type=Path, help="time this routed int4 model.onnx instead of building the bundle"
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         llama = context_sweep.Worker(args.llama_python, "llamacpp_worker.py")
         if not q4.exists():
             llama("quantize", src=str(f32), dst=str(q4), ftype="Q4_0")
-        llama("load", name="Q4_0", path=str(q4), threads=args.threads)
+        llama("load", name="Q4_0", path=str(q4), threads=args.threads, extra_bufts=False)
     if bundle is not None:
         routed = Generator.from_bundle(bundle, threads=args.threads)
         routed.eos = frozenset()
