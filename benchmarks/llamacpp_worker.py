@@ -32,7 +32,20 @@ def quantize(src: str, dst: str, ftype: str) -> dict:
     return {"rc": int(rc)}
 
 
-def load(name: str, path: str, threads: int, logits_all: bool = False, n_ctx: int = 512) -> dict:
+def load(
+    name: str, path: str, threads: int, logits_all: bool = False, n_ctx: int = 512, extra_bufts: bool = True
+) -> dict:
+    """``extra_bufts`` False: no extra CPU buffer types (AMX, repacked layouts); on this AMX host the
+    Granite-MoE shape's quantized GGUFs segfaulted at the first eval with them."""
+    default = llama_cpp.llama_model_default_params
+
+    def params() -> llama_cpp.llama_model_params:
+        found = default()
+        found.use_extra_bufts = extra_bufts
+        return found
+
+    llama_cpp.llama_cpp.llama_model_default_params = params  # what Llama() reads
+    llama_cpp.llama.llama_cpp.llama_model_default_params = params
     models[name] = llama_cpp.Llama(
         model_path=path,
         n_threads=threads,
@@ -42,6 +55,8 @@ def load(name: str, path: str, threads: int, logits_all: bool = False, n_ctx: in
         logits_all=logits_all,
         verbose=False,
     )
+    llama_cpp.llama.llama_cpp.llama_model_default_params = default
+    llama_cpp.llama_cpp.llama_model_default_params = default
     return {"n_vocab": models[name].n_vocab()}
 
 

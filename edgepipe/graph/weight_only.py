@@ -24,7 +24,7 @@ import numpy as np
 
 from ..catalog.config import WeightOnly
 from ..errors import StageError
-from . import external, nbits, tied
+from . import external, moe, nbits, tied
 
 Feeds = Callable[[], Iterable[Mapping[str, np.ndarray]]]
 
@@ -204,6 +204,10 @@ def _vocab(graph: Any) -> int | None:
 _CODES: dict[tuple[Any, ...], nbits.Codes] = {}
 
 
+# The experts' codes likewise (graph/moe.py), per MoE node.
+_EXPERT_CODES: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+
 def gptq_codes(
     settings: WeightOnly,
     src: Path,
@@ -236,13 +240,25 @@ def quantize(
     ``src``'s external data (a model over 2 GB) is mapped, not loaded."""
     model = external.load(src)
     gemms = gemm_to_matmul(model.graph)
+    record: dict[str, Any] = {"gemm_rewritten": gemms}
     if settings.algorithm == "gptq":
         codes = gptq_codes(settings, src, model, calibration, bits, calibration_digest)
+    if moe.nodes(model.graph):  # routed experts -> QMoE, GPTQ on each expert's own routed rows
+        feeds = calibration() if calibration is not None and settings.algorithm == "gptq" else None
+        stat = src.stat()
+        key = (str(src.resolve()), stat.st_mtime_ns, stat.st_size, calibration_digest, settings.block_size, bits)
+        if key not in _EXPERT_CODES:  # the build's next attempt (another 8-bit plan) reuses them
+            _EXPERT_CODES.clear()
+            _EXPERT_CODES[key] = {}
+        record["experts"] = moe.quantize(
+            model, bits, settings.block_size, settings.accuracy_level, feeds, nbits.DAMP, _EXPERT_CODES[key]
+        )
+    if settings.algorithm == "gptq":
         high = set(settings.int8_nodes)
         plan = {n.name: 8 if n.name in high else bits for n in nbits.weight_matmuls(model.graph)}
         counts = nbits.quantize(model.graph, plan, settings.block_size, settings.accuracy_level, codes)
-        return _finish(settings, model, dst, {"gemm_rewritten": gemms, "matmuls": counts})
-    return _finish(settings, _onnxruntime_rtn(settings, model, bits), dst, {"gemm_rewritten": gemms})
+        return _finish(settings, model, dst, {**record, "matmuls": counts})
+    return _finish(settings, _onnxruntime_rtn(settings, model, bits), dst, record)
 
 
 def _onnxruntime_rtn(settings: WeightOnly, model: Any, bits: int) -> Any:

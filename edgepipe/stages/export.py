@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalog import families
 from ..errors import StageError
-from ..graph import decoder_graph, external, tied
-from . import digests
+from ..graph import decoder_graph, external, moe, tied
+from . import digests, moe_export
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -43,6 +43,11 @@ class ExportConfig(BaseModel):
         default=False,
         description="Decoders: rewrite each layer's attention to one GroupQueryAttention node "
         "(decoder_graph.optimize); models it cannot take are left as exported.",
+    )
+    routed_experts: bool = Field(
+        default=True,
+        description="Mixture-of-experts decoders: each block one MoE node computing a token's top-k experts "
+        "(stages/moe_export.py); False exports every expert on every token (the dense baseline).",
     )
 
 
@@ -97,7 +102,7 @@ def run(config: ExportConfig, model_dir: Path, out: Path) -> dict[str, Any]:
 
     raw = out / "optimum"
     try:
-        with quiet():
+        with quiet(), moe_export.registered(config.routed_experts):
             main_export(
                 str(model_dir),
                 str(raw),
@@ -160,6 +165,8 @@ def _rewrite(config: ExportConfig, model_dir: Path, exported: Path, dst: Path) -
         }
     if config.fuse_attention:
         record["graph"] = {k: v for k, v in graph.items() if k != "op_counts"}
+    if moe.nodes(model.graph):
+        record["experts"] = {"routed": True, "moe_nodes": len(moe.nodes(model.graph)), **moe.parameters(model)}
     if external.data_file(dst).exists():
         record["external_data"] = external.data_file(dst).name
     return record

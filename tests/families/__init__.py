@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from . import classic, encoders, modern, norms, seeds
+from . import classic, encoders, modern, moe, norms, seeds
 
 TINY: dict[str, Callable[[Path], Path]] = {
     **seeds.TINY,
@@ -21,4 +21,5 @@ TINY: dict[str, Callable[[Path], Path]] = {
     **norms.TINY,
     **encoders.TINY,
     **classic.TINY,
+    **moe.TINY,
 }
