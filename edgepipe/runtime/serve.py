@@ -223,6 +223,12 @@ def run(root: Path, args: argparse.Namespace) -> int:
         if main_thread:  # a second signal must not interrupt the close with a traceback
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Requests in flight are answered before the process exits (a restart on a new version, as
+        # `update` does, loses none); a client that stalls is cut at --timeout, as it would be anyway.
+        unfinished = server.drain(args.timeout)
         server.server_close()
+    if unfinished:
+        print(f"stopped; {unfinished} request(s) unfinished after --timeout {args.timeout:g} s", file=sys.stderr)
+        return 0
     print("stopped", file=sys.stderr)
     return 0

@@ -4,6 +4,7 @@ import http.client
 import json
 import re
 import selectors
+import socket
 import subprocess
 import sys
 import time
@@ -130,6 +131,35 @@ def test_stops_cleanly_on_sigterm(tiny_bundle):
     proc.terminate()
     _, stderr = proc.communicate(timeout=10)
     assert proc.returncode == 0 and b"Traceback" not in stderr
+
+
+def test_sigterm_answers_the_request_in_flight_first(tiny_bundle):
+    """A restart (update's `systemctl restart`) loses no request: one whose body is still arriving
+    when SIGTERM comes is read, answered 200, and only then does the server exit 0."""
+    proc = subprocess.Popen(
+        [sys.executable, str(tiny_bundle.bundle_dir), "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    port = int(re.search(r":(\d+)$", _read_line(proc, timeout=60)).group(1))
+    body = json.dumps({"texts": ["turn on the kitchen lights"]}).encode()
+    head = f"POST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head.encode() + body[:5])
+        time.sleep(1.5)  # the server has the headers and waits for the rest of the body
+        proc.terminate()
+        time.sleep(1.5)
+        assert proc.poll() is None, "the server exited with a request in flight"
+        sock.sendall(body[5:])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    status, _, payload = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 200")
+    expected = Embedder.from_bundle(tiny_bundle.bundle_dir).embed(["turn on the kitchen lights"])
+    np.testing.assert_allclose(np.array(json.loads(payload)["embeddings"]), expected, atol=1e-6)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in stderr and stderr.rstrip().endswith(b"stopped")
 
 
 @pytest.mark.parametrize(

@@ -68,6 +68,10 @@ class Handler(BaseHTTPRequestHandler):
         self._route("PATCH")
 
     def _route(self, method: str) -> None:
+        with self.server.request_in_flight():  # a stopping server answers it before it exits
+            self._answer(method)
+
+    def _answer(self, method: str) -> None:
         path = self.path.split("?", 1)[0]
         self.path, self.streaming = path, False
         found = self.server.routes.find(path)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import sys
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -47,9 +49,31 @@ class Server(ThreadingHTTPServer):
         self.api_key = api_key
         self.connections = 0
         self.connections_lock = threading.Lock()
+        self.in_flight = 0  # requests begun and not yet answered (drain() waits for them)
+        self.idle = threading.Condition()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)
+
+    @contextlib.contextmanager
+    def request_in_flight(self) -> Iterator[None]:
+        """Count a request from its headers to the end of its answer."""
+        with self.idle:
+            self.in_flight += 1
+        try:
+            yield
+        finally:
+            with self.idle:
+                self.in_flight -= 1
+                self.idle.notify_all()
+
+    def drain(self, timeout: float) -> int:
+        """Wait until no request is in flight, at most ``timeout`` seconds; how many still are."""
+        deadline = time.monotonic() + timeout
+        with self.idle:
+            while self.in_flight and deadline - time.monotonic() > 0:
+                self.idle.wait(deadline - time.monotonic())
+            return self.in_flight
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread for the connection, or answer 503 at once past --max-connections."""
