@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from edgepipe.cli import main
 from tests.decoders import make_tiny_decoder
 from tests.scoring_models import make_tiny_classifier
+from tests.test_sbom import validate
 
 DECODER_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 PROMPTS = ("The kitchen lights are", "turn on the lights", "12 + 30 =")
@@ -73,7 +74,11 @@ def llama(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def rslora(llama, tmp_path_factory) -> Path:
-    return make_lora(llama, tmp_path_factory.mktemp("adapters") / "rs-lora", use_rslora=True)
+    adapter = make_lora(llama, tmp_path_factory.mktemp("adapters") / "rs-lora", use_rslora=True)
+    # Its own terms, beside its base's (which declares none): the card's front matter and the text.
+    (adapter / "README.md").write_text("---\nlicense: mit\nlibrary_name: peft\n---\n# rs-lora\n")
+    (adapter / "LICENSE").write_text("MIT License\n\nCopyright (c) 2026 the adapter's authors\n")
+    return adapter
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +138,12 @@ def test_manifest_and_sbom_record_base_and_adapter(merged_build, llama, rslora):
         json.loads(props["edgepipe:adapter.rank"]) == 4
         and props["edgepipe:source.base_digest"] == source["base_digest"]
     )
+    # The adapter's licence sits beside its base's: in the bundle, the manifest and the SBOM.
+    licence = json.loads((bundle / "manifest.json").read_text())["licence"]
+    assert licence["adapter"]["expression"] == "MIT" and licence["adapter"]["files"] == ["licenses/adapter/LICENSE"]
+    assert (bundle / "licenses" / "adapter" / "LICENSE").read_text().startswith("MIT License")
+    assert component["licenses"][0]["license"]["id"] == "MIT"
+    validate((bundle / "sbom.cdx.json").read_text())  # still CycloneDX 1.6 with the adapter's licence
     assert {"ref": "model", "dependsOn": ["adapter"]} in sbom["dependencies"]
 
 

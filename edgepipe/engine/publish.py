@@ -23,7 +23,7 @@ from ..runtime.integrity import SIGNATURE, read_manifest, verify_dir
 from ..runtime.scorer import ScoringConfig
 from ..stages import bundle, wheels
 from ..trust import sbom, signing
-from .licences import licence_of
+from .licences import adapter_licence_of, licence_of
 from .runner import StageRunner, versions
 from .search import Attempt, attempts_table
 from .spec import BuildContext, BuildResult
@@ -115,6 +115,10 @@ def write_bundle(
     for path in licence.files:  # the licence, notice and use policy travel with the model
         (dest / "licenses").mkdir(exist_ok=True)
         shutil.copyfile(path, dest / "licenses" / path.name)
+    adapter_licence = adapter_licence_of(ctx.source)
+    for path in adapter_licence.files if adapter_licence else ():  # the adapter's beside the base's
+        (dest / "licenses" / "adapter").mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / "licenses" / "adapter" / path.name)
     records = _chosen_records(stage, chosen)
     chosen_profile = next(p for p in ctx.profiles if p.name == chosen.profile)
     table = attempts_table(attempts)
@@ -138,9 +142,15 @@ def write_bundle(
         "bench": chosen.bench,
         "attempts": table,
         "stages": records,
-        "licence": {**licence.to_json(), "obligations": licence.obligations()},
+        "licence": {
+            **licence.to_json(),
+            "obligations": licence.obligations(),
+            **({"adapter": adapter_licence.to_json("licenses/adapter")} if adapter_licence else {}),
+        },
     }
-    sbom.write(dest, document, ctx.source.path, licence)  # before finish(): the manifest covers the SBOM
+    sbom.write(
+        dest, document, ctx.source.path, licence, adapter_licence
+    )  # before finish(): the manifest covers the SBOM
     manifest = bundle.finish(dest, document)
     sign_with = ctx.spec.sign_with
     if sign_with is not None:  # after finish(): the signature covers the manifest

@@ -10,6 +10,7 @@ are checked here first, so an adapter of another base fails on one line before a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import shutil
@@ -355,7 +356,7 @@ def source(base: ModelSource, text: str, name: str | None, task: Task | None) ->
     checked like any model, described with the base's and the adapter's digests."""
     adapter = locate(text)
     root = merged(base.path, base.digest, adapter, StageCache(default_dir()), base.trust_remote_code)
-    return directory.source(
+    merged_source = directory.source(
         root,
         base.kind,
         name or f"{base.name}-{adapter.name}",
@@ -365,3 +366,4 @@ def source(base: ModelSource, text: str, name: str | None, task: Task | None) ->
         ref=str(base.ref or base.path),
         origin={**base.origin, "base_digest": f"sha256:{base.digest}", "adapter": adapter.describe()},
     )
+    return dataclasses.replace(merged_source, adapter_dir=adapter.path)

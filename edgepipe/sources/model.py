@@ -32,6 +32,8 @@ class ModelSource:
     origin: dict[str, Any] = field(default_factory=lambda: {"format": "huggingface"})
     # A GGUF's general.license* fields (its converted directory has no model card).
     licence_fields: dict[str, str] = field(default_factory=dict)
+    # A merged adapter's own directory (its licence travels beside the base's); None without one.
+    adapter_dir: Path | None = None
 
     @property
     def task(self) -> str:

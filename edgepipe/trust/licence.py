@@ -146,14 +146,15 @@ class Licence:
                     break
         return found
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, folder: str = "licenses") -> dict[str, Any]:
+        """The manifest's record; ``folder``: where the bundle ships the files."""
         return {
             "expression": self.expression,
             "declared": self.declared,
             "where": self.where,
             "name": self.name,
             "url": self.url,
-            "files": [f"licenses/{p.name}" for p in self.files],
+            "files": [f"{folder}/{p.name}" for p in self.files],
         }
 
 

@@ -57,7 +57,7 @@ def _library(
     )
 
 
-def _adapter(described: dict[str, Any]) -> list[Any]:
+def _adapter(described: dict[str, Any], dest: Path, licence: Licence | None) -> list[Any]:
     """The merged PEFT adapter as a component of its own (the base's digest on it), or none."""
     from cyclonedx.model import HashAlgorithm, HashType, Property
     from cyclonedx.model.component import Component, ComponentType
@@ -76,6 +76,7 @@ def _adapter(described: dict[str, Any]) -> list[Any]:
             description=f"PEFT LoRA adapter {found['ref']}, merged into {described['ref']} in float32",
             hashes=[HashType(alg=HashAlgorithm.SHA_256, content=found["weights_sha256"])],
             properties=properties,
+            licenses=_licences(dest, licence) if licence is not None else None,
         )
     ]
 
@@ -103,7 +104,9 @@ def _licences(dest: Path, licence: Licence) -> list[Any] | None:
     return [DisjunctiveLicense(id=licence.expression, text=text, url=url, acknowledgement=declared)]
 
 
-def document(dest: Path, manifest: dict[str, Any], source: Path, licence: Licence | None = None) -> str:
+def document(
+    dest: Path, manifest: dict[str, Any], source: Path, licence: Licence | None = None, adapter: Licence | None = None
+) -> str:
     """The SBOM of the bundle being written in ``dest`` (model, wheels, licence, model card) from its
     manifest; ``licence``: the model's (default: resolved from ``source``)."""
     from cyclonedx.model import HashAlgorithm, HashType, Property
@@ -143,7 +146,7 @@ def document(dest: Path, manifest: dict[str, Any], source: Path, licence: Licenc
     elif described["kind"] == "hub":  # purl's huggingface type: the repo pinned to its commit
         org, repo = described["repo_id"].split("/")
         model.purl = PackageURL("huggingface", org, repo, described["commit"])
-    adapted = _adapter(described)
+    adapted = _adapter(described, dest, adapter)
     requirements = [
         _library(
             f"requirement:{name}",
@@ -211,8 +214,10 @@ def _with_card(text: str, card: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
-def write(dest: Path, manifest: dict[str, Any], source: Path, licence: Licence | None = None) -> None:
-    (dest / SBOM).write_text(document(dest, manifest, source, licence), encoding="utf-8")
+def write(
+    dest: Path, manifest: dict[str, Any], source: Path, licence: Licence | None = None, adapter: Licence | None = None
+) -> None:
+    (dest / SBOM).write_text(document(dest, manifest, source, licence, adapter), encoding="utf-8")
 
 
 def show(path: Path) -> str:
