@@ -308,7 +308,15 @@ def _one_of(tools: Sequence[Tool], name_key: str, args_key: str, extra: dict[str
         options.append({"type": "object", "properties": properties, "required": list(properties),
                         "additionalProperties": False})  # fmt: skip
     schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return json.dumps({**schema, "$defs": defs})
+    return _compact({**schema, "$defs": defs})
+
+
+def _compact(schema: dict[str, Any]) -> str:
+    """A ``%json`` schema whose JSON has one space after ':' and ',' and no other whitespace: without it a
+    model (random weights do) can spend every token of a forced call on whitespace and never finish it."""
+    return json.dumps(
+        {**schema, "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
+    )
 
 
 def _hermes_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], str]) -> str:
@@ -327,8 +335,9 @@ def _llama3_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], s
 def _mistral_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], str]) -> str:
     item = json.loads(_one_of(tools, "name", "arguments", {"id": {"type": "string", "pattern": "^[a-zA-Z0-9]{9}$"}}))
     defs = item.pop("$defs")  # at the root, where the items' references point
+    item.pop("x-guidance")  # an option of the whole document, not of an item
     schema = {"type": "array", "items": item, "minItems": 1, **({} if parallel else {"maxItems": 1}), "$defs": defs}
-    return f"start: {token('[TOOL_CALLS]')} calls\ncalls: %json {json.dumps(schema)}\n"
+    return f"start: {token('[TOOL_CALLS]')} calls\ncalls: %json {_compact(schema)}\n"
 
 
 def _deepseek_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], str]) -> str:
@@ -337,7 +346,7 @@ def _deepseek_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str],
         rules.append(
             f'call{number}: {token("<｜tool▁call▁begin｜>")} "function" {token("<｜tool▁sep｜>")} '
             f'{json.dumps(tool.name)} "\\n```json\\n" args{number} "\\n```" {token("<｜tool▁call▁end｜>")}\n'
-            f"args{number}: %json {json.dumps(_arguments_schema(tool))}\n"
+            f"args{number}: %json {_compact(_arguments_schema(tool))}\n"
         )
     calls = " | ".join(f"call{n}" for n in range(len(tools)))
     more = "+" if parallel else ""
@@ -352,7 +361,7 @@ def _gpt_oss_lark(tools: Sequence[Tool], parallel: bool, token: Callable[[str], 
         rules.append(
             f'call{number}: {token("<|channel|>")} "commentary to=functions.{tool.name} " '
             f'{token("<|constrain|>")} "json" {token("<|message|>")} args{number} {token("<|call|>")}\n'
-            f"args{number}: %json {json.dumps(_arguments_schema(tool))}\n"
+            f"args{number}: %json {_compact(_arguments_schema(tool))}\n"
         )
     return f"start: {' | '.join(f'call{n}' for n in range(len(tools)))}\n" + "".join(rules)
 
