@@ -77,47 +77,25 @@ def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tup
 @click.option("--json", "as_json", is_flag=True, help="Print the edgepipe.bench/1 JSON on stdout.")
 @handle_errors
 def bench(
-    bundle_dir: Path,
-    batch_sizes: tuple[int, ...],
-    seq_lens: tuple[int, ...] | None,
-    runs: int,
-    warmup: int,
-    threads: int | None,
-    max_seconds: float | None,
-    baseline: bool,
-    baseline_model: Path | None,
-    write: bool,
-    as_json: bool,
     import_file: Path | None,
     remote: str | None,
     ssh_config: Path | None,
     identity: Path | None,
     remote_python: str | None,
+    **kwargs: Any,
 ) -> None:
     """Measure BUNDLE's latency here (or on a device: --remote, --import), beside the fp32 model, and record it in the bundle."""
-    # Usage errors are click's (exit 2), so they are raised before handle_errors' body runs.
-    kwargs: dict[str, Any] = dict(
-        bundle_dir=bundle_dir,
-        batch_sizes=batch_sizes,
-        seq_lens=seq_lens,
-        runs=runs,
-        warmup=warmup,
-        threads=threads,
-        max_seconds=max_seconds,
-        baseline=baseline,
-        baseline_model=baseline_model,
-        write=write,
-        as_json=as_json,
-    )
+    # The device options are sorted out here; the rest go to _measure_here (typed) or _on_device as they came.
+    # click's usage errors pass handle_errors through, so they exit 2.
     if not (import_file or remote):
         if ssh_config or identity or remote_python:
             raise click.UsageError("--ssh-config, --identity and --remote-python need --remote")
         return _measure_here(**kwargs)
     if import_file and remote:
         raise click.UsageError("--import and --remote contradict each other")
-    if baseline_model:
+    if kwargs["baseline_model"]:
         raise click.UsageError("--baseline-model is for measuring here, not on a device")
-    if import_file and not write:
+    if import_file and not kwargs["write"]:
         raise click.UsageError("--import records; --no-write would leave nothing to do")
     return _on_device(import_file, remote, ssh_config, identity, remote_python, kwargs)
 
