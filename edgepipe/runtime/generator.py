@@ -318,8 +318,8 @@ class Generator:
         # Drafts are checked against greedy choices: sampling decodes a token a step. (Before the
         # prefill: the first call's probe uses the cache.)
         # Log-probabilities and grammars work on each one-token step's row: they decode a token a step too.
-        greedy = sample.temperature == 0 and logprobs is None and constraint is None
-        lookup = self.drafter(ids) if greedy and self.speculates(speculate) else None
+        draftable = sample.temperature == 0 and logprobs is None and constraint is None
+        lookup = self.drafter(ids) if draftable and self.speculates(speculate) else None
         prefill_start = time.perf_counter()
         last, past = self._prefill(ids)
         scores: list[tuple[int, float, list[tuple[int, float]]]] | None = None if logprobs is None else []
